@@ -1,0 +1,169 @@
+//! HTTP bodies over tunnel streams (features `tokio` and `http`).
+//!
+//! [`TunnelBody`] is the receiving half: an `http_body::Body` that yields `Data` frames as body
+//! chunks and `End` trailers as trailers, pulling the next frame only when the consumer polls,
+//! so flow control reaches all the way from the far socket to the near one. [`send_body`] is
+//! the sending half.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame as BodyFrame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::frame::{Frame, Reset, ResetCode};
+use crate::http::{HeaderError, from_header_map, to_header_map};
+use crate::io::{FrameReader, FrameWriter, ReadError, WriteError};
+
+/// Why a body relayed over a tunnel stream did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Reading the tunnel stream failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Writing the tunnel stream failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The peer abandoned the stream.
+    #[error("stream reset by peer: {0:?}")]
+    Reset(Reset),
+    /// The stream ended without an `End` frame.
+    #[error("stream ended before the body was complete")]
+    Incomplete,
+    /// A frame arrived that has no place in a body.
+    #[error("unexpected {0} frame in a body")]
+    Unexpected(&'static str),
+    /// The trailers are not valid HTTP.
+    #[error("invalid trailers: {0}")]
+    Trailers(#[from] HeaderError),
+    /// The body is larger than the limit in force.
+    #[error("body exceeds {limit} bytes")]
+    TooLarge {
+        /// Limit in force.
+        limit: u64,
+    },
+    /// The local end of the body failed (client or service went away mid-body).
+    #[error("body source failed: {0}")]
+    Source(String),
+}
+
+/// A body whose frames arrive on a tunnel stream. `G` is anything that must live exactly as
+/// long as the body (an in-flight guard, the stream's other half).
+pub struct TunnelBody<R, G = ()> {
+    reader: Option<FrameReader<R>>,
+    limit: Option<u64>,
+    received: u64,
+    _guard: G,
+}
+
+impl<R, G> TunnelBody<R, G> {
+    /// A body read from `reader`; with `limit`, more bytes than that is an error.
+    pub fn new(reader: FrameReader<R>, limit: Option<u64>, guard: G) -> Self {
+        TunnelBody { reader: Some(reader), limit, received: 0, _guard: guard }
+    }
+
+    /// Bytes of body delivered so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+}
+
+impl<R: AsyncRead + Unpin, G: Unpin> Body for TunnelBody<R, G> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let Some(reader) = this.reader.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            let frame = match reader.poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            };
+            let out = match frame {
+                Ok(Some(Frame::Data(d))) if d.is_empty() => continue,
+                Ok(Some(Frame::Data(d))) => {
+                    this.received += d.len() as u64;
+                    match this.limit {
+                        Some(limit) if this.received > limit => Err(BodyError::TooLarge { limit }),
+                        _ => return Poll::Ready(Some(Ok(BodyFrame::data(d)))),
+                    }
+                }
+                Ok(Some(Frame::End(trailers))) => {
+                    this.reader = None;
+                    if trailers.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    to_header_map(&trailers).map(BodyFrame::trailers).map_err(BodyError::from)
+                }
+                Ok(Some(Frame::Reset(r))) => Err(BodyError::Reset(r)),
+                Ok(Some(other)) => Err(BodyError::Unexpected(other.kind())),
+                Ok(None) => Err(BodyError::Incomplete),
+                Err(e) => Err(e.into()),
+            };
+            this.reader = None;
+            return Poll::Ready(Some(out));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reader.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Relay `body` as `Data` frames and a closing `End`, stopping with
+/// [`BodyError::TooLarge`] (after sending a `Reset`) once more than `limit` bytes were read.
+/// Returns the body bytes sent.
+pub async fn send_body<B, W>(
+    mut body: B,
+    writer: &mut FrameWriter<W>,
+    limit: Option<u64>,
+) -> Result<u64, BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+    W: AsyncWrite + Unpin,
+{
+    let mut sent = 0u64;
+    let mut trailers = HeaderMap::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                let reset = Reset { code: ResetCode::Cancelled, reason: "body source failed".into() };
+                let _ = writer.send(&Frame::Reset(reset)).await;
+                return Err(BodyError::Source(e.to_string()));
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                sent += data.len() as u64;
+                if let Some(limit) = limit.filter(|l| sent > *l) {
+                    let reset = Reset { code: ResetCode::TooLarge, reason: "body over limit".into() };
+                    let _ = writer.send(&Frame::Reset(reset)).await;
+                    return Err(BodyError::TooLarge { limit });
+                }
+                writer.send_data(data).await?;
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers.extend(t);
+                }
+            }
+        }
+    }
+    writer.send(&Frame::End(from_header_map(&trailers))).await?;
+    Ok(sent)
+}

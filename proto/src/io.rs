@@ -1,0 +1,155 @@
+//! Frame reading and writing over any tokio byte stream (feature `tokio`).
+//!
+//! This is the only place bytes from a tunnel stream become frames. The read buffer grows to
+//! at most one frame (bounded by the codec's [`Limits`](crate::Limits)) plus one read chunk, so a
+//! peer cannot make a reader hold more than that however it slices its writes.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::codec::{Codec, DecodeError, EncodeError};
+use crate::frame::Frame;
+
+/// Bytes asked of the transport per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Failure while reading frames.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The transport failed.
+    #[error("tunnel stream read failed: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bytes that are not a valid frame.
+    #[error("tunnel stream carried a malformed frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// The stream ended in the middle of a frame.
+    #[error("tunnel stream ended in the middle of a frame")]
+    UnexpectedEof,
+}
+
+/// Failure while writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The transport failed (peer gone, stream stopped).
+    #[error("tunnel stream write failed: {0}")]
+    Io(#[from] io::Error),
+    /// The frame could not be encoded within the limits.
+    #[error("frame could not be encoded: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// Reads frames from a byte stream.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    codec: Codec,
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wrap `inner`, decoding with `codec`.
+    pub fn new(inner: R, codec: Codec) -> Self {
+        FrameReader { inner, buf: BytesMut::new(), codec, eof: false }
+    }
+
+    /// Poll for the next frame; `Ready(Ok(None))` is a clean end of stream between frames.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, ReadError>> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                return Poll::Ready(Ok(Some(frame)));
+            }
+            if self.eof {
+                return Poll::Ready(if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::UnexpectedEof)
+                });
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = {
+                let spare = self.buf.spare_capacity_mut();
+                let mut rb = ReadBuf::uninit(spare);
+                ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+                rb.filled().len()
+            };
+            if n == 0 {
+                self.eof = true;
+            } else {
+                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+                unsafe { self.buf.set_len(self.buf.len() + n) };
+            }
+        }
+    }
+
+    /// The next frame, or `None` at a clean end of stream.
+    pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
+        poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+/// Writes frames to a byte stream.
+pub struct FrameWriter<W> {
+    inner: W,
+    buf: BytesMut,
+    codec: Codec,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wrap `inner`, encoding with `codec`.
+    pub fn new(inner: W, codec: Codec) -> Self {
+        FrameWriter { inner, buf: BytesMut::with_capacity(256), codec }
+    }
+
+    /// Encode and write one frame.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), WriteError> {
+        if let Frame::Data(data) = frame {
+            return self.send_data(data.clone()).await;
+        }
+        self.buf.clear();
+        self.codec.encode(frame, &mut self.buf)?;
+        self.inner.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Write `data` as one or more `Data` frames without copying it into a frame buffer.
+    pub async fn send_data(&mut self, mut data: Bytes) -> Result<(), WriteError> {
+        let max = self.codec.limits().max_data_len;
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(max));
+            self.buf.clear();
+            self.codec.encode_data_header(chunk.len(), &mut self.buf)?;
+            self.inner.write_all(&self.buf).await?;
+            self.inner.write_all(&chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Flush buffered bytes to the transport.
+    pub async fn flush(&mut self) -> Result<(), WriteError> {
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Finish the stream: no more frames will follow.
+    pub async fn shutdown(&mut self) -> Result<(), WriteError> {
+        self.inner.shutdown().await?;
+        Ok(())
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}

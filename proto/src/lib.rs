@@ -1,0 +1,30 @@
+//! The netwall tunnel wire protocol.
+//!
+//! A connector dials out to a gateway and the two exchange [`Frame`]s over the streams of one
+//! tunnel connection (QUIC, TLS/TCP or WireGuard: the protocol does not care). The core of
+//! this crate is pure: [`Codec`] turns bytes into frames and back, with no sockets, no tasks
+//! and no clock, so it can be unit-tested and fuzzed exhaustively. Every length is checked
+//! against [`Limits`] before anything is allocated.
+//!
+//! Two optional modules hold the glue both ends share: [`io`] (feature `tokio`) reads and
+//! writes frames on async byte streams, and [`http`] (feature `http`) converts heads to and
+//! from the `http` crate's types.
+
+mod codec;
+mod frame;
+
+#[cfg(all(feature = "http", feature = "tokio"))]
+pub mod body;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "tokio")]
+pub mod io;
+
+pub use codec::{
+    Codec, DEFAULT_MAX_CONTROL_LEN, DEFAULT_MAX_DATA_LEN, DEFAULT_MAX_HEAD_LEN,
+    DEFAULT_MAX_HEADERS, DEFAULT_MAX_SERVICES, DecodeError, EncodeError, FRAME_HEADER_LEN, Limits,
+};
+pub use frame::{
+    Frame, Header, Hello, PROTOCOL_VERSION, Reject, RejectCode, RequestHead, Reset, ResetCode,
+    ResponseHead, Secret, Welcome,
+};
