@@ -1,1 +1,295 @@
-//! placeholder
+//! netwall gateway: the only part of a netwall deployment that faces the Internet.
+//!
+//! It terminates HTTPS (HTTP/1.1 and HTTP/2) and plain HTTP (redirected), routes each request
+//! by host and path to a tunnel, and relays it over a connection that a connector dialed out
+//! to the [tunnel listener](tunnel::quic). [`start`] binds everything and returns a
+//! [`RunningGateway`] whose [`shutdown`](RunningGateway::shutdown) drains gracefully; the
+//! binary and the end-to-end tests both use it.
+
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+pub mod tls;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use netwall_proto::Codec;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::{GatewayConfig, Loaded};
+use crate::metrics::Metrics;
+use crate::route::{HostPattern, RouteTable};
+use crate::tls::{CertPair, SniResolver};
+use crate::tunnel::Registry;
+use crate::tunnel::quic::{CLOSE_SHUTDOWN, TunnelServer};
+
+/// How long the QUIC endpoint may take to deliver its final close frames at shutdown.
+const TUNNEL_CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A certificate could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started gateway.
+pub struct RunningGateway {
+    /// Bound HTTPS address.
+    pub https_addr: SocketAddr,
+    /// Bound HTTP redirect address.
+    pub http_addr: Option<SocketAddr>,
+    /// Bound QUIC tunnel address.
+    pub tunnel_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: Option<SocketAddr>,
+    /// PEM of the tunnel certificate when it was generated at start.
+    pub tunnel_cert_pem: Option<String>,
+    /// SHA-256 fingerprint of the tunnel certificate.
+    pub tunnel_fingerprint: String,
+    /// PEM of the public certificate when it was generated at start.
+    pub https_cert_pem: Option<String>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tunnels.
+    pub registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    endpoint: quinn::Endpoint,
+    drain_timeout: Duration,
+}
+
+impl RunningGateway {
+    /// Stop accepting, tell connectors to go away, let in-flight requests finish up to the
+    /// drain deadline, then close every tunnel. Returns whether everything drained in time.
+    pub async fn shutdown(self) -> bool {
+        info!("shutting down: no new connections; draining in-flight requests");
+        self.shutdown.cancel();
+        self.tasks.close();
+        let drained = tokio::time::timeout(self.drain_timeout, self.tasks.wait())
+            .await
+            .is_ok();
+        if !drained {
+            warn!(deadline = ?self.drain_timeout, "drain deadline passed; closing remaining connections");
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(CLOSE_SHUTDOWN),
+            b"gateway shutting down",
+        );
+        let _ = tokio::time::timeout(TUNNEL_CLOSE_LINGER, self.endpoint.wait_idle()).await;
+        drained
+    }
+
+    /// A token cancelled when shutdown begins.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "gateway".to_owned())
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Load certificates, bind every listener and start serving.
+pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
+    let Loaded { config, base } = loaded;
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let codec = Codec::default();
+    let routes = RouteTable::new(&config.routes).map_err(StartError::Config)?;
+    let gateway_id = config.gateway_id.clone().unwrap_or_else(host_name);
+
+    // Public certificates.
+    let mut entries = Vec::new();
+    let mut https_cert_pem = None;
+    for c in &config.https.certificates {
+        let pair = CertPair::load(&resolve(c.cert.get_ref()), &resolve(c.key.get_ref()))?;
+        let hosts = c
+            .hosts
+            .iter()
+            .filter_map(|h| HostPattern::parse(h).ok())
+            .collect();
+        entries.push((hosts, pair));
+    }
+    if config.https.self_signed {
+        let mut names: Vec<String> = routes.exact_hosts().map(str::to_owned).collect();
+        names.extend(
+            config
+                .routes
+                .iter()
+                .map(|r| r.host.get_ref().to_ascii_lowercase())
+                .filter(|h| h.starts_with("*.")),
+        );
+        names.push("localhost".to_owned());
+        names.sort();
+        names.dedup();
+        let pair = CertPair::self_signed(&names)?;
+        https_cert_pem = pair.generated_pem.clone();
+        entries.push((vec![HostPattern::Any], pair));
+    }
+    let acceptor = TlsAcceptor::from(tls::public_server_config(SniResolver::new(entries)?)?);
+
+    // Tunnel certificate.
+    let tl = &config.tunnel_listener;
+    let tunnel_pair = match (&tl.cert, &tl.key) {
+        (Some(c), Some(k)) => CertPair::load(&resolve(c.get_ref()), &resolve(k.get_ref()))?,
+        _ => CertPair::self_signed(&tl.self_signed_names)?,
+    };
+    let tunnel_fingerprint = tunnel_pair.fingerprint();
+    if let (Some(out), Some(pem)) = (&tl.self_signed_cert_out, &tunnel_pair.generated_pem) {
+        let out = resolve(out);
+        std::fs::write(&out, pem).map_err(|source| StartError::Write {
+            path: out.display().to_string(),
+            source,
+        })?;
+    }
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let tunnels = config.tunnels.iter().filter_map(|t| {
+        tunnel::parse_credential_hash(t.credential_sha256.get_ref())
+            .map(|h| (t.name.get_ref().clone(), h))
+    });
+    let registry = Arc::new(Registry::new(tunnels, metrics.clone()));
+    let endpoint = tunnel::quic::bind(tl, &tunnel_pair).map_err(|source| StartError::Bind {
+        addr: tl.listen,
+        source,
+    })?;
+    let tunnel_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+        addr: tl.listen,
+        source,
+    })?;
+    let server = Arc::new(TunnelServer::new(
+        registry.clone(),
+        metrics.clone(),
+        codec,
+        gateway_id.clone(),
+        tl,
+    ));
+    tokio::spawn(
+        server
+            .serve(endpoint.clone(), shutdown.clone(), tasks.clone())
+            .instrument(info_span!("tunnel_listener")),
+    );
+
+    let https_listener = bind_tcp(config.https.listen).await?;
+    let https_addr = local_addr(&https_listener, config.https.listen)?;
+    let proxy = Arc::new(proxy::Proxy::new(
+        routes,
+        registry.clone(),
+        metrics.clone(),
+        codec,
+    ));
+    tokio::spawn(listener::serve_https(
+        https_listener,
+        acceptor,
+        proxy,
+        config.https.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+
+    let mut http_addr = None;
+    if let Some(http) = &config.http {
+        let l = bind_tcp(http.listen).await?;
+        http_addr = Some(local_addr(&l, http.listen)?);
+        let port = http.https_port.unwrap_or(https_addr.port());
+        let handler = listener::redirect_handler(port, metrics.clone());
+        tokio::spawn(listener::serve_plain(
+            l,
+            handler,
+            config.https.header_read_timeout,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
+
+    let mut admin_addr = None;
+    if let Some(addr) = config.admin.listen {
+        let l = bind_tcp(addr).await?;
+        admin_addr = Some(local_addr(&l, addr)?);
+        let handler = listener::admin_handler(metrics.clone(), shutdown.clone());
+        // The admin listener outlives the drain so metrics stay readable during it.
+        tokio::spawn(listener::serve_plain(
+            l,
+            handler,
+            config.https.header_read_timeout,
+            CancellationToken::new(),
+            TaskTracker::new(),
+        ));
+    }
+
+    info!(%gateway_id, https = %https_addr, http = ?http_addr, tunnel = %tunnel_addr, admin = ?admin_addr, tunnel_fingerprint = %tunnel_fingerprint, "gateway started");
+    Ok(RunningGateway {
+        https_addr,
+        http_addr,
+        tunnel_addr,
+        admin_addr,
+        tunnel_cert_pem: tunnel_pair.generated_pem,
+        tunnel_fingerprint,
+        https_cert_pem,
+        metrics,
+        registry,
+        shutdown,
+        tasks,
+        endpoint,
+        drain_timeout: config.shutdown.drain_timeout,
+    })
+}
+
+/// Parse a configuration file without binding anything (`netwall-gateway check`).
+pub fn check(path: &Path) -> Result<GatewayConfig, config::ConfigErrors> {
+    GatewayConfig::load(path).map(|l| l.config)
+}

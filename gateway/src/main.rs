@@ -1,1 +1,123 @@
-fn main() {}
+//! `netwall-gateway`: run the gateway, check a config offline, or mint a tunnel credential.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use rand::RngCore;
+
+#[derive(Parser)]
+#[command(
+    name = "netwall-gateway",
+    version,
+    about = "netwall gateway: the public edge of a reverse-tunnel network wall"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "NETWALL_GATEWAY_CONFIG",
+        default_value = "gateway.toml"
+    )]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "NETWALL_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration without binding anything; exit 0 when valid, 1 when not.
+    Check,
+    /// Generate a random tunnel credential; prints the credential (for the connector) and its
+    /// SHA-256 (for `credential_sha256` in gateway.toml).
+    Credential,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => match netwall_gateway::check(&cli.config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} tunnels, {} routes)",
+                    cli.config.display(),
+                    cfg.tunnels.len(),
+                    cfg.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                eprintln!("{errs}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Credential => {
+            let mut raw = [0u8; 32];
+            rand::rng().fill_bytes(&mut raw);
+            let credential = hex::encode(raw);
+            println!("credential         = {credential}");
+            println!(
+                "credential_sha256  = \"{}\"",
+                netwall_gateway::tunnel::credential_hash(credential.as_bytes())
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            init_logging(cli.log_format);
+            match run(cli.config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("netwall-gateway: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(config: PathBuf) -> anyhow::Result<()> {
+    let loaded = netwall_gateway::config::GatewayConfig::load(&config)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateway = netwall_gateway::start(loaded)
+        .await
+        .context("cannot start")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    gateway.shutdown().await;
+    Ok(())
+}

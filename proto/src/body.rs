@@ -62,7 +62,12 @@ pub struct TunnelBody<R, G = ()> {
 impl<R, G> TunnelBody<R, G> {
     /// A body read from `reader`; with `limit`, more bytes than that is an error.
     pub fn new(reader: FrameReader<R>, limit: Option<u64>, guard: G) -> Self {
-        TunnelBody { reader: Some(reader), limit, received: 0, _guard: guard }
+        TunnelBody {
+            reader: Some(reader),
+            limit,
+            received: 0,
+            _guard: guard,
+        }
     }
 
     /// Bytes of body delivered so far.
@@ -102,7 +107,9 @@ impl<R: AsyncRead + Unpin, G: Unpin> Body for TunnelBody<R, G> {
                     if trailers.is_empty() {
                         return Poll::Ready(None);
                     }
-                    to_header_map(&trailers).map(BodyFrame::trailers).map_err(BodyError::from)
+                    to_header_map(&trailers)
+                        .map(BodyFrame::trailers)
+                        .map_err(BodyError::from)
                 }
                 Ok(Some(Frame::Reset(r))) => Err(BodyError::Reset(r)),
                 Ok(Some(other)) => Err(BodyError::Unexpected(other.kind())),
@@ -142,7 +149,10 @@ where
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
-                let reset = Reset { code: ResetCode::Cancelled, reason: "body source failed".into() };
+                let reset = Reset {
+                    code: ResetCode::Cancelled,
+                    reason: "body source failed".into(),
+                };
                 let _ = writer.send(&Frame::Reset(reset)).await;
                 return Err(BodyError::Source(e.to_string()));
             }
@@ -151,7 +161,10 @@ where
             Ok(data) => {
                 sent += data.len() as u64;
                 if let Some(limit) = limit.filter(|l| sent > *l) {
-                    let reset = Reset { code: ResetCode::TooLarge, reason: "body over limit".into() };
+                    let reset = Reset {
+                        code: ResetCode::TooLarge,
+                        reason: "body over limit".into(),
+                    };
                     let _ = writer.send(&Frame::Reset(reset)).await;
                     return Err(BodyError::TooLarge { limit });
                 }
@@ -166,4 +179,89 @@ where
     }
     writer.send(&Frame::End(from_header_map(&trailers))).await?;
     Ok(sent)
+}
+
+/// Bytes read from an upgraded connection per `Data` frame.
+const UPGRADE_CHUNK: usize = 16 * 1024;
+
+/// Relay an upgraded connection (after a real `101`) over a tunnel stream until both
+/// directions have ended: bytes from `io` go out as `Data` frames and a final `End`; `Data`
+/// frames from the tunnel are written to `io`. A `Reset` or broken stream ends both
+/// directions. Returns bytes (to tunnel, from tunnel).
+pub async fn pipe_upgraded<IO, R, W>(
+    io: IO,
+    mut writer: FrameWriter<W>,
+    mut reader: FrameReader<R>,
+) -> (u64, u64)
+where
+    IO: AsyncRead + AsyncWrite,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let up = async {
+        let mut sent = 0u64;
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(UPGRADE_CHUNK);
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => {
+                    let _ = writer.send(&Frame::End(Vec::new())).await;
+                    let _ = writer.shutdown().await;
+                    return sent;
+                }
+                Ok(n) => {
+                    sent += n as u64;
+                    if writer.send_data(buf.split().freeze()).await.is_err() {
+                        return sent;
+                    }
+                }
+                Err(_) => {
+                    let reset = Reset {
+                        code: ResetCode::Cancelled,
+                        reason: "upgraded connection failed".into(),
+                    };
+                    let _ = writer.send(&Frame::Reset(reset)).await;
+                    return sent;
+                }
+            }
+        }
+    };
+    // Ends with the bytes received and whether the tunnel side ended cleanly (`End`).
+    let down = async {
+        let mut received = 0u64;
+        loop {
+            match reader.next().await {
+                Ok(Some(Frame::Data(d))) => {
+                    received += d.len() as u64;
+                    if wr.write_all(&d).await.is_err() {
+                        return (received, false);
+                    }
+                }
+                Ok(Some(Frame::End(_))) => {
+                    let _ = wr.shutdown().await;
+                    return (received, true);
+                }
+                _ => return (received, false),
+            }
+        }
+    };
+    tokio::pin!(up, down);
+    let (mut sent, mut received) = (None, None);
+    while sent.is_none() || received.is_none() {
+        tokio::select! {
+            s = &mut up, if sent.is_none() => sent = Some(s),
+            (r, clean) = &mut down, if received.is_none() => {
+                received = Some(r);
+                if !clean {
+                    // The far side is gone: stop reading the near side too.
+                    break;
+                }
+            }
+        }
+    }
+    (sent.unwrap_or(0), received.unwrap_or(0))
 }

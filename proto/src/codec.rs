@@ -10,8 +10,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{
-    Frame, Header, Hello, Reject, RejectCode, RequestHead, Reset, ResetCode, ResponseHead,
-    Secret, Welcome,
+    Frame, Header, Hello, Reject, RejectCode, RequestHead, Reset, ResetCode, ResponseHead, Secret,
+    Welcome,
 };
 
 /// Size of the fixed frame header.
@@ -199,7 +199,12 @@ impl Codec {
         self.decode_payload(t, kind, payload).map(Some)
     }
 
-    fn decode_payload(&self, t: u8, kind: &'static str, payload: Bytes) -> Result<Frame, DecodeError> {
+    fn decode_payload(
+        &self,
+        t: u8,
+        kind: &'static str,
+        payload: Bytes,
+    ) -> Result<Frame, DecodeError> {
         if t == tag::DATA {
             return Ok(Frame::Data(payload));
         }
@@ -212,15 +217,28 @@ impl Codec {
                 let connector_id = r.str16()?;
                 let count = r.u16()? as usize;
                 if count > self.limits.max_services {
-                    return Err(DecodeError::TooMany { kind, count, limit: self.limits.max_services });
+                    return Err(DecodeError::TooMany {
+                        kind,
+                        count,
+                        limit: self.limits.max_services,
+                    });
                 }
                 let mut services = Vec::with_capacity(count.min(r.buf.len() / 2));
                 for _ in 0..count {
                     services.push(r.str16()?);
                 }
-                Frame::Hello(Hello { version, tunnel, credential, connector_id, services })
+                Frame::Hello(Hello {
+                    version,
+                    tunnel,
+                    credential,
+                    connector_id,
+                    services,
+                })
             }
-            tag::WELCOME => Frame::Welcome(Welcome { version: r.u16()?, gateway_id: r.str16()? }),
+            tag::WELCOME => Frame::Welcome(Welcome {
+                version: r.u16()?,
+                gateway_id: r.str16()?,
+            }),
             tag::REJECT => Frame::Reject(Reject {
                 code: RejectCode::from_u16(r.u16()?),
                 reason: r.str16()?,
@@ -258,7 +276,9 @@ impl Codec {
                 reason: r.str16()?,
             }),
             tag::DRAIN => Frame::Drain,
-            tag::DRAIN_ACK => Frame::DrainAck { streams_opened: r.u64()? },
+            tag::DRAIN_ACK => Frame::DrainAck {
+                streams_opened: r.u64()?,
+            },
             tag::GO_AWAY => Frame::GoAway { reason: r.str16()? },
             tag::PING => Frame::Ping(r.u64()?),
             tag::PONG => Frame::Pong(r.u64()?),
@@ -274,7 +294,11 @@ impl Codec {
     /// it. Lets body bytes go to the transport without being copied into a frame buffer.
     pub fn encode_data_header(&self, len: usize, dst: &mut BytesMut) -> Result<(), EncodeError> {
         if len > self.limits.max_data_len {
-            return Err(EncodeError::TooLong { kind: "data", len, limit: self.limits.max_data_len });
+            return Err(EncodeError::TooLong {
+                kind: "data",
+                len,
+                limit: self.limits.max_data_len,
+            });
         }
         dst.put_u8(tag::DATA);
         dst.put_u32(len as u32);
@@ -382,7 +406,11 @@ struct Reader {
 
 impl Reader {
     fn need(&self, n: usize) -> Result<(), DecodeError> {
-        if self.buf.remaining() < n { Err(DecodeError::Truncated(self.kind)) } else { Ok(()) }
+        if self.buf.remaining() < n {
+            Err(DecodeError::Truncated(self.kind))
+        } else {
+            Ok(())
+        }
     }
 
     fn u8(&mut self) -> Result<u8, DecodeError> {
@@ -437,7 +465,11 @@ impl Reader {
     fn headers(&mut self, max: usize) -> Result<Vec<Header>, DecodeError> {
         let count = self.u16()? as usize;
         if count > max {
-            return Err(DecodeError::TooMany { kind: self.kind, count, limit: max });
+            return Err(DecodeError::TooMany {
+                kind: self.kind,
+                count,
+                limit: max,
+            });
         }
         // Each header needs at least 6 bytes, so a lying count cannot over-allocate.
         let mut out = Vec::with_capacity(count.min(self.buf.remaining() / 6));

@@ -63,7 +63,11 @@ pub fn strip_hop_by_hop(map: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let upgrade = if keep_upgrade { map.get(header::UPGRADE).cloned() } else { None };
+    let upgrade = if keep_upgrade {
+        map.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         map.remove(name);
     }

@@ -54,7 +54,12 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wrap `inner`, decoding with `codec`.
     pub fn new(inner: R, codec: Codec) -> Self {
-        FrameReader { inner, buf: BytesMut::new(), codec, eof: false }
+        FrameReader {
+            inner,
+            buf: BytesMut::new(),
+            codec,
+            eof: false,
+        }
     }
 
     /// Poll for the next frame; `Ready(Ok(None))` is a clean end of stream between frames.
@@ -109,7 +114,11 @@ pub struct FrameWriter<W> {
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wrap `inner`, encoding with `codec`.
     pub fn new(inner: W, codec: Codec) -> Self {
-        FrameWriter { inner, buf: BytesMut::with_capacity(256), codec }
+        FrameWriter {
+            inner,
+            buf: BytesMut::with_capacity(256),
+            codec,
+        }
     }
 
     /// Encode and write one frame.

@@ -6,15 +6,18 @@
 //! and no clock, so it can be unit-tested and fuzzed exhaustively. Every length is checked
 //! against [`Limits`] before anything is allocated.
 //!
-//! Two optional modules hold the glue both ends share: [`io`] (feature `tokio`) reads and
+//! Optional modules hold the glue both ends share: [`io`] (feature `tokio`) reads and
 //! writes frames on async byte streams, and [`http`] (feature `http`) converts heads to and
-//! from the `http` crate's types.
+//! from the `http` crate's types, [`body`] streams HTTP bodies over tunnel streams, and
+//! [`config`] (feature `config`) reports configuration errors by file, line and key.
 
 mod codec;
 mod frame;
 
 #[cfg(all(feature = "http", feature = "tokio"))]
 pub mod body;
+#[cfg(feature = "config")]
+pub mod config;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "tokio")]

@@ -6,9 +6,14 @@ use netwall_proto::*;
 use proptest::prelude::*;
 
 fn header() -> impl Strategy<Value = Header> {
-    ("[a-z][a-z0-9-]{0,20}", proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(n, v)| {
-        Header { name: Bytes::from(n), value: Bytes::from(v) }
-    })
+    (
+        "[a-z][a-z0-9-]{0,20}",
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(n, v)| Header {
+            name: Bytes::from(n),
+            value: Bytes::from(v),
+        })
 }
 
 fn headers() -> impl Strategy<Value = Vec<Header>> {
@@ -17,21 +22,56 @@ fn headers() -> impl Strategy<Value = Vec<Header>> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u16>(), ".{0,40}", proptest::collection::vec(any::<u8>(), 0..64), ".{0,40}",
-            proptest::collection::vec(".{0,20}", 0..10))
-            .prop_map(|(version, tunnel, cred, connector_id, services)| Frame::Hello(Hello {
-                version, tunnel, credential: Secret(Bytes::from(cred)), connector_id, services
-            })),
-        (any::<u16>(), ".{0,40}").prop_map(|(version, gateway_id)| Frame::Welcome(Welcome { version, gateway_id })),
-        (any::<u16>(), ".{0,80}").prop_map(|(c, reason)| Frame::Reject(Reject { code: RejectCode::from_u16(c), reason })),
-        (".{0,20}", "[A-Z]{1,10}", ".{0,200}", headers(), ".{0,40}", any::<bool>()).prop_map(
-            |(service, method, uri, headers, client_addr, upgrade)| Frame::RequestHead(RequestHead {
-                service, method, uri, headers, client_addr, upgrade
-            })),
-        (100u16..1000, headers()).prop_map(|(status, headers)| Frame::ResponseHead(ResponseHead { status, headers })),
+        (
+            any::<u16>(),
+            ".{0,40}",
+            proptest::collection::vec(any::<u8>(), 0..64),
+            ".{0,40}",
+            proptest::collection::vec(".{0,20}", 0..10)
+        )
+            .prop_map(
+                |(version, tunnel, cred, connector_id, services)| Frame::Hello(Hello {
+                    version,
+                    tunnel,
+                    credential: Secret(Bytes::from(cred)),
+                    connector_id,
+                    services
+                })
+            ),
+        (any::<u16>(), ".{0,40}").prop_map(|(version, gateway_id)| Frame::Welcome(Welcome {
+            version,
+            gateway_id
+        })),
+        (any::<u16>(), ".{0,80}").prop_map(|(c, reason)| Frame::Reject(Reject {
+            code: RejectCode::from_u16(c),
+            reason
+        })),
+        (
+            ".{0,20}",
+            "[A-Z]{1,10}",
+            ".{0,200}",
+            headers(),
+            ".{0,40}",
+            any::<bool>()
+        )
+            .prop_map(|(service, method, uri, headers, client_addr, upgrade)| {
+                Frame::RequestHead(RequestHead {
+                    service,
+                    method,
+                    uri,
+                    headers,
+                    client_addr,
+                    upgrade,
+                })
+            }),
+        (100u16..1000, headers())
+            .prop_map(|(status, headers)| Frame::ResponseHead(ResponseHead { status, headers })),
         proptest::collection::vec(any::<u8>(), 0..4096).prop_map(|d| Frame::Data(Bytes::from(d))),
         headers().prop_map(Frame::End),
-        (any::<u16>(), ".{0,80}").prop_map(|(c, reason)| Frame::Reset(Reset { code: ResetCode::from_u16(c), reason })),
+        (any::<u16>(), ".{0,80}").prop_map(|(c, reason)| Frame::Reset(Reset {
+            code: ResetCode::from_u16(c),
+            reason
+        })),
         Just(Frame::Drain),
         any::<u64>().prop_map(|streams_opened| Frame::DrainAck { streams_opened }),
         ".{0,80}".prop_map(|reason| Frame::GoAway { reason }),
@@ -109,8 +149,15 @@ fn oversized_length_is_refused_before_any_allocation() {
     buf.put_u8(0x12);
     buf.put_u32(u32::MAX);
     let cap = buf.capacity();
-    assert!(matches!(codec.decode(&mut buf), Err(DecodeError::TooLong { kind: "data", .. })));
-    assert_eq!(buf.capacity(), cap, "decoder reserved memory for a frame it refused");
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(DecodeError::TooLong { kind: "data", .. })
+    ));
+    assert_eq!(
+        buf.capacity(),
+        cap,
+        "decoder reserved memory for a frame it refused"
+    );
 }
 
 #[test]
@@ -118,14 +165,36 @@ fn malformed_frames_are_typed_errors() {
     let codec = Codec::default();
     let cases: Vec<(BytesMut, DecodeError)> = vec![
         (raw(0x7f, b""), DecodeError::UnknownType(0x7f)),
-        (raw(0x02, &[0, 1, 0, 5, b'a']), DecodeError::Truncated("welcome")),
+        (
+            raw(0x02, &[0, 1, 0, 5, b'a']),
+            DecodeError::Truncated("welcome"),
+        ),
         (raw(0x21, &[0; 9]), DecodeError::TrailingBytes("drain_ack")),
-        (raw(0x22, &[0, 2, 0xff, 0xfe]), DecodeError::InvalidUtf8("go_away")),
-        (raw(0x11, &[0, 42, 0, 0]), DecodeError::InvalidValue("response_head")),
-        (raw(0x13, &[0xff, 0xff]), DecodeError::TooMany { kind: "end", count: 65535, limit: DEFAULT_MAX_HEADERS }),
+        (
+            raw(0x22, &[0, 2, 0xff, 0xfe]),
+            DecodeError::InvalidUtf8("go_away"),
+        ),
+        (
+            raw(0x11, &[0, 42, 0, 0]),
+            DecodeError::InvalidValue("response_head"),
+        ),
+        (
+            raw(0x13, &[0xff, 0xff]),
+            DecodeError::TooMany {
+                kind: "end",
+                count: 65535,
+                limit: DEFAULT_MAX_HEADERS,
+            },
+        ),
         // a header count that promises more than the frame holds
-        (raw(0x13, &[0, 5, 0, 1, b'a']), DecodeError::Truncated("end")),
-        (raw(0x10, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0]), DecodeError::InvalidValue("request_head")),
+        (
+            raw(0x13, &[0, 5, 0, 1, b'a']),
+            DecodeError::Truncated("end"),
+        ),
+        (
+            raw(0x10, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0]),
+            DecodeError::InvalidValue("request_head"),
+        ),
     ];
     for (mut buf, want) in cases {
         assert_eq!(codec.decode(&mut buf), Err(want));
@@ -136,22 +205,56 @@ fn malformed_frames_are_typed_errors() {
 fn wire_format_is_stable() {
     let codec = Codec::default();
     let mut buf = BytesMut::new();
-    codec.encode(&Frame::Ping(0x0102030405060708), &mut buf).unwrap();
+    codec
+        .encode(&Frame::Ping(0x0102030405060708), &mut buf)
+        .unwrap();
     assert_eq!(&buf[..], &[0x23, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
     buf.clear();
-    codec.encode(&Frame::Reset(Reset { code: ResetCode::Refused, reason: "x".into() }), &mut buf).unwrap();
+    codec
+        .encode(
+            &Frame::Reset(Reset {
+                code: ResetCode::Refused,
+                reason: "x".into(),
+            }),
+            &mut buf,
+        )
+        .unwrap();
     assert_eq!(&buf[..], &[0x14, 0, 0, 0, 5, 0, 1, 0, 1, b'x']);
 }
 
 #[test]
 fn encoder_refuses_what_the_decoder_would() {
-    let codec = Codec::new(Limits { max_data_len: 16, ..Limits::default() });
+    let codec = Codec::new(Limits {
+        max_data_len: 16,
+        ..Limits::default()
+    });
     let mut buf = BytesMut::from(&b"keep"[..]);
-    let err = codec.encode(&Frame::Data(Bytes::from(vec![0; 17])), &mut buf).unwrap_err();
-    assert!(matches!(err, EncodeError::TooLong { kind: "data", len: 17, limit: 16 }));
-    assert_eq!(&buf[..], b"keep", "failed encode must leave the buffer untouched");
-    let huge = Frame::GoAway { reason: "x".repeat(DEFAULT_MAX_CONTROL_LEN) };
-    assert!(matches!(codec.encode(&huge, &mut buf), Err(EncodeError::TooLong { kind: "go_away", .. })));
+    let err = codec
+        .encode(&Frame::Data(Bytes::from(vec![0; 17])), &mut buf)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        EncodeError::TooLong {
+            kind: "data",
+            len: 17,
+            limit: 16
+        }
+    ));
+    assert_eq!(
+        &buf[..],
+        b"keep",
+        "failed encode must leave the buffer untouched"
+    );
+    let huge = Frame::GoAway {
+        reason: "x".repeat(DEFAULT_MAX_CONTROL_LEN),
+    };
+    assert!(matches!(
+        codec.encode(&huge, &mut buf),
+        Err(EncodeError::TooLong {
+            kind: "go_away",
+            ..
+        })
+    ));
 }
 
 #[test]

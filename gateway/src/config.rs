@@ -1,0 +1,422 @@
+//! `gateway.toml`: the listeners, certificates, tunnels and routes of one gateway.
+//!
+//! Parsing is strict (unknown keys are errors) and validation runs after parsing, collecting
+//! every problem before reporting; each error names the file, line, column and key. Every
+//! default is a named constant with the reason for its value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, parse_duration};
+
+/// Time allowed for a client to send a complete request head (slowloris guard).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head; larger heads get 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Time allowed for a public TLS handshake.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent public connections before new ones are closed at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// HTTP/2 streams per client connection (hyper's 200, rounded up).
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 256;
+/// Handshake + hello + auth deadline on the tunnel port (rathole uses 5 s).
+pub const DEFAULT_TUNNEL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A tunnel connection silent this long is dead; short so a vanished connector is noticed
+/// before clients give up (quinn's default of 30 s is meant for browsers).
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive interval on tunnel connections: well under the idle timeout.
+pub const DEFAULT_TUNNEL_KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// Unfinished tunnel handshakes allowed from one IP (junk on the tunnel port cannot starve
+/// real connectors).
+pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP: usize = 16;
+/// Time a route waits for the service's response head before answering 504.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request body limit per route (DESIGN.md: 10 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// How long shutdown waits for in-flight requests.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The admin listener is private by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+fn default_header_read_timeout() -> Duration {
+    DEFAULT_HEADER_READ_TIMEOUT
+}
+fn default_max_header_bytes() -> usize {
+    DEFAULT_MAX_HEADER_BYTES
+}
+fn default_tls_handshake_timeout() -> Duration {
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_h2_max_streams() -> u32 {
+    DEFAULT_H2_MAX_STREAMS
+}
+fn default_tunnel_handshake_timeout() -> Duration {
+    DEFAULT_TUNNEL_HANDSHAKE_TIMEOUT
+}
+fn default_tunnel_idle_timeout() -> Duration {
+    DEFAULT_TUNNEL_IDLE_TIMEOUT
+}
+fn default_tunnel_keep_alive() -> Duration {
+    DEFAULT_TUNNEL_KEEP_ALIVE
+}
+fn default_max_pending_per_ip() -> usize {
+    DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP
+}
+fn default_route_timeout() -> Duration {
+    DEFAULT_ROUTE_TIMEOUT
+}
+fn default_max_body_bytes() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_drain_timeout() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT
+}
+fn default_path() -> Spanned<String> {
+    Spanned::new(0..0, "/".to_owned())
+}
+fn default_self_signed_names() -> Vec<String> {
+    vec!["localhost".to_owned()]
+}
+fn default_admin_listen() -> Option<SocketAddr> {
+    DEFAULT_ADMIN_LISTEN.parse().ok()
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Name of this gateway instance in logs and handshakes; defaults to the host name.
+    #[serde(default)]
+    pub gateway_id: Option<String>,
+    /// Public HTTPS listener.
+    pub https: HttpsConfig,
+    /// Public plain-HTTP listener that redirects to HTTPS.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// Listener connectors dial.
+    pub tunnel_listener: TunnelListenerConfig,
+    /// Private listener for metrics and health.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Declared tunnels.
+    #[serde(default, rename = "tunnel")]
+    pub tunnels: Vec<TunnelConfig>,
+    /// Public routes.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Shutdown behaviour.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[https]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsConfig {
+    /// Address to bind, e.g. `0.0.0.0:443`.
+    pub listen: SocketAddr,
+    /// Generate a development certificate at start for every route host and `localhost`.
+    #[serde(default)]
+    pub self_signed: bool,
+    /// Certificates chosen by SNI; the first one also answers clients that send no SNI.
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<CertConfig>,
+    /// Deadline for a complete request head.
+    #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes (431 beyond).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Deadline for the TLS handshake.
+    #[serde(
+        default = "default_tls_handshake_timeout",
+        deserialize_with = "duration"
+    )]
+    pub tls_handshake_timeout: Duration,
+    /// Concurrent public connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2 concurrent streams per connection.
+    #[serde(default = "default_h2_max_streams")]
+    pub h2_max_concurrent_streams: u32,
+}
+
+/// `[[https.certificate]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    /// PEM certificate chain.
+    pub cert: Spanned<PathBuf>,
+    /// PEM private key.
+    pub key: Spanned<PathBuf>,
+    /// SNI names this certificate answers (`app.example.com`, `*.example.com`).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to bind, e.g. `0.0.0.0:80`.
+    pub listen: SocketAddr,
+    /// Port named in redirects; defaults to the HTTPS listener's port.
+    #[serde(default)]
+    pub https_port: Option<u16>,
+}
+
+/// `[tunnel_listener]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelListenerConfig {
+    /// UDP address for QUIC, e.g. `0.0.0.0:4443`.
+    pub listen: SocketAddr,
+    /// PEM certificate chain connectors verify.
+    #[serde(default)]
+    pub cert: Option<Spanned<PathBuf>>,
+    /// PEM private key.
+    #[serde(default)]
+    pub key: Option<Spanned<PathBuf>>,
+    /// Generate the tunnel certificate at start (development only).
+    #[serde(default)]
+    pub self_signed: bool,
+    /// Names in the generated certificate.
+    #[serde(default = "default_self_signed_names")]
+    pub self_signed_names: Vec<String>,
+    /// Write the generated certificate here (PEM) so connectors can trust it.
+    #[serde(default)]
+    pub self_signed_cert_out: Option<PathBuf>,
+    /// Deadline for handshake, hello and authentication together.
+    #[serde(
+        default = "default_tunnel_handshake_timeout",
+        deserialize_with = "duration"
+    )]
+    pub handshake_timeout: Duration,
+    /// Silence after which a tunnel connection is declared dead.
+    #[serde(default = "default_tunnel_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Keep-alive interval.
+    #[serde(default = "default_tunnel_keep_alive", deserialize_with = "duration")]
+    pub keep_alive: Duration,
+    /// Unfinished handshakes allowed per source IP.
+    #[serde(default = "default_max_pending_per_ip")]
+    pub max_pending_handshakes_per_ip: usize,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address for `/metrics` and `/healthz`; keep it private.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// `[[tunnel]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// Name connectors present in their hello.
+    pub name: Spanned<String>,
+    /// SHA-256 of the tunnel credential, hex (`netwall-gateway credential` prints one).
+    pub credential_sha256: Spanned<String>,
+}
+
+/// `[[route]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Public host name, exact or `*.example.com`.
+    pub host: Spanned<String>,
+    /// Path prefix, matched on segment boundaries; the longest match wins.
+    #[serde(default = "default_path")]
+    pub path: Spanned<String>,
+    /// Tunnel that carries the route.
+    pub tunnel: Spanned<String>,
+    /// Service name the connector resolves.
+    pub service: String,
+    /// Time to wait for the response head.
+    #[serde(default = "default_route_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Request body limit.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish.
+    #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// A parsed configuration with the source it came from (for error locations).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: GatewayConfig,
+    /// Folder of the file, against which relative paths resolve.
+    pub base: PathBuf,
+}
+
+impl GatewayConfig {
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::whole_file(
+                path,
+                format!("cannot read: {e}"),
+            )])
+        })?;
+        let config = Self::parse(path, &src)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Loaded { config, base })
+    }
+
+    /// Parse and validate `src`, reporting errors against `path`.
+    pub fn parse(path: &Path, src: &str) -> Result<GatewayConfig, ConfigErrors> {
+        let located = Located::new(path, src);
+        let config: GatewayConfig = located.parse()?;
+        let errors = config.validate(&located);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    fn validate(&self, at: &Located<'_>) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        if !self.https.self_signed && self.https.certificates.is_empty() {
+            errs.push(at.error(
+                None,
+                "https",
+                "needs `self_signed = true` or at least one [[https.certificate]]",
+            ));
+        }
+        if self.https.max_header_bytes < 8192 {
+            errs.push(at.error(None, "https.max_header_bytes", "must be at least 8192"));
+        }
+        let tl = &self.tunnel_listener;
+        match (&tl.cert, &tl.key, tl.self_signed) {
+            (Some(_), Some(_), false) | (None, None, true) => {}
+            (Some(c), _, true) => errs.push(at.error(
+                Some(c.span()),
+                "tunnel_listener.cert",
+                "cannot be combined with self_signed = true",
+            )),
+            _ => errs.push(at.error(
+                None,
+                "tunnel_listener",
+                "needs both `cert` and `key`, or `self_signed = true`",
+            )),
+        }
+        if tl.keep_alive >= tl.idle_timeout {
+            errs.push(at.error(
+                None,
+                "tunnel_listener.keep_alive",
+                "must be shorter than idle_timeout",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.tunnels.iter().enumerate() {
+            if !crate::route::valid_name(t.name.get_ref()) {
+                errs.push(at.error(
+                    Some(t.name.span()),
+                    &format!("tunnel[{i}].name"),
+                    "must be 1-64 characters of a-z, 0-9, '-', '_', '.'",
+                ));
+            }
+            if !names.insert(t.name.get_ref().as_str()) {
+                errs.push(at.error(
+                    Some(t.name.span()),
+                    &format!("tunnel[{i}].name"),
+                    &format!("tunnel `{}` is declared twice", t.name.get_ref()),
+                ));
+            }
+            if crate::tunnel::parse_credential_hash(t.credential_sha256.get_ref()).is_none() {
+                errs.push(at.error(Some(t.credential_sha256.span()), &format!("tunnel[{i}].credential_sha256"), "must be 64 hex digits (the SHA-256 of the credential, never the credential itself)"));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Err(e) = crate::route::HostPattern::parse(r.host.get_ref()) {
+                errs.push(at.error(Some(r.host.span()), &format!("route[{i}].host"), &e));
+            }
+            if !r.path.get_ref().starts_with('/') {
+                errs.push(at.error(
+                    Some(r.path.span()),
+                    &format!("route[{i}].path"),
+                    "must start with '/'",
+                ));
+            }
+            if !names.contains(r.tunnel.get_ref().as_str()) {
+                errs.push(at.error(
+                    Some(r.tunnel.span()),
+                    &format!("route[{i}].tunnel"),
+                    &format!("no [[tunnel]] named `{}`", r.tunnel.get_ref()),
+                ));
+            }
+            if !crate::route::valid_name(&r.service) {
+                errs.push(at.error(
+                    Some(r.host.span()),
+                    &format!("route[{i}].service"),
+                    "must be 1-64 characters of a-z, 0-9, '-', '_', '.'",
+                ));
+            }
+            let key = (
+                r.host.get_ref().to_ascii_lowercase(),
+                crate::route::normalize_prefix(r.path.get_ref()),
+            );
+            if !seen.insert(key) {
+                errs.push(at.error(
+                    Some(r.host.span()),
+                    &format!("route[{i}]"),
+                    "duplicates an earlier route's host and path",
+                ));
+            }
+        }
+        for (i, c) in self.https.certificates.iter().enumerate() {
+            for h in &c.hosts {
+                if let Err(e) = crate::route::HostPattern::parse(h) {
+                    errs.push(at.error(
+                        Some(c.cert.span()),
+                        &format!("https.certificate[{i}].hosts"),
+                        &e,
+                    ));
+                }
+            }
+        }
+        errs
+    }
+}

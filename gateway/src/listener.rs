@@ -1,0 +1,226 @@
+//! Public and private TCP listeners: HTTPS (HTTP/1.1 + HTTP/2), the HTTP listener that
+//! redirects to HTTPS, and the admin listener.
+//!
+//! Each accepted connection is its own task, tracked so shutdown can wait for it; on shutdown
+//! every connection is told to finish gracefully (HTTP/2 GOAWAY, HTTP/1 close after the
+//! current response). TLS handshakes run in the connection task, under a deadline, never in
+//! the accept loop. hyper is given a timer so the header-read timeout really applies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, debug_span, warn};
+
+use crate::config::HttpsConfig;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, request_host};
+
+/// Pause after an accept error such as EMFILE, so a full descriptor table does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// HTTP/2 keep-alive ping interval on public connections.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// Serve the public HTTPS listener until `shutdown`.
+pub async fn serve_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    proxy: Arc<Proxy>,
+    cfg: HttpsConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(H2_KEEP_ALIVE));
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    while let Some((tcp, peer)) = accept(&listener, &shutdown).await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics.reject("max_connections");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, proxy, metrics, builder, shutdown) = (
+            acceptor.clone(),
+            proxy.clone(),
+            metrics.clone(),
+            builder.clone(),
+            shutdown.clone(),
+        );
+        let handshake_timeout = cfg.tls_handshake_timeout;
+        let span = debug_span!("conn", client.addr = %peer);
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        metrics.reject("tls_handshake_failed");
+                        debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.reject("tls_handshake_timeout");
+                        return;
+                    }
+                };
+                metrics.public_connections.inc();
+                let svc = service_fn(move |req| proxy.clone().handle(req, peer));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                tokio::pin!(conn);
+                let res = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                metrics.public_connections.dec();
+                if let Err(e) = res {
+                    if e.downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_parse_too_large)
+                    {
+                        metrics.reject("header_too_large");
+                    }
+                    debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// A handler for the small local listeners (redirect, admin).
+pub type LocalHandler = Arc<dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// Serve plain HTTP/1.1 with `handler` until `shutdown`.
+pub async fn serve_plain(
+    listener: TcpListener,
+    handler: LocalHandler,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    while let Some((tcp, _peer)) = accept(&listener, &shutdown).await {
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        let builder = builder.clone();
+        tasks.spawn(async move {
+            let svc = service_fn(move |req| {
+                let resp = handler(&req);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            let _ = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+        });
+    }
+}
+
+/// The HTTP listener's handler: `308` to the same URL over HTTPS.
+pub fn redirect_handler(https_port: u16, metrics: Arc<Metrics>) -> LocalHandler {
+    Arc::new(move |req| {
+        let Some(host) = request_host(req) else {
+            metrics.reject("missing_host");
+            return plain(StatusCode::BAD_REQUEST, "400 bad request: no host\n");
+        };
+        let port = if https_port == 443 {
+            String::new()
+        } else {
+            format!(":{https_port}")
+        };
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{host}{port}{pq}");
+        let mut resp = plain(StatusCode::PERMANENT_REDIRECT, "308 permanent redirect\n");
+        match HeaderValue::from_str(&location) {
+            Ok(v) => {
+                resp.headers_mut().insert(header::LOCATION, v);
+                resp
+            }
+            Err(_) => plain(StatusCode::BAD_REQUEST, "400 bad request\n"),
+        }
+    })
+}
+
+/// The admin listener's handler: `/metrics`, `/healthz`, `/readyz`.
+pub fn admin_handler(metrics: Arc<Metrics>, shutdown: CancellationToken) -> LocalHandler {
+    Arc::new(move |req| match req.uri().path() {
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/readyz" if shutdown.is_cancelled() => {
+            plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        }
+        "/readyz" => plain(StatusCode::OK, "ready\n"),
+        _ => plain(StatusCode::NOT_FOUND, "404 not found\n"),
+    })
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

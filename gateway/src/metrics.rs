@@ -1,0 +1,139 @@
+//! Prometheus metrics of the gateway, served as text on the admin listener.
+//!
+//! Every rejection a client can see has a counter here, labelled by reason, so an operator
+//! can alert on a rise of any one failure without reading logs.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label: why a request or connection was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Reason, e.g. `unknown_host`, `tunnel_offline`.
+    pub reason: &'static str,
+}
+
+/// Label: a tunnel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabel {
+    /// Tunnel name.
+    pub tunnel: String,
+}
+
+/// Label: a tunnel and a direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelDirLabel {
+    /// Tunnel name.
+    pub tunnel: String,
+    /// `to_service` or `to_client`.
+    pub direction: &'static str,
+}
+
+/// Label: outcome of a tunnel handshake.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `accepted` or a reject reason.
+    pub result: &'static str,
+}
+
+/// Label: response status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// `2xx`, `3xx`, `4xx`, `5xx`.
+    pub class: &'static str,
+}
+
+/// All gateway metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by status class.
+    pub responses: Family<StatusLabel, Counter>,
+    /// Requests or connections refused at the edge, by reason.
+    pub rejections: Family<ReasonLabel, Counter>,
+    /// Time to the response head, seconds.
+    pub response_head_seconds: Histogram,
+    /// Open public connections.
+    pub public_connections: Gauge,
+    /// Live tunnel connections per tunnel.
+    pub tunnel_connections: Family<TunnelLabel, Gauge>,
+    /// Tunnel handshakes by outcome.
+    pub tunnel_handshakes: Family<ResultLabel, Counter>,
+    /// Body bytes relayed per tunnel and direction.
+    pub tunnel_bytes: Family<TunnelDirLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("netwall");
+        let m = Metrics {
+            responses: Family::default(),
+            rejections: Family::default(),
+            response_head_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            public_connections: Gauge::default(),
+            tunnel_connections: Family::default(),
+            tunnel_handshakes: Family::default(),
+            tunnel_bytes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_responses",
+            "Responses sent to public clients, by status class",
+            m.responses.clone(),
+        );
+        registry.register(
+            "rejections",
+            "Requests or connections refused at the edge, by reason",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "response_head_seconds",
+            "Time from request to response head",
+            m.response_head_seconds.clone(),
+        );
+        registry.register(
+            "public_connections",
+            "Open public client connections",
+            m.public_connections.clone(),
+        );
+        registry.register(
+            "tunnel_connections",
+            "Live tunnel connections per tunnel",
+            m.tunnel_connections.clone(),
+        );
+        registry.register(
+            "tunnel_handshakes",
+            "Tunnel handshakes by outcome",
+            m.tunnel_handshakes.clone(),
+        );
+        registry.register(
+            "tunnel_body_bytes",
+            "Body bytes relayed through each tunnel",
+            m.tunnel_bytes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Count a refusal.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejections.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,376 @@
+//! The request path: route, policy, tunnel, response.
+//!
+//! ```text
+//! request -> host + path -> route -> body limit -> least-loaded tunnel connection
+//!         -> open stream -> RequestHead [Data..] End  ==>  connector
+//!         <- ResponseHead [Data..] End               <==
+//! ```
+//! Bodies stream in both directions; the response body is read from the tunnel only as fast
+//! as the client takes it. Everything the edge answers itself goes through
+//! [`crate::respond::respond`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use netwall_proto::body::{BodyError, TunnelBody, pipe_upgraded, send_body};
+use netwall_proto::http::{from_header_map, strip_hop_by_hop, to_header_map};
+use netwall_proto::io::{FrameReader, FrameWriter};
+use netwall_proto::{Codec, Frame, RequestHead, ResetCode, ResponseHead};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{Instrument, debug};
+
+use crate::metrics::{Metrics, StatusLabel, TunnelDirLabel};
+use crate::respond::{EdgeError, respond};
+use crate::route::{Route, RouteTable};
+use crate::tunnel::{Lease, Registry, StreamRead, StreamWrite, Tunnel};
+
+/// How many connections a request may try when opening its stream fails (the connection died
+/// between being picked and being used). Nothing of the request has been sent at that point,
+/// so trying another connection is always safe.
+const OPEN_ATTEMPTS: usize = 3;
+
+/// Body of every response the gateway sends.
+pub type ResponseBody = Either<Full<Bytes>, Either<TunnelBody<StreamRead, Lease>, Empty<Bytes>>>;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Relays public requests into tunnels.
+pub struct Proxy {
+    routes: RouteTable,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    codec: Codec,
+}
+
+impl Proxy {
+    /// A proxy over `routes` and `registry`.
+    pub fn new(
+        routes: RouteTable,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        codec: Codec,
+    ) -> Self {
+        Proxy {
+            routes,
+            registry,
+            metrics,
+            codec,
+        }
+    }
+
+    /// Answer one public request; never fails (errors become responses).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let started = Instant::now();
+        let resp = match self.forward(req, peer).await {
+            Ok(r) => r,
+            Err(e) => respond(e, &self.metrics).map(Either::Left),
+        };
+        self.metrics
+            .response_head_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let class = match resp.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .responses
+            .get_or_create(&StatusLabel { class })
+            .inc();
+        Ok(resp)
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ResponseBody>, EdgeError> {
+        let host = request_host(&req).ok_or(EdgeError::MissingHost)?;
+        let route = self
+            .routes
+            .find(&host, req.uri().path())
+            .ok_or(EdgeError::UnknownHost)?
+            .clone();
+        if content_length(req.headers()).is_some_and(|n| n > route.max_body_bytes) {
+            return Err(EdgeError::BodyTooLarge);
+        }
+        let tunnel = self
+            .registry
+            .get(&route.tunnel)
+            .ok_or(EdgeError::TunnelOffline)?
+            .clone();
+        let upgrade = is_upgrade_request(&req);
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let head = Frame::RequestHead(request_head(&req, &route, &host, peer, upgrade));
+        let deadline = Instant::now() + route.timeout;
+        let (lease, mut writer, mut reader) = self.open(&tunnel, &head, deadline).await?;
+
+        let body = req.into_body();
+        let (too_large_tx, too_large_rx) = oneshot::channel::<()>();
+        let mut upgrade_writer = None;
+        if upgrade {
+            upgrade_writer = Some(writer);
+        } else if body.is_end_stream() {
+            writer
+                .send(&Frame::End(Vec::new()))
+                .await
+                .map_err(|_| EdgeError::TunnelLost)?;
+        } else {
+            let metrics = self.metrics.clone();
+            let label = TunnelDirLabel {
+                tunnel: route.tunnel.clone(),
+                direction: "to_service",
+            };
+            let limit = route.max_body_bytes;
+            tokio::spawn(
+                async move {
+                    match send_body(body, &mut writer, Some(limit)).await {
+                        Ok(n) => {
+                            metrics.tunnel_bytes.get_or_create(&label).inc_by(n);
+                            let _ = writer.shutdown().await;
+                        }
+                        Err(BodyError::TooLarge { .. }) => {
+                            let _ = too_large_tx.send(());
+                        }
+                        Err(e) => debug!(error = %e, "request body relay ended early"),
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+
+        let first = tokio::select! {
+            f = tokio::time::timeout_at(deadline, reader.next()) => f,
+            Ok(()) = too_large_rx => return Err(EdgeError::BodyTooLarge),
+        };
+        let head = match first {
+            Err(_) => return Err(EdgeError::ServiceTimeout),
+            Ok(Ok(Some(Frame::ResponseHead(h)))) => h,
+            Ok(Ok(Some(Frame::Reset(r)))) => {
+                debug!(code = ?r.code, reason = %r.reason, "connector reset the request");
+                return Err(match r.code {
+                    ResetCode::UnknownService => EdgeError::UnknownService,
+                    ResetCode::ServiceUnavailable => EdgeError::ServiceUnavailable,
+                    ResetCode::ServiceError => EdgeError::BadServiceResponse,
+                    ResetCode::TooLarge => EdgeError::BodyTooLarge,
+                    _ => EdgeError::TunnelLost,
+                });
+            }
+            Ok(Ok(Some(_))) => return Err(EdgeError::BadServiceResponse),
+            Ok(Ok(None)) | Ok(Err(_)) => return Err(EdgeError::TunnelLost),
+        };
+
+        if head.status == 101 {
+            let (Some(on_upgrade), Some(writer)) = (on_upgrade, upgrade_writer) else {
+                return Err(EdgeError::BadServiceResponse);
+            };
+            return self.switch_protocols(head, on_upgrade, writer, reader, lease, &route);
+        }
+        if let Some(mut w) = upgrade_writer {
+            // The service declined the upgrade: the request had no body.
+            let _ = w.send(&Frame::End(Vec::new())).await;
+        }
+        let status =
+            StatusCode::from_u16(head.status).map_err(|_| EdgeError::BadServiceResponse)?;
+        if status.is_informational() {
+            return Err(EdgeError::BadServiceResponse);
+        }
+        let mut headers =
+            to_header_map(&head.headers).map_err(|_| EdgeError::BadServiceResponse)?;
+        strip_hop_by_hop(&mut headers, false);
+        let mut resp = Response::new(Either::Right(Either::Left(TunnelBody::new(
+            reader, None, lease,
+        ))));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+
+    /// Lease a connection and send the request head, trying another connection if the first
+    /// turns out to be dead.
+    async fn open(
+        &self,
+        tunnel: &Tunnel,
+        head: &Frame,
+        deadline: Instant,
+    ) -> Result<(Lease, FrameWriter<StreamWrite>, FrameReader<StreamRead>), EdgeError> {
+        for _ in 0..OPEN_ATTEMPTS {
+            let lease = tunnel.pick().ok_or(EdgeError::TunnelOffline)?;
+            let attempt = async {
+                let (send, recv) = lease.conn().transport.open_stream().await?;
+                let mut writer = FrameWriter::new(send, self.codec);
+                writer.send(head).await.map_err(std::io::Error::other)?;
+                Ok::<_, std::io::Error>((writer, FrameReader::new(recv, self.codec)))
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok((w, r))) => return Ok((lease, w, r)),
+                Ok(Err(e)) => {
+                    debug!(error = %e, conn_id = lease.conn().id, "tunnel connection unusable; trying another");
+                    tunnel.remove(lease.conn().id);
+                }
+                Err(_) => return Err(EdgeError::ServiceTimeout),
+            }
+        }
+        Err(EdgeError::TunnelLost)
+    }
+
+    fn switch_protocols(
+        &self,
+        head: ResponseHead,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        writer: FrameWriter<StreamWrite>,
+        reader: FrameReader<StreamRead>,
+        lease: Lease,
+        route: &Route,
+    ) -> Result<Response<ResponseBody>, EdgeError> {
+        let headers = to_header_map(&head.headers).map_err(|_| EdgeError::BadServiceResponse)?;
+        let metrics = self.metrics.clone();
+        let tunnel = route.tunnel.clone();
+        tokio::spawn(
+            async move {
+                let _lease = lease;
+                match on_upgrade.await {
+                    Ok(upgraded) => {
+                        let (up, down) =
+                            pipe_upgraded(TokioIo::new(upgraded), writer, reader).await;
+                        let label = |direction| TunnelDirLabel {
+                            tunnel: tunnel.clone(),
+                            direction,
+                        };
+                        metrics
+                            .tunnel_bytes
+                            .get_or_create(&label("to_service"))
+                            .inc_by(up);
+                        metrics
+                            .tunnel_bytes
+                            .get_or_create(&label("to_client"))
+                            .inc_by(down);
+                    }
+                    Err(e) => debug!(error = %e, "client upgrade failed"),
+                }
+            }
+            .in_current_span(),
+        );
+        let mut resp = Response::new(Either::Right(Either::Right(Empty::new())));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+}
+
+/// The request's host, lower case, without port: the authority (HTTP/2, absolute form) or the
+/// `Host` header.
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let host = match req.uri().authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let raw = req.headers().get(header::HOST)?.to_str().ok()?;
+            raw.parse::<http::uri::Authority>().ok()?.host().to_owned()
+        }
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn request_head<B>(
+    req: &Request<B>,
+    route: &Route,
+    host: &str,
+    peer: SocketAddr,
+    upgrade: bool,
+) -> RequestHead {
+    let mut headers = req.headers().clone();
+    strip_hop_by_hop(&mut headers, upgrade);
+    // The edge is the first proxy: whatever the client claims about forwarding is discarded.
+    for name in [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        X_REAL_IP,
+        header::FORWARDED,
+    ] {
+        headers.remove(name);
+    }
+    let ip = peer.ip().to_string();
+    let for_node = if peer.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.clone()
+    };
+    let public_host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| host.to_owned());
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(&mut headers, header::HOST, &public_host);
+    set(&mut headers, X_FORWARDED_FOR, &ip);
+    set(&mut headers, X_FORWARDED_PROTO, "https");
+    set(&mut headers, X_FORWARDED_HOST, &public_host);
+    set(
+        &mut headers,
+        header::FORWARDED,
+        &format!("for={for_node};host=\"{public_host}\";proto=https"),
+    );
+    RequestHead {
+        service: route.service.clone(),
+        method: req.method().as_str().to_owned(),
+        uri: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        headers: from_header_map(&headers),
+        client_addr: peer.to_string(),
+        upgrade,
+    }
+}

@@ -1,0 +1,103 @@
+//! Errors a public client can see, and the one place they become HTTP responses.
+//!
+//! Every variant has a status, a short plain body, and a metrics reason. Bodies never reveal
+//! internal addresses or error details; those go to the logs.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::metrics::Metrics;
+
+/// A request the edge answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeError {
+    /// The request has no usable `Host`/authority.
+    MissingHost,
+    /// No route for the host and path.
+    UnknownHost,
+    /// The route's tunnel has no live connector.
+    TunnelOffline,
+    /// The tunnel connection broke before a response arrived.
+    TunnelLost,
+    /// The connector does not know the route's service.
+    UnknownService,
+    /// The connector could not reach the service.
+    ServiceUnavailable,
+    /// The service did not answer within the route's timeout.
+    ServiceTimeout,
+    /// The service answered with something that is not valid HTTP.
+    BadServiceResponse,
+    /// The request body is over the route's limit.
+    BodyTooLarge,
+}
+
+impl EdgeError {
+    /// Status sent to the client.
+    pub fn status(self) -> StatusCode {
+        match self {
+            EdgeError::MissingHost => StatusCode::BAD_REQUEST,
+            EdgeError::UnknownHost => StatusCode::NOT_FOUND,
+            EdgeError::TunnelOffline
+            | EdgeError::TunnelLost
+            | EdgeError::UnknownService
+            | EdgeError::ServiceUnavailable
+            | EdgeError::BadServiceResponse => StatusCode::BAD_GATEWAY,
+            EdgeError::ServiceTimeout => StatusCode::GATEWAY_TIMEOUT,
+            EdgeError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// Label for the rejection counter.
+    pub fn reason(self) -> &'static str {
+        match self {
+            EdgeError::MissingHost => "missing_host",
+            EdgeError::UnknownHost => "unknown_host",
+            EdgeError::TunnelOffline => "tunnel_offline",
+            EdgeError::TunnelLost => "tunnel_lost",
+            EdgeError::UnknownService => "unknown_service",
+            EdgeError::ServiceUnavailable => "service_unavailable",
+            EdgeError::ServiceTimeout => "service_timeout",
+            EdgeError::BadServiceResponse => "bad_service_response",
+            EdgeError::BodyTooLarge => "body_too_large",
+        }
+    }
+
+    /// Plain-text body.
+    pub fn message(self) -> &'static str {
+        match self {
+            EdgeError::MissingHost => "400 bad request: no host\n",
+            EdgeError::UnknownHost => "404 not found: no route for this host\n",
+            EdgeError::TunnelOffline => "502 bad gateway: tunnel offline\n",
+            EdgeError::TunnelLost => "502 bad gateway: tunnel connection lost\n",
+            EdgeError::UnknownService => "502 bad gateway: service not offered by the connector\n",
+            EdgeError::ServiceUnavailable => "502 bad gateway: service unavailable\n",
+            EdgeError::ServiceTimeout => "504 gateway timeout: service did not answer in time\n",
+            EdgeError::BadServiceResponse => "502 bad gateway: invalid response from service\n",
+            EdgeError::BodyTooLarge => "413 payload too large\n",
+        }
+    }
+
+    /// Whether the client connection should close after the answer (the request body may be
+    /// left unread, so the connection cannot be reused safely).
+    pub fn closes_connection(self) -> bool {
+        matches!(self, EdgeError::BodyTooLarge)
+    }
+}
+
+/// Count `err` and turn it into its response.
+pub fn respond(err: EdgeError, metrics: &Metrics) -> Response<Full<Bytes>> {
+    metrics.reject(err.reason());
+    let mut resp = Response::new(Full::new(Bytes::from_static(err.message().as_bytes())));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if err.closes_connection() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

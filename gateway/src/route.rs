@@ -1,0 +1,285 @@
+//! Route table: public host and path to (tunnel, service).
+//!
+//! Selection is host first, then path, like a classic virtual-host server: an exact host beats
+//! the longest matching `*.suffix` wildcard, which beats `*`; within the chosen host the longest
+//! path prefix wins, matched on segment boundaries (`/api` matches `/api` and `/api/x`, never
+//! `/apix`). A host with no matching path answers 404 rather than falling through to another
+//! host, so adding a wildcard can never capture traffic meant for an exact host.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::RouteConfig;
+
+/// One resolved route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `host` + `path` as configured, for logs and metrics.
+    pub name: String,
+    /// Tunnel that carries it.
+    pub tunnel: String,
+    /// Service name the connector resolves.
+    pub service: String,
+    /// Time to wait for the response head.
+    pub timeout: Duration,
+    /// Request body limit.
+    pub max_body_bytes: u64,
+}
+
+/// A host as written in a route or certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// One exact name.
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (stored with the leading dot).
+    Suffix(String),
+    /// `*`: every host.
+    Any,
+}
+
+impl HostPattern {
+    /// Parse and normalise (lower case) a host pattern.
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let (wild, name) = match s.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, s.as_str()),
+        };
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !ok {
+            return Err(format!("`{s}` is not a host name or `*.domain` wildcard"));
+        }
+        Ok(if wild {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_owned())
+        })
+    }
+
+    /// Whether `host` (lower case, no port) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            HostPattern::Any => true,
+        }
+    }
+}
+
+/// Whether `s` is a valid tunnel or service name.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+/// A path prefix without its trailing slash (`/` stays `/`).
+pub fn normalize_prefix(p: &str) -> String {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() {
+        "/".to_owned()
+    } else {
+        t.to_owned()
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || (path.starts_with(prefix)
+            && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
+/// Routes of one host, longest prefix first.
+#[derive(Debug, Default, Clone)]
+struct Paths(Vec<(String, Arc<Route>)>);
+
+impl Paths {
+    fn insert(&mut self, prefix: String, route: Arc<Route>) {
+        self.0.push((prefix, route));
+        self.0.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    }
+
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.0
+            .iter()
+            .find(|(p, _)| prefix_matches(p, path))
+            .map(|(_, r)| r)
+    }
+}
+
+/// All routes of a gateway.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    exact: HashMap<String, Paths>,
+    /// Longest suffix first.
+    suffixes: Vec<(String, Paths)>,
+    any: Option<Paths>,
+}
+
+impl RouteTable {
+    /// Build from validated configuration.
+    pub fn new(routes: &[RouteConfig]) -> Result<RouteTable, String> {
+        let mut table = RouteTable::default();
+        for r in routes {
+            let pattern = HostPattern::parse(r.host.get_ref())?;
+            let prefix = normalize_prefix(r.path.get_ref());
+            let route = Arc::new(Route {
+                name: format!("{}{}", r.host.get_ref(), r.path.get_ref()),
+                tunnel: r.tunnel.get_ref().clone(),
+                service: r.service.clone(),
+                timeout: r.timeout,
+                max_body_bytes: r.max_body_bytes,
+            });
+            let paths = match pattern {
+                HostPattern::Exact(h) => table.exact.entry(h).or_default(),
+                HostPattern::Any => table.any.get_or_insert_with(Paths::default),
+                HostPattern::Suffix(s) => {
+                    let i = match table.suffixes.iter().position(|(x, _)| *x == s) {
+                        Some(i) => i,
+                        None => {
+                            table.suffixes.push((s, Paths::default()));
+                            table.suffixes.len() - 1
+                        }
+                    };
+                    &mut table.suffixes[i].1
+                }
+            };
+            paths.insert(prefix, route);
+        }
+        table.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(table)
+    }
+
+    /// The route for `host` (lower case, no port) and `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let paths = self.exact.get(host).or_else(|| {
+            self.suffixes
+                .iter()
+                .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                .map(|(_, p)| p)
+                .or(self.any.as_ref())
+        })?;
+        paths.find(path)
+    }
+
+    /// Every exact host name, for the development certificate.
+    pub fn exact_hosts(&self) -> impl Iterator<Item = &str> {
+        self.exact.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GatewayConfig;
+
+    fn table(routes: &str) -> RouteTable {
+        let src = format!(
+            "[https]\nlisten = \"127.0.0.1:0\"\nself_signed = true\n[tunnel_listener]\nlisten = \"127.0.0.1:0\"\nself_signed = true\n\
+             [[tunnel]]\nname = \"t\"\ncredential_sha256 = \"{}\"\n{routes}",
+            "0".repeat(64)
+        );
+        let cfg =
+            GatewayConfig::parse(std::path::Path::new("test.toml"), &src).expect("valid config");
+        RouteTable::new(&cfg.routes).expect("valid routes")
+    }
+
+    #[test]
+    fn host_then_longest_prefix() {
+        let t = table(
+            r#"
+            [[route]]
+            host = "app.example.com"
+            tunnel = "t"
+            service = "root"
+            [[route]]
+            host = "app.example.com"
+            path = "/api"
+            tunnel = "t"
+            service = "api"
+            [[route]]
+            host = "app.example.com"
+            path = "/api/v2/"
+            tunnel = "t"
+            service = "v2"
+            [[route]]
+            host = "*.example.com"
+            tunnel = "t"
+            service = "wild"
+            [[route]]
+            host = "*.eu.example.com"
+            path = "/only"
+            tunnel = "t"
+            service = "eu"
+            [[route]]
+            host = "*"
+            path = "/fallback"
+            tunnel = "t"
+            service = "any"
+            "#,
+        );
+        let cases = [
+            ("app.example.com", "/", Some("root")),
+            ("app.example.com", "/api", Some("api")),
+            ("app.example.com", "/api/", Some("api")),
+            ("app.example.com", "/api/users", Some("api")),
+            ("app.example.com", "/apix", Some("root")),
+            ("app.example.com", "/api/v2", Some("v2")),
+            ("app.example.com", "/api/v2/x", Some("v2")),
+            ("x.example.com", "/anything", Some("wild")),
+            ("a.b.example.com", "/", Some("wild")),
+            ("example.com", "/", None),
+            ("x.eu.example.com", "/only/1", Some("eu")),
+            // the most specific host is chosen first; its paths do not fall through
+            ("x.eu.example.com", "/other", None),
+            ("other.org", "/fallback", Some("any")),
+            ("other.org", "/", None),
+        ];
+        for (host, path, want) in cases {
+            let got = t.find(host, path).map(|r| r.service.as_str());
+            assert_eq!(got, want, "{host}{path}");
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(
+            HostPattern::parse("App.Example.com"),
+            Ok(HostPattern::Exact("app.example.com".into()))
+        );
+        assert_eq!(
+            HostPattern::parse("*.example.com"),
+            Ok(HostPattern::Suffix(".example.com".into()))
+        );
+        assert_eq!(HostPattern::parse("*"), Ok(HostPattern::Any));
+        for bad in [
+            "",
+            "*.",
+            "a..b",
+            "-a.com",
+            "a_b.com",
+            "*.*.com",
+            "exa mple.com",
+            "a.com:443",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad} should be refused");
+        }
+        assert!(HostPattern::Suffix(".example.com".into()).matches("a.example.com"));
+        assert!(!HostPattern::Suffix(".example.com".into()).matches("example.com"));
+        assert!(!HostPattern::Suffix(".example.com".into()).matches("badexample.com"));
+    }
+}

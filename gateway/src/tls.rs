@@ -1,0 +1,185 @@
+//! Certificates: loading PEM files, choosing a certificate by SNI, generating development
+//! certificates, and the rustls configurations of the public and tunnel listeners.
+//!
+//! TLS 1.2 and 1.3 with rustls' default (safe) suites on the public side; TLS 1.3 only on the
+//! tunnel side, where QUIC requires it anyway.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::ring;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
+
+use crate::route::HostPattern;
+
+/// ALPN protocol of the tunnel; a peer that does not speak it fails the handshake.
+pub const TUNNEL_ALPN: &[u8] = b"netwall/1";
+
+/// Failure to set up TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read or parsed.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// rustls refused the material.
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// A certificate chain with its private key, as DER.
+pub struct CertPair {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The leaf as PEM, for generated certificates (to hand to connectors and clients).
+    pub generated_pem: Option<String>,
+}
+
+impl CertPair {
+    /// Read a PEM chain and key.
+    pub fn load(cert: &Path, key: &Path) -> Result<CertPair, TlsError> {
+        let file_err = |p: &Path, m: String| TlsError::File {
+            path: p.display().to_string(),
+            message: m,
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| file_err(cert, e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_err(cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(file_err(cert, "contains no PEM certificate".into()));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+        Ok(CertPair {
+            chain,
+            key,
+            generated_pem: None,
+        })
+    }
+
+    /// A self-signed certificate for `names` (development only).
+    pub fn self_signed(names: &[String]) -> Result<CertPair, TlsError> {
+        let ck = rcgen::generate_simple_self_signed(names.to_vec())?;
+        Ok(CertPair {
+            chain: vec![ck.cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der())),
+            generated_pem: Some(ck.cert.pem()),
+        })
+    }
+
+    /// SHA-256 of the leaf certificate, hex: what a connector pins.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(self.chain[0].as_ref()))
+    }
+
+    fn certified(&self) -> Result<Arc<CertifiedKey>, TlsError> {
+        let signer = ring::sign::any_supported_type(&self.key)?;
+        Ok(Arc::new(CertifiedKey::new(self.chain.clone(), signer)))
+    }
+}
+
+/// Chooses the certificate by SNI: exact names first, then the longest wildcard, then the
+/// default (first configured) certificate.
+#[derive(Debug)]
+pub struct SniResolver {
+    entries: Vec<(HostPattern, Arc<CertifiedKey>)>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    /// Build from `(hosts, pair)` entries; the first entry is the default.
+    pub fn new(entries: Vec<(Vec<HostPattern>, CertPair)>) -> Result<SniResolver, TlsError> {
+        let mut out = Vec::new();
+        let mut default = None;
+        for (hosts, pair) in entries {
+            let ck = pair.certified()?;
+            default.get_or_insert_with(|| ck.clone());
+            for h in hosts {
+                out.push((h, ck.clone()));
+            }
+        }
+        let rank = |p: &HostPattern| match p {
+            HostPattern::Exact(_) => (0, 0),
+            HostPattern::Suffix(s) => (1, usize::MAX - s.len()),
+            HostPattern::Any => (2, 0),
+        };
+        out.sort_by_key(|(p, _)| rank(p));
+        let default = default.ok_or_else(|| TlsError::File {
+            path: "https".into(),
+            message: "no certificate configured".into(),
+        })?;
+        Ok(SniResolver {
+            entries: out,
+            default,
+        })
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        let found = self
+            .entries
+            .iter()
+            .find(|(p, _)| p.matches(&name))
+            .map(|(_, c)| c.clone());
+        Some(found.unwrap_or_else(|| self.default.clone()))
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+/// Public listener TLS: 1.2 and 1.3, ALPN h2 then http/1.1.
+pub fn public_server_config(resolver: SniResolver) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Tunnel listener TLS: 1.3 only, ALPN `netwall/1`.
+pub fn tunnel_server_config(pair: &CertPair) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(pair.chain.clone(), pair.key.clone_key())?;
+    cfg.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pem_round_trips() {
+        let pair = super::CertPair::self_signed(&["localhost".into()]).expect("generate");
+        let pem = pair
+            .generated_pem
+            .clone()
+            .expect("generated certificates carry PEM");
+        let back = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("parse");
+        assert_eq!(back, vec![pair.chain[0].clone()]);
+    }
+}

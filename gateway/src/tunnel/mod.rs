@@ -1,0 +1,276 @@
+//! Tunnels and their live connections.
+//!
+//! A [`Tunnel`] is declared in the config; connectors authenticate to it and each of their
+//! connections becomes a [`TunnelConn`]. Requests [`Tunnel::pick`] the least-loaded live
+//! connection (ties rotate, so idle replicas share load) and hold a [`Lease`] until the
+//! response body is done. The relay code sees only [`Transport::open_stream`], never which
+//! transport carries it.
+
+pub mod quic;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use netwall_proto::Frame;
+use netwall_proto::io::FrameWriter;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Mutex;
+
+use crate::metrics::{Metrics, TunnelLabel};
+
+/// Receiving half of a tunnel stream, whatever the transport.
+pub type StreamRead = Box<dyn AsyncRead + Send + Unpin>;
+/// Sending half of a tunnel stream, whatever the transport.
+pub type StreamWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Parse a hex SHA-256 credential hash.
+pub fn parse_credential_hash(hex_str: &str) -> Option<[u8; 32]> {
+    let v = hex::decode(hex_str.trim()).ok()?;
+    v.try_into().ok()
+}
+
+/// SHA-256 of a credential, hex: what goes in `gateway.toml`.
+pub fn credential_hash(credential: &[u8]) -> String {
+    hex::encode(Sha256::digest(credential))
+}
+
+/// A connection carrying tunnel streams.
+#[derive(Clone)]
+pub enum Transport {
+    /// QUIC: one bidirectional stream per request.
+    Quic(quinn::Connection),
+}
+
+impl Transport {
+    /// Open a new stream to the connector.
+    pub async fn open_stream(&self) -> io::Result<(StreamWrite, StreamRead)> {
+        match self {
+            Transport::Quic(c) => {
+                let (s, r) = c.open_bi().await.map_err(io::Error::other)?;
+                Ok((Box::new(s), Box::new(r)))
+            }
+        }
+    }
+
+    /// Close the connection at once.
+    pub fn close(&self, reason: &str) {
+        match self {
+            Transport::Quic(c) => c.close(quinn::VarInt::from_u32(0), reason.as_bytes()),
+        }
+    }
+}
+
+/// One authenticated connector connection.
+pub struct TunnelConn {
+    /// Unique within this gateway process.
+    pub id: u64,
+    /// Identity the connector gave.
+    pub connector_id: String,
+    /// Connector's address as seen here.
+    pub remote: SocketAddr,
+    /// The transport.
+    pub transport: Transport,
+    /// Control stream writer (go-away, drain-ack).
+    pub control: Mutex<FrameWriter<StreamWrite>>,
+    in_flight: AtomicUsize,
+    opened: AtomicU64,
+}
+
+impl TunnelConn {
+    /// Wrap an authenticated connection.
+    pub fn new(
+        id: u64,
+        connector_id: String,
+        remote: SocketAddr,
+        transport: Transport,
+        control: FrameWriter<StreamWrite>,
+    ) -> Self {
+        TunnelConn {
+            id,
+            connector_id,
+            remote,
+            transport,
+            control: Mutex::new(control),
+            in_flight: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests currently using this connection.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Send a control frame, ignoring a connection that is already gone.
+    pub async fn send_control(&self, frame: &Frame) {
+        let mut w = self.control.lock().await;
+        if w.send(frame).await.is_ok() {
+            let _ = w.flush().await;
+        }
+    }
+}
+
+/// A request's claim on a connection; releases the in-flight count when dropped.
+pub struct Lease {
+    conn: Arc<TunnelConn>,
+}
+
+impl Lease {
+    /// The leased connection.
+    pub fn conn(&self) -> &Arc<TunnelConn> {
+        &self.conn
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A declared tunnel and its live connections.
+pub struct Tunnel {
+    /// Name from the config.
+    pub name: String,
+    credential_hash: [u8; 32],
+    live: RwLock<Vec<Arc<TunnelConn>>>,
+    rotate: AtomicUsize,
+}
+
+impl Tunnel {
+    /// A tunnel accepting the credential whose SHA-256 is `credential_hash`.
+    pub fn new(name: String, credential_hash: [u8; 32]) -> Self {
+        Tunnel {
+            name,
+            credential_hash,
+            live: RwLock::new(Vec::new()),
+            rotate: AtomicUsize::new(0),
+        }
+    }
+
+    /// Constant-time check of a presented credential.
+    pub fn verify(&self, credential: &[u8]) -> bool {
+        let presented: [u8; 32] = Sha256::digest(credential).into();
+        presented.ct_eq(&self.credential_hash).into()
+    }
+
+    /// Live connection count.
+    pub fn live_count(&self) -> usize {
+        self.live.read().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// Snapshot of the live connections.
+    pub fn live(&self) -> Vec<Arc<TunnelConn>> {
+        self.live.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Lease the least-loaded live connection; `None` when the tunnel is offline.
+    pub fn pick(&self) -> Option<Lease> {
+        let live = self.live.read().ok()?;
+        let n = live.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.rotate.fetch_add(1, Ordering::Relaxed) % n;
+        let conn = (0..n)
+            .map(|i| &live[(start + i) % n])
+            .min_by_key(|c| c.in_flight())?;
+        // Counted under the read lock: `drain` takes the write lock, so once it has removed a
+        // connection no pick can add to `opened` behind its back.
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.opened.fetch_add(1, Ordering::Relaxed);
+        Some(Lease { conn: conn.clone() })
+    }
+
+    fn add(&self, conn: Arc<TunnelConn>) {
+        if let Ok(mut l) = self.live.write() {
+            l.push(conn);
+        }
+    }
+
+    /// Remove a connection from the live set; returns whether it was there.
+    pub fn remove(&self, id: u64) -> bool {
+        match self.live.write() {
+            Ok(mut l) => {
+                let before = l.len();
+                l.retain(|c| c.id != id);
+                l.len() != before
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Stop picking connection `id`; returns every stream ever opened on it (final once this
+    /// returns, see [`Tunnel::pick`]).
+    pub fn drain(&self, conn: &TunnelConn) -> u64 {
+        self.remove(conn.id);
+        conn.opened.load(Ordering::SeqCst)
+    }
+}
+
+/// Every tunnel of the gateway.
+pub struct Registry {
+    tunnels: HashMap<String, Arc<Tunnel>>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    /// Tunnels from `(name, credential hash)` pairs.
+    pub fn new(
+        tunnels: impl IntoIterator<Item = (String, [u8; 32])>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let tunnels = tunnels
+            .into_iter()
+            .map(|(name, hash)| (name.clone(), Arc::new(Tunnel::new(name, hash))))
+            .collect();
+        Registry {
+            tunnels,
+            next_id: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// The tunnel named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Tunnel>> {
+        self.tunnels.get(name)
+    }
+
+    /// Every tunnel.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Tunnel>> {
+        self.tunnels.values()
+    }
+
+    /// A fresh connection id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Make an authenticated connection available to requests.
+    pub fn register(&self, tunnel: &Tunnel, conn: Arc<TunnelConn>) {
+        tunnel.add(conn);
+        self.metrics
+            .tunnel_connections
+            .get_or_create(&TunnelLabel {
+                tunnel: tunnel.name.clone(),
+            })
+            .inc();
+    }
+
+    /// Forget a closed connection.
+    pub fn unregister(&self, tunnel: &Tunnel, conn: &TunnelConn) {
+        tunnel.remove(conn.id);
+        self.metrics
+            .tunnel_connections
+            .get_or_create(&TunnelLabel {
+                tunnel: tunnel.name.clone(),
+            })
+            .dec();
+    }
+}

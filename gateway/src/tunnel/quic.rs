@@ -1,0 +1,363 @@
+//! QUIC tunnel listener: connectors dial in, authenticate on a control stream, and then carry
+//! one bidirectional stream per request.
+//!
+//! Each handshake runs in its own task, off the accept loop, under one deadline covering the
+//! QUIC/TLS handshake, the hello and the credential check; a source IP may have only a few
+//! unfinished handshakes at once. Junk on the tunnel port therefore costs one bounded task,
+//! never a stall of the accept loop or of other tunnels.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use netwall_proto::io::{FrameReader, FrameWriter};
+use netwall_proto::{Codec, Frame, PROTOCOL_VERSION, Reject, RejectCode, Welcome};
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{Registry, StreamRead, StreamWrite, Transport, Tunnel, TunnelConn};
+use crate::config::TunnelListenerConfig;
+use crate::metrics::{Metrics, ResultLabel};
+use crate::tls::{CertPair, TlsError};
+
+/// Application close code for a rejected handshake; the reject code is added to it.
+pub const CLOSE_REJECTED: u32 = 0x100;
+/// Application close code when the gateway shuts down.
+pub const CLOSE_SHUTDOWN: u32 = 0x2;
+
+/// How long a rejected connector gets to read the reject before the connection is closed.
+const REJECT_LINGER: Duration = Duration::from_secs(1);
+
+/// Bind the QUIC endpoint.
+pub fn bind(
+    cfg: &TunnelListenerConfig,
+    pair: &CertPair,
+) -> Result<quinn::Endpoint, std::io::Error> {
+    let tls = crate::tls::tunnel_server_config(pair).map_err(std::io::Error::other)?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| {
+        std::io::Error::other(TlsError::Rustls(rustls::Error::General(e.to_string())))
+    })?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            cfg.idle_timeout.try_into().map_err(std::io::Error::other)?,
+        ))
+        .keep_alive_interval(Some(cfg.keep_alive))
+        // Connectors open only the control stream; requests flow on gateway-opened streams.
+        .max_concurrent_bidi_streams(4u32.into())
+        .max_concurrent_uni_streams(0u32.into());
+    server.transport_config(Arc::new(transport));
+    server.migration(true);
+    quinn::Endpoint::server(server, cfg.listen)
+}
+
+/// Shared state of the tunnel listener.
+pub struct TunnelServer {
+    /// Tunnels.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Frame codec.
+    pub codec: Codec,
+    /// This gateway's id, sent in `Welcome`.
+    pub gateway_id: String,
+    /// Handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Per-IP cap on unfinished handshakes.
+    pub max_pending_per_ip: usize,
+    pending: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Releases a pending-handshake slot on drop.
+struct PendingSlot<'a> {
+    server: &'a TunnelServer,
+    ip: IpAddr,
+}
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.server.pending.lock() {
+            if let Some(n) = p.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    p.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// Why a handshake failed, for metrics and logs.
+enum HandshakeError {
+    Rejected(RejectCode, String),
+    Transport(String),
+}
+
+impl TunnelServer {
+    /// A listener over `registry`.
+    pub fn new(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        codec: Codec,
+        gateway_id: String,
+        cfg: &TunnelListenerConfig,
+    ) -> Self {
+        TunnelServer {
+            registry,
+            metrics,
+            codec,
+            gateway_id,
+            handshake_timeout: cfg.handshake_timeout,
+            max_pending_per_ip: cfg.max_pending_handshakes_per_ip,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn claim(&self, ip: IpAddr) -> Option<PendingSlot<'_>> {
+        let mut p = self.pending.lock().ok()?;
+        let n = p.entry(ip).or_insert(0);
+        if *n >= self.max_pending_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(PendingSlot { server: self, ip })
+    }
+
+    /// Accept connectors until `shutdown`; connection tasks are spawned on `tasks`.
+    pub async fn serve(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) {
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => match i { Some(i) => i, None => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let remote = incoming.remote_address();
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            let span = info_span!("tunnel_conn", remote = %remote);
+            tasks.spawn(
+                async move { this.handle(incoming, remote, shutdown).await }.instrument(span),
+            );
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        remote: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let Some(slot) = self.claim(remote.ip()) else {
+            self.metrics
+                .tunnel_handshakes
+                .get_or_create(&ResultLabel {
+                    result: "too_many_pending",
+                })
+                .inc();
+            debug!("refusing tunnel handshake: too many pending from this address");
+            incoming.refuse();
+            return;
+        };
+        let result = tokio::time::timeout(self.handshake_timeout, self.handshake(incoming)).await;
+        drop(slot);
+        let (tunnel, conn, reader, quic) = match result {
+            Ok(Ok(v)) => v,
+            Ok(Err(HandshakeError::Rejected(code, reason))) => {
+                let result = match code {
+                    RejectCode::BadCredential => "bad_credential",
+                    RejectCode::UnknownTunnel => "unknown_tunnel",
+                    RejectCode::UnsupportedVersion => "unsupported_version",
+                    _ => "malformed",
+                };
+                self.metrics
+                    .tunnel_handshakes
+                    .get_or_create(&ResultLabel { result })
+                    .inc();
+                warn!(target: "netwall::security", event = "tunnel_auth_failed", remote = %remote, reason = %reason);
+                return;
+            }
+            Ok(Err(HandshakeError::Transport(e))) => {
+                self.metrics
+                    .tunnel_handshakes
+                    .get_or_create(&ResultLabel { result: "failed" })
+                    .inc();
+                debug!(error = %e, "tunnel handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.metrics
+                    .tunnel_handshakes
+                    .get_or_create(&ResultLabel { result: "timeout" })
+                    .inc();
+                debug!("tunnel handshake timed out");
+                return;
+            }
+        };
+        self.metrics
+            .tunnel_handshakes
+            .get_or_create(&ResultLabel { result: "accepted" })
+            .inc();
+        info!(tunnel = %tunnel.name, connector = %conn.connector_id, conn_id = conn.id, "tunnel connection up");
+        self.registry.register(&tunnel, conn.clone());
+        self.control_loop(&tunnel, &conn, reader, &quic, shutdown)
+            .await;
+        self.registry.unregister(&tunnel, &conn);
+        info!(tunnel = %tunnel.name, connector = %conn.connector_id, conn_id = conn.id, "tunnel connection down");
+    }
+
+    async fn handshake(
+        &self,
+        incoming: quinn::Incoming,
+    ) -> Result<
+        (
+            Arc<Tunnel>,
+            Arc<TunnelConn>,
+            FrameReader<StreamRead>,
+            quinn::Connection,
+        ),
+        HandshakeError,
+    > {
+        let t = |e: &dyn std::fmt::Display| HandshakeError::Transport(e.to_string());
+        let quic = incoming.await.map_err(|e| t(&e))?;
+        let remote = quic.remote_address();
+        let (send, recv) = quic.accept_bi().await.map_err(|e| t(&e))?;
+        let mut reader = FrameReader::new(Box::new(recv) as StreamRead, self.codec);
+        let mut writer = FrameWriter::new(Box::new(send) as StreamWrite, self.codec);
+        let hello = match reader.next().await {
+            Ok(Some(Frame::Hello(h))) => h,
+            Ok(_) | Err(_) => {
+                return Err(self
+                    .reject(
+                        &quic,
+                        &mut writer,
+                        RejectCode::Malformed,
+                        "expected a hello frame".into(),
+                    )
+                    .await);
+            }
+        };
+        if hello.version != PROTOCOL_VERSION {
+            let reason = format!(
+                "protocol version {} is not supported (this gateway speaks {PROTOCOL_VERSION})",
+                hello.version
+            );
+            return Err(self
+                .reject(&quic, &mut writer, RejectCode::UnsupportedVersion, reason)
+                .await);
+        }
+        let Some(tunnel) = self.registry.get(&hello.tunnel).cloned() else {
+            let reason = format!("no tunnel named `{}` on this gateway", hello.tunnel);
+            return Err(self
+                .reject(&quic, &mut writer, RejectCode::UnknownTunnel, reason)
+                .await);
+        };
+        if !tunnel.verify(&hello.credential.0) {
+            let reason = format!("credential rejected for tunnel `{}`", hello.tunnel);
+            return Err(self
+                .reject(&quic, &mut writer, RejectCode::BadCredential, reason)
+                .await);
+        }
+        let welcome = Frame::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            gateway_id: self.gateway_id.clone(),
+        });
+        writer.send(&welcome).await.map_err(|e| t(&e))?;
+        writer.flush().await.map_err(|e| t(&e))?;
+        let conn = Arc::new(TunnelConn::new(
+            self.registry.next_id(),
+            hello.connector_id,
+            remote,
+            Transport::Quic(quic.clone()),
+            writer,
+        ));
+        Ok((tunnel, conn, reader, quic))
+    }
+
+    async fn reject(
+        &self,
+        quic: &quinn::Connection,
+        writer: &mut FrameWriter<StreamWrite>,
+        code: RejectCode,
+        reason: String,
+    ) -> HandshakeError {
+        let _ = writer
+            .send(&Frame::Reject(Reject {
+                code,
+                reason: reason.clone(),
+            }))
+            .await;
+        let _ = writer.shutdown().await;
+        // Give the connector a moment to read the reject and close first; the close frame also
+        // carries the reason in case the stream data is lost.
+        let _ = tokio::time::timeout(REJECT_LINGER, quic.closed()).await;
+        quic.close(
+            quinn::VarInt::from_u32(CLOSE_REJECTED + u32::from(code.to_u16())),
+            reason.as_bytes(),
+        );
+        HandshakeError::Rejected(code, reason)
+    }
+
+    async fn control_loop(
+        &self,
+        tunnel: &Tunnel,
+        conn: &TunnelConn,
+        mut reader: FrameReader<StreamRead>,
+        quic: &quinn::Connection,
+        shutdown: CancellationToken,
+    ) {
+        let mut told_go_away = false;
+        loop {
+            let frame = tokio::select! {
+                f = reader.next() => f,
+                _ = quic.closed() => break,
+                _ = shutdown.cancelled(), if !told_go_away => {
+                    told_go_away = true;
+                    conn.send_control(&Frame::GoAway { reason: "gateway shutting down".into() }).await;
+                    continue;
+                }
+            };
+            match frame {
+                Ok(Some(Frame::Drain)) => {
+                    let opened = tunnel.drain(conn);
+                    info!(tunnel = %tunnel.name, connector = %conn.connector_id, streams_opened = opened, "connector draining");
+                    conn.send_control(&Frame::DrainAck {
+                        streams_opened: opened,
+                    })
+                    .await;
+                }
+                Ok(Some(Frame::Ping(v))) => conn.send_control(&Frame::Pong(v)).await,
+                Ok(Some(Frame::Pong(_))) => {}
+                Ok(Some(other)) => {
+                    debug!(
+                        kind = other.kind(),
+                        "unexpected frame on the control stream"
+                    );
+                    quic.close(
+                        quinn::VarInt::from_u32(1),
+                        b"protocol error on control stream",
+                    );
+                    break;
+                }
+                Ok(None) => {
+                    // The connector finished its control stream: no new work for this connection;
+                    // requests already on it finish before the connector closes.
+                    tunnel.remove(conn.id);
+                    quic.closed().await;
+                    break;
+                }
+                Err(e) => {
+                    debug!(error = %e, "control stream ended");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Configuration error reporting shared by the gateway and the connector (feature `config`).
+//!
+//! Both ends read strict TOML. This module turns a parse or validation failure into
+//! `file:line:column: key: message`, so an operator goes straight to the offending line.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when the problem has a place.
+    pub line: Option<usize>,
+    /// 1-based column, when the problem has a place.
+    pub column: Option<usize>,
+    /// Dotted key, e.g. `route[2].tunnel`.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about the file as a whole (unreadable, missing).
+    pub fn whole_file(path: &Path, message: String) -> Self {
+        ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            key: None,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, ":{l}:{c}")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, ": key `{k}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A file's text, for turning byte offsets into places.
+pub struct Located<'a> {
+    path: &'a Path,
+    src: &'a str,
+}
+
+impl<'a> Located<'a> {
+    /// The text `src` read from `path`.
+    pub fn new(path: &'a Path, src: &'a str) -> Self {
+        Located { path, src }
+    }
+
+    /// Deserialize the whole file, reporting a failure at its place.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigErrors> {
+        toml::from_str(self.src).map_err(|e| {
+            let span = e.span();
+            let key = span.as_ref().and_then(|s| self.key_at(s.start));
+            let message = e.message().trim().to_owned();
+            let mut err = self.error(span, "", &message);
+            err.key = key;
+            ConfigErrors(vec![err])
+        })
+    }
+
+    /// An error at `span` (or the whole file) about `key`.
+    pub fn error(&self, span: Option<Range<usize>>, key: &str, message: &str) -> ConfigError {
+        let (line, column) = match span {
+            Some(s) => {
+                let (l, c) = self.line_col(s.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line,
+            column,
+            key: (!key.is_empty()).then(|| key.to_owned()),
+            message: message.to_owned(),
+        }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.src.len());
+        let before = &self.src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        (line, col)
+    }
+
+    /// Best-effort dotted key for a byte offset: the nearest table header above plus the key
+    /// on that line.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let offset = offset.min(self.src.len());
+        let line_start = self.src[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.src[offset..]
+            .find('\n')
+            .map_or(self.src.len(), |i| offset + i);
+        let line = self.src[line_start..line_end].trim();
+        let header = |l: &str| {
+            let l = l.trim();
+            l.starts_with('[')
+                .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+        };
+        if let Some(h) = header(line) {
+            return Some(h);
+        }
+        let table = self.src[..line_start].lines().rev().find_map(header);
+        let key = line
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_owned());
+        match (table, key) {
+            (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+            (None, Some(k)) => Some(k),
+            (Some(t), None) => Some(t),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Parse a duration such as `500ms`, `10s`, `2m`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration `{s}`: {e} (write e.g. \"500ms\", \"10s\", \"2m\")"))
+}
