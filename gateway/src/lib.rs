@@ -217,9 +217,11 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         gateway_id.clone(),
         tl,
     ));
+    // Tunnel connections are not part of the public drain: they must outlive it so in-flight
+    // requests can finish; the endpoint is closed once the drain is over.
     tokio::spawn(
         server
-            .serve(endpoint.clone(), shutdown.clone(), tasks.clone())
+            .serve(endpoint.clone(), shutdown.clone(), TaskTracker::new())
             .instrument(info_span!("tunnel_listener")),
     );
 

@@ -1,1 +1,4 @@
-//! placeholder
+//! Support for netwall's end-to-end tests: the sample service, and (in `harness`) helpers that
+//! start gateways, connectors and clients over real sockets.
+
+pub mod sample;

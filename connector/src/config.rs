@@ -1,0 +1,362 @@
+//! `connector.toml`: which gateways to dial, which tunnel to serve, and the local services.
+//!
+//! Strict like the gateway's: unknown keys are errors, and every error names file, line and
+//! key. The credential never appears in the file itself: it comes from `credential_file` or
+//! the `NETWALL_CREDENTIAL` environment variable (which wins).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use netwall_proto::Secret;
+pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, parse_duration};
+
+/// Environment variable that supplies (and overrides) the tunnel credential.
+pub const CREDENTIAL_ENV: &str = "NETWALL_CREDENTIAL";
+/// Tunnel connections per gateway address; one is enough unless a single core limits it.
+pub const DEFAULT_CONNECTIONS_PER_GATEWAY: usize = 1;
+/// Streams the gateway may have open on one connection at once (well over the 1,000
+/// in-flight requests one tunnel must carry; quinn's default of 100 is for browsers).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 4096;
+/// Silence after which the tunnel connection is declared dead (matches the gateway).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive interval, well under the idle timeout.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// Deadline for one dial (QUIC handshake + hello + welcome).
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// First reconnect delay (linkerd2-proxy uses 100-500 ms jittered).
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Longest reconnect delay: a gateway back from a restart is found within this.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// Time to connect to a local service before answering 502.
+pub const DEFAULT_SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle keep-alive connections kept per local service.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+/// How long shutdown waits for in-flight requests.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn d_connections() -> usize {
+    DEFAULT_CONNECTIONS_PER_GATEWAY
+}
+fn d_streams() -> u32 {
+    DEFAULT_MAX_CONCURRENT_STREAMS
+}
+fn d_idle() -> Duration {
+    DEFAULT_IDLE_TIMEOUT
+}
+fn d_keep_alive() -> Duration {
+    DEFAULT_KEEP_ALIVE
+}
+fn d_dial() -> Duration {
+    DEFAULT_DIAL_TIMEOUT
+}
+fn d_reconnect_min() -> Duration {
+    DEFAULT_RECONNECT_MIN
+}
+fn d_reconnect_max() -> Duration {
+    DEFAULT_RECONNECT_MAX
+}
+fn d_service_connect() -> Duration {
+    DEFAULT_SERVICE_CONNECT_TIMEOUT
+}
+fn d_pool() -> usize {
+    DEFAULT_POOL_MAX_IDLE
+}
+fn d_drain() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// The whole connector configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Identity in gateway logs; defaults to the host name.
+    #[serde(default)]
+    pub connector_id: Option<String>,
+    /// Tunnel to serve.
+    pub tunnel: String,
+    /// File holding the credential (trailing whitespace ignored).
+    #[serde(default)]
+    pub credential_file: Option<Spanned<PathBuf>>,
+    /// Gateway tunnel addresses, `host:port`; the connector keeps connections to all of them.
+    pub gateways: Spanned<Vec<String>>,
+    /// Connections per gateway address.
+    #[serde(default = "d_connections")]
+    pub connections_per_gateway: usize,
+    /// TLS name to verify; defaults to the host part of each gateway address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM CA bundle that signs the gateway's tunnel certificate.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// Accept exactly these leaf certificates (SHA-256, hex).
+    #[serde(default)]
+    pub pin_sha256: Vec<Spanned<String>>,
+    /// Accept exactly the leaf certificate in this PEM file (for self-signed gateways).
+    #[serde(default)]
+    pub pin_cert_file: Option<Spanned<PathBuf>>,
+    /// Streams the gateway may open at once per connection.
+    #[serde(default = "d_streams")]
+    pub max_concurrent_streams: u32,
+    /// Tunnel idle timeout.
+    #[serde(default = "d_idle", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Tunnel keep-alive interval.
+    #[serde(default = "d_keep_alive", deserialize_with = "duration")]
+    pub keep_alive: Duration,
+    /// Deadline for one dial.
+    #[serde(default = "d_dial", deserialize_with = "duration")]
+    pub dial_timeout: Duration,
+    /// First reconnect delay.
+    #[serde(default = "d_reconnect_min", deserialize_with = "duration")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(default = "d_reconnect_max", deserialize_with = "duration")]
+    pub reconnect_max: Duration,
+    /// Time to connect to a local service.
+    #[serde(default = "d_service_connect", deserialize_with = "duration")]
+    pub service_connect_timeout: Duration,
+    /// Idle pooled connections per service.
+    #[serde(default = "d_pool")]
+    pub pool_max_idle_per_service: usize,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(default = "d_drain", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// Service name to local URL: `http://127.0.0.1:8080` or `unix:/run/app.sock`.
+    pub services: BTreeMap<String, Spanned<String>>,
+}
+
+/// Where a service lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceTarget {
+    /// `http://host:port`
+    Tcp {
+        /// `host:port`
+        authority: String,
+    },
+    /// `unix:/path`
+    Unix(PathBuf),
+}
+
+impl ServiceTarget {
+    /// Parse `http://host:port` or `unix:/path`.
+    pub fn parse(s: &str) -> Result<ServiceTarget, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = path.trim_start_matches("//");
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "`{s}`: a unix socket path must be absolute (unix:/run/app.sock)"
+                ));
+            }
+            return Ok(ServiceTarget::Unix(PathBuf::from(path)));
+        }
+        let Some(rest) = s.strip_prefix("http://") else {
+            return Err(format!(
+                "`{s}`: services are `http://host:port` or `unix:/path`"
+            ));
+        };
+        let authority = rest.trim_end_matches('/');
+        let parsed: http::uri::Authority = authority
+            .parse()
+            .map_err(|_| format!("`{s}`: not a valid host:port"))?;
+        if authority.contains('/') || parsed.as_str().contains('@') {
+            return Err(format!("`{s}`: give only scheme, host and port"));
+        }
+        let authority = if parsed.port().is_some() {
+            parsed.to_string()
+        } else {
+            format!("{parsed}:80")
+        };
+        Ok(ServiceTarget::Tcp { authority })
+    }
+}
+
+/// How the gateway's tunnel certificate is verified.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// WebPKI path validation against these roots (PEM file).
+    Ca(PathBuf),
+    /// Exact leaf certificates.
+    Pins(Vec<[u8; 32]>),
+}
+
+/// A configuration ready to run: services parsed, credential read, paths resolved.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The parsed file.
+    pub config: ConnectorConfig,
+    /// The credential.
+    pub credential: Secret,
+    /// Services.
+    pub services: BTreeMap<String, ServiceTarget>,
+    /// Certificate trust.
+    pub trust: Trust,
+    /// Connector identity.
+    pub connector_id: String,
+}
+
+impl ConnectorConfig {
+    /// Read, parse, validate and resolve a file.
+    pub fn load(path: &Path) -> Result<Resolved, ConfigErrors> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::whole_file(
+                path,
+                format!("cannot read: {e}"),
+            )])
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(path, &src, &base, std::env::var(CREDENTIAL_ENV).ok())
+    }
+
+    /// Parse `src` (read from `path`), resolving relative paths against `base`; `env_credential`
+    /// overrides `credential_file`.
+    pub fn parse(
+        path: &Path,
+        src: &str,
+        base: &Path,
+        env_credential: Option<String>,
+    ) -> Result<Resolved, ConfigErrors> {
+        let at = Located::new(path, src);
+        let config: ConnectorConfig = at.parse()?;
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let mut errs = Vec::new();
+
+        if config.gateways.get_ref().is_empty() {
+            errs.push(at.error(Some(config.gateways.span()), "gateways", "lists no gateway"));
+        }
+        for g in config.gateways.get_ref() {
+            if crate::dial::split_host_port(g).is_none() {
+                errs.push(at.error(
+                    Some(config.gateways.span()),
+                    "gateways",
+                    &format!("`{g}` is not host:port"),
+                ));
+            }
+        }
+        if config.connections_per_gateway == 0 || config.connections_per_gateway > 64 {
+            errs.push(at.error(None, "connections_per_gateway", "must be 1 to 64"));
+        }
+        if config.keep_alive >= config.idle_timeout {
+            errs.push(at.error(None, "keep_alive", "must be shorter than idle_timeout"));
+        }
+        if config.reconnect_min > config.reconnect_max {
+            errs.push(at.error(None, "reconnect_min", "must not exceed reconnect_max"));
+        }
+
+        let mut services = BTreeMap::new();
+        if config.services.is_empty() {
+            errs.push(at.error(None, "services", "lists no service"));
+        }
+        for (name, url) in &config.services {
+            match ServiceTarget::parse(url.get_ref()) {
+                Ok(t) => {
+                    services.insert(name.clone(), t);
+                }
+                Err(e) => errs.push(at.error(Some(url.span()), &format!("services.{name}"), &e)),
+            }
+        }
+
+        let trust = match (
+            &config.ca_file,
+            config.pin_sha256.is_empty(),
+            &config.pin_cert_file,
+        ) {
+            (Some(ca), true, None) => Some(Trust::Ca(resolve(ca.get_ref()))),
+            (None, false, None) => {
+                let mut pins = Vec::new();
+                for p in &config.pin_sha256 {
+                    match hex::decode(p.get_ref().replace(':', ""))
+                        .ok()
+                        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                    {
+                        Some(pin) => pins.push(pin),
+                        None => errs.push(at.error(
+                            Some(p.span()),
+                            "pin_sha256",
+                            "must be 64 hex digits",
+                        )),
+                    }
+                }
+                Some(Trust::Pins(pins))
+            }
+            (None, true, Some(file)) => {
+                match crate::dial::pin_of_pem_file(&resolve(file.get_ref())) {
+                    Ok(pin) => Some(Trust::Pins(vec![pin])),
+                    Err(e) => {
+                        errs.push(at.error(Some(file.span()), "pin_cert_file", &e));
+                        None
+                    }
+                }
+            }
+            (None, true, None) => {
+                errs.push(at.error(None, "ca_file", "set one of ca_file, pin_sha256 or pin_cert_file: the gateway's certificate is always verified"));
+                None
+            }
+            _ => {
+                errs.push(at.error(
+                    None,
+                    "ca_file",
+                    "set only one of ca_file, pin_sha256 and pin_cert_file",
+                ));
+                None
+            }
+        };
+
+        let credential = match (env_credential, &config.credential_file) {
+            (Some(c), _) if !c.trim().is_empty() => Some(c.trim().to_owned()),
+            (_, Some(file)) => match std::fs::read_to_string(resolve(file.get_ref())) {
+                Ok(c) if !c.trim().is_empty() => Some(c.trim().to_owned()),
+                Ok(_) => {
+                    errs.push(at.error(Some(file.span()), "credential_file", "is empty"));
+                    None
+                }
+                Err(e) => {
+                    errs.push(at.error(
+                        Some(file.span()),
+                        "credential_file",
+                        &format!("cannot read {}: {e}", resolve(file.get_ref()).display()),
+                    ));
+                    None
+                }
+            },
+            _ => {
+                errs.push(at.error(None, "credential_file", &format!("no credential: set credential_file or the {CREDENTIAL_ENV} environment variable")));
+                None
+            }
+        };
+
+        match (credential, trust) {
+            (Some(c), Some(trust)) if errs.is_empty() => {
+                let connector_id = config.connector_id.clone().unwrap_or_else(host_name);
+                Ok(Resolved {
+                    config,
+                    credential: Secret(c.into_bytes().into()),
+                    services,
+                    trust,
+                    connector_id,
+                })
+            }
+            _ => Err(ConfigErrors(errs)),
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "connector".to_owned())
+}

@@ -1,0 +1,202 @@
+//! Replaying one tunnel stream to a local service.
+//!
+//! The stream carries a request head and body; the request goes to the service through that
+//! service's pooled keep-alive client, and the response head and body come back on the same
+//! stream. An HTTP/1.1 upgrade is relayed as raw bytes only after the service really answered
+//! `101`. Failures become a `Reset` with a code the gateway turns into the right status; the
+//! connector itself never invents HTTP responses.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use netwall_proto::body::{TunnelBody, pipe_upgraded, send_body};
+use netwall_proto::http::{from_header_map, strip_hop_by_hop, to_header_map};
+use netwall_proto::io::{FrameReader, FrameWriter};
+use netwall_proto::{Codec, Frame, Reset, ResetCode, ResponseHead};
+use tracing::debug;
+
+use crate::config::{Resolved, ServiceTarget};
+use crate::local::LocalConnector;
+
+type ReqBody = Either<TunnelBody<quinn::RecvStream>, Empty<Bytes>>;
+
+/// A local service and its pooled client.
+pub struct Service {
+    client: Client<LocalConnector, ReqBody>,
+    /// Authority put in request URIs (the client pools by it).
+    authority: String,
+}
+
+/// Every local service, by name.
+pub struct Services {
+    by_name: BTreeMap<String, Service>,
+    codec: Codec,
+}
+
+impl Services {
+    /// Clients for every configured service.
+    pub fn new(resolved: &Resolved, codec: Codec) -> Self {
+        let by_name = resolved
+            .services
+            .iter()
+            .map(|(name, target)| {
+                let connector =
+                    LocalConnector::new(target.clone(), resolved.config.service_connect_timeout);
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(resolved.config.pool_max_idle_per_service)
+                    .set_host(false)
+                    .build(connector);
+                let authority = match target {
+                    ServiceTarget::Tcp { authority } => authority.clone(),
+                    ServiceTarget::Unix(_) => "localhost".to_owned(),
+                };
+                (name.clone(), Service { client, authority })
+            })
+            .collect();
+        Services { by_name, codec }
+    }
+
+    /// Serve one stream the gateway opened.
+    pub async fn replay(self: Arc<Self>, send: quinn::SendStream, recv: quinn::RecvStream) {
+        let mut writer = FrameWriter::new(send, self.codec);
+        let mut reader = FrameReader::new(recv, self.codec);
+        let head = match reader.next().await {
+            Ok(Some(Frame::RequestHead(h))) => h,
+            // An empty stream: the gateway gave up before sending anything.
+            Ok(None) => return,
+            Ok(Some(other)) => {
+                return reset(
+                    &mut writer,
+                    ResetCode::Protocol,
+                    format!("expected a request head, got {}", other.kind()),
+                )
+                .await;
+            }
+            Err(e) => return reset(&mut writer, ResetCode::Protocol, e.to_string()).await,
+        };
+        let service_name = head.service.clone();
+        let Some(service) = self.by_name.get(&head.service) else {
+            return reset(
+                &mut writer,
+                ResetCode::UnknownService,
+                format!("no service named `{}`", head.service),
+            )
+            .await;
+        };
+        let built = (|| {
+            let method = Method::from_bytes(head.method.as_bytes()).ok()?;
+            let uri: Uri = format!("http://{}{}", service.authority, head.uri)
+                .parse()
+                .ok()?;
+            let headers = to_header_map(&head.headers).ok()?;
+            Some((method, uri, headers))
+        })();
+        let Some((method, uri, headers)) = built else {
+            return reset(
+                &mut writer,
+                ResetCode::Protocol,
+                "request head is not valid HTTP".into(),
+            )
+            .await;
+        };
+        let (body, upgrade_reader) = if head.upgrade {
+            (Either::Right(Empty::new()), Some(reader))
+        } else {
+            (Either::Left(TunnelBody::new(reader, None, ())), None)
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+
+        let response = tokio::select! {
+            r = service.client.request(req) => r,
+            // The gateway gave up (client gone, route timeout): stop waiting for the service.
+            _ = writer.get_mut().stopped() => return,
+        };
+        let mut resp = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let code = if e.is_connect() {
+                    ResetCode::ServiceUnavailable
+                } else {
+                    ResetCode::ServiceError
+                };
+                debug!(service = %head.service, error = %e, "service request failed");
+                return reset(
+                    &mut writer,
+                    code,
+                    format!("service `{}`: {e}", head.service),
+                )
+                .await;
+            }
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(reader) = upgrade_reader else {
+                return reset(
+                    &mut writer,
+                    ResetCode::ServiceError,
+                    "101 without an upgrade request".into(),
+                )
+                .await;
+            };
+            let on_upgrade = hyper::upgrade::on(&mut resp);
+            let head = ResponseHead {
+                status: 101,
+                headers: from_header_map(resp.headers()),
+            };
+            if writer.send(&Frame::ResponseHead(head)).await.is_err() {
+                return;
+            }
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    pipe_upgraded(TokioIo::new(upgraded), writer, reader).await;
+                }
+                Err(e) => {
+                    reset(
+                        &mut writer,
+                        ResetCode::ServiceError,
+                        format!("upgrade failed: {e}"),
+                    )
+                    .await
+                }
+            }
+            return;
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let response_head = ResponseHead {
+            status: parts.status.as_u16(),
+            headers: from_header_map(&parts.headers),
+        };
+        if writer
+            .send(&Frame::ResponseHead(response_head))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        match send_body(body, &mut writer, None).await {
+            Ok(_) => {
+                let _ = writer.shutdown().await;
+            }
+            Err(e) => {
+                debug!(service = %service_name, error = %e, "response body relay ended early")
+            }
+        }
+    }
+}
+
+async fn reset(writer: &mut FrameWriter<quinn::SendStream>, code: ResetCode, reason: String) {
+    debug!(?code, %reason, "resetting tunnel stream");
+    let _ = writer.send(&Frame::Reset(Reset { code, reason })).await;
+    let _ = writer.shutdown().await;
+}
