@@ -1,0 +1,660 @@
+//! Test harness: real certificates, real listeners, real processes.
+//!
+//! Everything binds `127.0.0.1:0` and reports the port it got; nothing sleeps to
+//! synchronise: [`wait_until`] polls a condition under a deadline and fails with a message.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes; panics naming `what`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Install a test log subscriber once (respects `RUST_LOG`, quiet by default).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// A throwaway PKI: one CA that signs the public certificate (`app.test`, `*.app.test`,
+/// `localhost`) and the tunnel certificate (`localhost`).
+pub struct Pki {
+    /// Folder holding every file.
+    pub dir: tempfile::TempDir,
+    /// CA certificate (PEM file).
+    pub ca: PathBuf,
+    /// CA certificate (DER), for clients.
+    pub ca_der: CertificateDer<'static>,
+    /// Public certificate and key.
+    pub https_cert: PathBuf,
+    /// Public key.
+    pub https_key: PathBuf,
+    /// Tunnel certificate.
+    pub tunnel_cert: PathBuf,
+    /// Tunnel key.
+    pub tunnel_key: PathBuf,
+    /// Tunnel credential (plaintext, for connectors).
+    pub credential: String,
+    /// Its SHA-256, for gateways.
+    pub credential_sha256: String,
+}
+
+impl Pki {
+    /// Generate everything into a fresh temporary folder.
+    pub fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "netwall test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().expect("leaf key");
+            let cert = CertificateParams::new(names)
+                .expect("leaf params")
+                .signed_by(&key, &ca_cert, &ca_key)
+                .expect("leaf cert");
+            (cert.pem(), key.serialize_pem())
+        };
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write pki file");
+            p
+        };
+        let (hc, hk) = leaf(vec![
+            "app.test".into(),
+            "*.app.test".into(),
+            "*.b.app.test".into(),
+            "localhost".into(),
+        ]);
+        let (tc, tk) = leaf(vec!["localhost".into()]);
+        let credential = hex::encode(rand_bytes());
+        Pki {
+            ca: write("ca.pem", &ca_cert.pem()),
+            ca_der: ca_cert.der().clone(),
+            https_cert: write("https.pem", &hc),
+            https_key: write("https.key", &hk),
+            tunnel_cert: write("tunnel.pem", &tc),
+            tunnel_key: write("tunnel.key", &tk),
+            credential_sha256: netwall_gateway::tunnel::credential_hash(credential.as_bytes()),
+            credential,
+            dir,
+        }
+    }
+
+    /// A gateway config on ephemeral loopback ports with one tunnel `app`; `extra` appends
+    /// routes or overrides sections.
+    pub fn gateway_toml(&self, extra: &str) -> String {
+        self.gateway_toml_at("127.0.0.1:0", extra)
+    }
+
+    /// Like [`Pki::gateway_toml`] with the tunnel listener on `tunnel_listen`.
+    pub fn gateway_toml_at(&self, tunnel_listen: &str, extra: &str) -> String {
+        format!(
+            r#"
+gateway_id = "test-gw"
+[https]
+listen = "127.0.0.1:0"
+[[https.certificate]]
+cert = "{hc}"
+key = "{hk}"
+hosts = ["app.test", "*.app.test", "localhost"]
+[http]
+listen = "127.0.0.1:0"
+[tunnel_listener]
+listen = "{tunnel_listen}"
+cert = "{tc}"
+key = "{tk}"
+idle_timeout = "3s"
+keep_alive = "500ms"
+[admin]
+listen = "127.0.0.1:0"
+[shutdown]
+drain_timeout = "10s"
+[[tunnel]]
+name = "app"
+credential_sha256 = "{hash}"
+{extra}
+"#,
+            hc = self.https_cert.display(),
+            hk = self.https_key.display(),
+            tc = self.tunnel_cert.display(),
+            tk = self.tunnel_key.display(),
+            hash = self.credential_sha256,
+        )
+    }
+
+    /// A connector config for tunnel `app` dialing `gateways`, trusting the test CA, with
+    /// `services` lines (`name = "url"`).
+    pub fn connector_toml(&self, gateways: &[SocketAddr], services: &str, extra: &str) -> String {
+        let list = gateways
+            .iter()
+            .map(|g| format!("\"{g}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            r#"
+connector_id = "test-connector"
+tunnel = "app"
+gateways = [{list}]
+server_name = "localhost"
+ca_file = "{ca}"
+idle_timeout = "3s"
+keep_alive = "500ms"
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+drain_timeout = "10s"
+{extra}
+[services]
+{services}
+"#,
+            ca = self.ca.display()
+        )
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn rand_bytes() -> [u8; 32] {
+    rand::random()
+}
+
+/// Start a gateway in this process from TOML text (relative paths resolve against `base`).
+pub async fn start_gateway(toml: &str) -> netwall_gateway::RunningGateway {
+    let config =
+        netwall_gateway::config::GatewayConfig::parse(Path::new("test-gateway.toml"), toml)
+            .unwrap_or_else(|e| panic!("gateway config: {e}"));
+    netwall_gateway::start(netwall_gateway::config::Loaded {
+        config,
+        base: PathBuf::new(),
+    })
+    .await
+    .expect("gateway starts")
+}
+
+/// Start a connector in this process with `credential`.
+pub fn start_connector(toml: &str, credential: &str) -> netwall_connector::RunningConnector {
+    let resolved = netwall_connector::config::ConnectorConfig::parse(
+        Path::new("test-connector.toml"),
+        toml,
+        Path::new(""),
+        Some(credential.to_owned()),
+    )
+    .unwrap_or_else(|e| panic!("connector config: {e}"));
+    netwall_connector::start(resolved).expect("connector starts")
+}
+
+/// Wait until `gateway` has `n` live connections on tunnel `app`.
+pub async fn wait_tunnel(gateway: &netwall_gateway::RunningGateway, n: usize) {
+    let registry = gateway.registry.clone();
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{n} live tunnel connection(s)"),
+        || {
+            let registry = registry.clone();
+            async move { registry.get("app").is_some_and(|t| t.live_count() == n) }
+        },
+    )
+    .await;
+}
+
+/// Start the sample service on an ephemeral loopback port.
+pub async fn start_sample(name: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sample");
+    let addr = listener.local_addr().expect("sample addr");
+    tokio::spawn(crate::sample::serve(listener, name.to_owned()));
+    addr
+}
+
+// === HTTPS client ===
+
+/// Request body type of [`HttpsClient`].
+pub type ClientBody = BoxBody<Bytes, std::io::Error>;
+
+/// A full body.
+pub fn body(b: impl Into<Bytes>) -> ClientBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A TLS stream for hyper.
+pub struct TlsIo(TokioIo<TlsStream<TcpStream>>);
+
+impl Connection for TlsIo {
+    fn connected(&self) -> Connected {
+        let h2 = self.0.inner().get_ref().1.alpn_protocol() == Some(b"h2");
+        if h2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
+    }
+}
+
+impl hyper::rt::Read for TlsIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for TlsIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// Dials the gateway's address for every URI, with SNI from the URI host.
+#[derive(Clone)]
+pub struct GatewayDialer {
+    addr: SocketAddr,
+    tls: TlsConnector,
+}
+
+impl tower_service::Service<Uri> for GatewayDialer {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = std::io::Result<TlsIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (addr, tls) = (self.addr, self.tls.clone());
+        Box::pin(async move {
+            let host = uri.host().unwrap_or("localhost").to_owned();
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(host).map_err(std::io::Error::other)?;
+            Ok(TlsIo(TokioIo::new(tls.connect(name, tcp).await?)))
+        })
+    }
+}
+
+/// rustls client config trusting `ca`, offering `alpn`.
+pub fn client_tls(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("add CA");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// A pooled HTTPS client that always connects to one gateway.
+#[derive(Clone)]
+pub struct HttpsClient {
+    client: Client<GatewayDialer, ClientBody>,
+}
+
+/// A complete response.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// Body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl HttpsClient {
+    /// HTTP/1.1 (`h2 = false`) or HTTP/2 (`h2 = true`) to the gateway at `addr`.
+    pub fn new(addr: SocketAddr, ca: &CertificateDer<'static>, h2: bool) -> Self {
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let dialer = GatewayDialer {
+            addr,
+            tls: TlsConnector::from(client_tls(ca, alpn)),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(h2)
+            .pool_max_idle_per_host(1024)
+            .build(dialer);
+        HttpsClient { client }
+    }
+
+    /// Send `req` and read the whole response.
+    pub async fn send(&self, req: Request<ClientBody>) -> Result<Answer, String> {
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("request failed: {e:?}"))?;
+        let (parts, b) = resp.into_parts();
+        let body = b
+            .collect()
+            .await
+            .map_err(|e| format!("body failed: {e}"))?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Send `req`, returning the streaming response.
+    pub async fn send_streaming(
+        &self,
+        req: Request<ClientBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| format!("request failed: {e:?}"))
+    }
+
+    /// GET `url`.
+    pub async fn get(&self, url: &str) -> Answer {
+        let req = Request::get(url).body(body(Bytes::new())).expect("request");
+        self.send(req)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// POST `data` to `url`.
+    pub async fn post(&self, url: &str, data: impl Into<Bytes>) -> Answer {
+        let req = Request::post(url).body(body(data)).expect("request");
+        self.send(req)
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+    }
+}
+
+/// Open a raw TLS connection to the gateway (for exact-byte tests).
+pub async fn raw_tls(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    sni: &str,
+) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(sni.to_owned()).expect("server name");
+    TlsConnector::from(client_tls(ca, &[b"http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// Fetch the gateway's Prometheus text.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let tcp = TcpStream::connect(admin).await.expect("connect admin");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("admin handshake");
+    tokio::spawn(conn);
+    let req = Request::get("/metrics")
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("admin request");
+    String::from_utf8_lossy(
+        &resp
+            .into_body()
+            .collect()
+            .await
+            .expect("admin body")
+            .to_bytes(),
+    )
+    .into_owned()
+}
+
+/// The value of a metric sample line `name{labels}` (exact prefix match), or 0.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().split(' ').next()?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+// === processes ===
+
+/// Path of a workspace binary (built by `cargo build --workspace --bins`, which `ops/test` runs).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (ops/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process whose stderr is captured to a log file; killed when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Lines of stderr as they arrive.
+    pub lines: mpsc::Receiver<String>,
+    /// Where stderr is copied.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawn `cmd` with stderr captured into `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&log_path).ok();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+                let _ = tx.send(line);
+            }
+        });
+        Proc { child, lines, log }
+    }
+
+    /// Wait for a stderr line containing `needle`; returns it.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no line containing {needle:?} within {timeout:?}; log: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// Send a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal child");
+    }
+
+    /// Wait for exit up to `timeout`; returns the exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {timeout:?}; log: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory now, in bytes.
+    pub fn rss(&self) -> u64 {
+        rss_of(self.child.id())
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        status_kib(self.child.id(), "VmHWM:") * 1024
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_of(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// Addresses a gateway process reported at start (JSON log).
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayAddrs {
+    /// HTTPS.
+    pub https: SocketAddr,
+    /// Tunnel (UDP).
+    pub tunnel: SocketAddr,
+    /// Admin.
+    pub admin: SocketAddr,
+    /// HTTP redirect.
+    pub http: SocketAddr,
+}
+
+/// Run `netwall-gateway` on `config` (a file) with JSON logs; waits until it is listening.
+pub fn spawn_gateway(config: &Path, log: PathBuf) -> (Proc, GatewayAddrs) {
+    spawn_gateway_with(Command::new(bin("netwall-gateway")), config, log)
+}
+
+/// Like [`spawn_gateway`] with a prepared command (e.g. `ip netns exec ...`).
+pub fn spawn_gateway_with(mut cmd: Command, config: &Path, log: PathBuf) -> (Proc, GatewayAddrs) {
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--log-format")
+        .arg("json")
+        .env("RUST_LOG", "info");
+    let p = Proc::spawn(cmd, log);
+    let line = p.wait_line("gateway started", Duration::from_secs(20));
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("startup line is not JSON ({e}): {line}"));
+    let addr = |k: &str| -> SocketAddr {
+        let s = v[k].as_str().unwrap_or_else(|| panic!("no {k} in {line}"));
+        let s = s.trim_start_matches("Some(").trim_end_matches(')');
+        s.parse().unwrap_or_else(|e| panic!("{k}={s}: {e}"))
+    };
+    let addrs = GatewayAddrs {
+        https: addr("https"),
+        tunnel: addr("tunnel"),
+        admin: addr("admin"),
+        http: addr("http"),
+    };
+    (p, addrs)
+}
+
+/// Run `netwall-connector` on `config` with `credential` in the environment.
+pub fn spawn_connector(config: &Path, credential: &str, log: PathBuf) -> Proc {
+    let mut cmd = Command::new(bin("netwall-connector"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--log-format")
+        .arg("json")
+        .env("NETWALL_CREDENTIAL", credential)
+        .env("RUST_LOG", "info");
+    Proc::spawn(cmd, log)
+}
