@@ -86,6 +86,7 @@ pub struct RunningGateway {
     pub registry: Arc<Registry>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    tunnel_tasks: TaskTracker,
     endpoint: quinn::Endpoint,
     drain_timeout: Duration,
 }
@@ -107,7 +108,12 @@ impl RunningGateway {
             quinn::VarInt::from_u32(CLOSE_SHUTDOWN),
             b"gateway shutting down",
         );
-        let _ = tokio::time::timeout(TUNNEL_CLOSE_LINGER, self.endpoint.wait_idle()).await;
+        self.tunnel_tasks.close();
+        let _ = tokio::time::timeout(TUNNEL_CLOSE_LINGER, async {
+            self.tunnel_tasks.wait().await;
+            self.endpoint.wait_idle().await;
+        })
+        .await;
         drained
     }
 
@@ -196,6 +202,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let tunnel_tasks = TaskTracker::new();
 
     let tunnels = config.tunnels.iter().filter_map(|t| {
         tunnel::parse_credential_hash(t.credential_sha256.get_ref())
@@ -221,7 +228,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     // requests can finish; the endpoint is closed once the drain is over.
     tokio::spawn(
         server
-            .serve(endpoint.clone(), shutdown.clone(), TaskTracker::new())
+            .serve(endpoint.clone(), shutdown.clone(), tunnel_tasks.clone())
             .instrument(info_span!("tunnel_listener")),
     );
 
@@ -286,6 +293,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         registry,
         shutdown,
         tasks,
+        tunnel_tasks,
         endpoint,
         drain_timeout: config.shutdown.drain_timeout,
     })

@@ -118,64 +118,68 @@ impl Proxy {
             .ok_or(EdgeError::TunnelOffline)?
             .clone();
         let upgrade = is_upgrade_request(&req);
+        let method = req.method().clone();
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let head = Frame::RequestHead(request_head(&req, &route, &host, peer, upgrade));
         let deadline = Instant::now() + route.timeout;
-        let (lease, mut writer, mut reader) = self.open(&tunnel, &head, deadline).await?;
-
         let body = req.into_body();
-        let (too_large_tx, too_large_rx) = oneshot::channel::<()>();
-        let mut upgrade_writer = None;
-        if upgrade {
-            upgrade_writer = Some(writer);
-        } else if body.is_end_stream() {
-            writer
-                .send(&Frame::End(Vec::new()))
-                .await
-                .map_err(|_| EdgeError::TunnelLost)?;
-        } else {
-            let metrics = self.metrics.clone();
-            let label = TunnelDirLabel {
-                tunnel: route.tunnel.clone(),
-                direction: "to_service",
-            };
-            let limit = route.max_body_bytes;
-            tokio::spawn(
-                async move {
-                    match send_body(body, &mut writer, Some(limit)).await {
-                        Ok(n) => {
-                            metrics.tunnel_bytes.get_or_create(&label).inc_by(n);
-                            let _ = writer.shutdown().await;
-                        }
-                        Err(BodyError::TooLarge { .. }) => {
-                            let _ = too_large_tx.send(());
-                        }
-                        Err(e) => debug!(error = %e, "request body relay ended early"),
+        let empty_body = body.is_end_stream();
+        // Nothing of a bodiless idempotent request is consumed by sending it, so when the
+        // tunnel connection dies before a response head arrives it is replayed on another.
+        let replayable = !upgrade && empty_body && is_idempotent(&method);
+        let mut body = Some(body);
+        let mut attempt = 0;
+        let (head, lease, reader, upgrade_writer) = loop {
+            attempt += 1;
+            let (lease, mut writer, mut reader) = self.open(&tunnel, &head, deadline).await?;
+            let (too_large_tx, too_large_rx) = oneshot::channel::<()>();
+            let mut upgrade_writer = None;
+            if upgrade {
+                upgrade_writer = Some(writer);
+            } else if empty_body {
+                if writer.send(&Frame::End(Vec::new())).await.is_err() {
+                    if replayable && attempt < OPEN_ATTEMPTS {
+                        continue;
                     }
+                    return Err(EdgeError::TunnelLost);
                 }
-                .in_current_span(),
-            );
-        }
-
-        let first = tokio::select! {
-            f = tokio::time::timeout_at(deadline, reader.next()) => f,
-            Ok(()) = too_large_rx => return Err(EdgeError::BodyTooLarge),
-        };
-        let head = match first {
-            Err(_) => return Err(EdgeError::ServiceTimeout),
-            Ok(Ok(Some(Frame::ResponseHead(h)))) => h,
-            Ok(Ok(Some(Frame::Reset(r)))) => {
-                debug!(code = ?r.code, reason = %r.reason, "connector reset the request");
-                return Err(match r.code {
-                    ResetCode::UnknownService => EdgeError::UnknownService,
-                    ResetCode::ServiceUnavailable => EdgeError::ServiceUnavailable,
-                    ResetCode::ServiceError => EdgeError::BadServiceResponse,
-                    ResetCode::TooLarge => EdgeError::BodyTooLarge,
-                    _ => EdgeError::TunnelLost,
-                });
+            } else if let Some(body) = body.take() {
+                self.spawn_body_pump(body, writer, &route, too_large_tx);
             }
-            Ok(Ok(Some(_))) => return Err(EdgeError::BadServiceResponse),
-            Ok(Ok(None)) | Ok(Err(_)) => return Err(EdgeError::TunnelLost),
+
+            let first = tokio::select! {
+                f = tokio::time::timeout_at(deadline, reader.next()) => f,
+                Ok(()) = too_large_rx => return Err(EdgeError::BodyTooLarge),
+            };
+            let outcome = match first {
+                Err(_) => Err(EdgeError::ServiceTimeout),
+                Ok(Ok(Some(Frame::ResponseHead(h)))) => Ok(h),
+                Ok(Ok(Some(Frame::Reset(r)))) => {
+                    debug!(code = ?r.code, reason = %r.reason, "connector reset the request");
+                    Err(match r.code {
+                        ResetCode::UnknownService => EdgeError::UnknownService,
+                        ResetCode::ServiceUnavailable => EdgeError::ServiceUnavailable,
+                        ResetCode::ServiceError => EdgeError::BadServiceResponse,
+                        ResetCode::TooLarge => EdgeError::BodyTooLarge,
+                        _ => EdgeError::TunnelLost,
+                    })
+                }
+                Ok(Ok(Some(_))) => Err(EdgeError::BadServiceResponse),
+                Ok(Ok(None)) | Ok(Err(_)) => Err(EdgeError::TunnelLost),
+            };
+            match outcome {
+                Ok(h) => break (h, lease, reader, upgrade_writer),
+                Err(EdgeError::TunnelLost) if replayable && attempt < OPEN_ATTEMPTS => {
+                    if lease.conn().transport.is_closed() {
+                        tunnel.remove(lease.conn().id);
+                    }
+                    debug!(
+                        attempt,
+                        "tunnel connection lost before the response; replaying"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         };
 
         if head.status == 101 {
@@ -202,6 +206,38 @@ impl Proxy {
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         Ok(resp)
+    }
+
+    /// Relay a request body to the tunnel in its own task; a body over the route's limit
+    /// fires `too_large`.
+    fn spawn_body_pump(
+        &self,
+        body: Incoming,
+        mut writer: FrameWriter<StreamWrite>,
+        route: &Route,
+        too_large: oneshot::Sender<()>,
+    ) {
+        let metrics = self.metrics.clone();
+        let label = TunnelDirLabel {
+            tunnel: route.tunnel.clone(),
+            direction: "to_service",
+        };
+        let limit = route.max_body_bytes;
+        tokio::spawn(
+            async move {
+                match send_body(body, &mut writer, Some(limit)).await {
+                    Ok(n) => {
+                        metrics.tunnel_bytes.get_or_create(&label).inc_by(n);
+                        let _ = writer.shutdown().await;
+                    }
+                    Err(BodyError::TooLarge { .. }) => {
+                        let _ = too_large.send(());
+                    }
+                    Err(e) => debug!(error = %e, "request body relay ended early"),
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// Lease a connection and send the request head, trying another connection if the first
@@ -298,6 +334,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 fn is_upgrade_request<B>(req: &Request<B>) -> bool {

@@ -110,7 +110,7 @@ struct Paths(Vec<(String, Arc<Route>)>);
 impl Paths {
     fn insert(&mut self, prefix: String, route: Arc<Route>) {
         self.0.push((prefix, route));
-        self.0.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.0.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     }
 
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
@@ -160,7 +160,9 @@ impl RouteTable {
             };
             paths.insert(prefix, route);
         }
-        table.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table
+            .suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         Ok(table)
     }
 

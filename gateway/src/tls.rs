@@ -170,6 +170,8 @@ pub fn tunnel_server_config(pair: &CertPair) -> Result<rustls::ServerConfig, Tls
 
 #[cfg(test)]
 mod tests {
+    use rustls::pki_types::pem::PemObject;
+
     #[test]
     fn pem_round_trips() {
         let pair = super::CertPair::self_signed(&["localhost".into()]).expect("generate");

@@ -57,6 +57,13 @@ impl Transport {
         }
     }
 
+    /// Whether the connection has closed (or been declared dead).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Transport::Quic(c) => c.close_reason().is_some(),
+        }
+    }
+
     /// Close the connection at once.
     pub fn close(&self, reason: &str) {
         match self {

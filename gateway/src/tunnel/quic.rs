@@ -80,12 +80,12 @@ struct PendingSlot<'a> {
 
 impl Drop for PendingSlot<'_> {
     fn drop(&mut self) {
-        if let Ok(mut p) = self.server.pending.lock() {
-            if let Some(n) = p.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    p.remove(&self.ip);
-                }
+        if let Ok(mut p) = self.server.pending.lock()
+            && let Some(n) = p.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(&self.ip);
             }
         }
     }
