@@ -60,6 +60,8 @@ pub struct Metrics {
     pub public_connections: Gauge,
     /// Live tunnel connections per tunnel.
     pub tunnel_connections: Family<TunnelLabel, Gauge>,
+    /// Requests in flight per tunnel (from stream open to response end).
+    pub tunnel_in_flight: Family<TunnelLabel, Gauge>,
     /// Tunnel handshakes by outcome.
     pub tunnel_handshakes: Family<ResultLabel, Counter>,
     /// Body bytes relayed per tunnel and direction.
@@ -82,6 +84,7 @@ impl Metrics {
             response_head_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             public_connections: Gauge::default(),
             tunnel_connections: Family::default(),
+            tunnel_in_flight: Family::default(),
             tunnel_handshakes: Family::default(),
             tunnel_bytes: Family::default(),
             registry: Registry::default(),
@@ -110,6 +113,11 @@ impl Metrics {
             "tunnel_connections",
             "Live tunnel connections per tunnel",
             m.tunnel_connections.clone(),
+        );
+        registry.register(
+            "tunnel_requests_in_flight",
+            "Requests in flight per tunnel",
+            m.tunnel_in_flight.clone(),
         );
         registry.register(
             "tunnel_handshakes",

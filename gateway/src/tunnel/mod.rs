@@ -21,6 +21,8 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::metrics::{Metrics, TunnelLabel};
 
 /// Receiving half of a tunnel stream, whatever the transport.
@@ -122,9 +124,10 @@ impl TunnelConn {
     }
 }
 
-/// A request's claim on a connection; releases the in-flight count when dropped.
+/// A request's claim on a connection; releases the in-flight counts when dropped.
 pub struct Lease {
     conn: Arc<TunnelConn>,
+    gauge: Gauge,
 }
 
 impl Lease {
@@ -137,6 +140,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
     }
 }
 
@@ -145,16 +149,19 @@ pub struct Tunnel {
     /// Name from the config.
     pub name: String,
     credential_hash: [u8; 32],
+    in_flight: Gauge,
     live: RwLock<Vec<Arc<TunnelConn>>>,
     rotate: AtomicUsize,
 }
 
 impl Tunnel {
-    /// A tunnel accepting the credential whose SHA-256 is `credential_hash`.
-    pub fn new(name: String, credential_hash: [u8; 32]) -> Self {
+    /// A tunnel accepting the credential whose SHA-256 is `credential_hash`; `in_flight`
+    /// counts its leased requests.
+    pub fn new(name: String, credential_hash: [u8; 32], in_flight: Gauge) -> Self {
         Tunnel {
             name,
             credential_hash,
+            in_flight,
             live: RwLock::new(Vec::new()),
             rotate: AtomicUsize::new(0),
         }
@@ -191,7 +198,11 @@ impl Tunnel {
         // connection no pick can add to `opened` behind its back.
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         conn.opened.fetch_add(1, Ordering::Relaxed);
-        Some(Lease { conn: conn.clone() })
+        self.in_flight.inc();
+        Some(Lease {
+            conn: conn.clone(),
+            gauge: self.in_flight.clone(),
+        })
     }
 
     fn add(&self, conn: Arc<TunnelConn>) {
@@ -235,7 +246,15 @@ impl Registry {
     ) -> Self {
         let tunnels = tunnels
             .into_iter()
-            .map(|(name, hash)| (name.clone(), Arc::new(Tunnel::new(name, hash))))
+            .map(|(name, hash)| {
+                let gauge = metrics
+                    .tunnel_in_flight
+                    .get_or_create(&TunnelLabel {
+                        tunnel: name.clone(),
+                    })
+                    .clone();
+                (name.clone(), Arc::new(Tunnel::new(name, hash, gauge)))
+            })
             .collect();
         Registry {
             tunnels,
