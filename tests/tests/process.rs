@@ -116,7 +116,7 @@ impl Load {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let post = (w + i as usize) % 2 == 0;
+                    let post = (w + i as usize).is_multiple_of(2);
                     let payload = format!("worker {w} request {i}");
                     let req = if post {
                         Request::post("https://app.test/echo")
