@@ -248,18 +248,30 @@ impl ConnectorConfig {
             }
         }
         if config.connections_per_gateway == 0 || config.connections_per_gateway > 64 {
-            errs.push(at.error(None, "connections_per_gateway", "must be 1 to 64"));
+            errs.push(at.error(
+                at.find("", Some("connections_per_gateway")),
+                "connections_per_gateway",
+                "must be 1 to 64",
+            ));
         }
         if config.keep_alive >= config.idle_timeout {
-            errs.push(at.error(None, "keep_alive", "must be shorter than idle_timeout"));
+            errs.push(at.error(
+                at.find("", Some("keep_alive")),
+                "keep_alive",
+                "must be shorter than idle_timeout",
+            ));
         }
         if config.reconnect_min > config.reconnect_max {
-            errs.push(at.error(None, "reconnect_min", "must not exceed reconnect_max"));
+            errs.push(at.error(
+                at.find("", Some("reconnect_min")),
+                "reconnect_min",
+                "must not exceed reconnect_max",
+            ));
         }
 
         let mut services = BTreeMap::new();
         if config.services.is_empty() {
-            errs.push(at.error(None, "services", "lists no service"));
+            errs.push(at.error(at.find("services", None), "services", "lists no service"));
         }
         for (name, url) in &config.services {
             match ServiceTarget::parse(url.get_ref()) {
@@ -307,8 +319,11 @@ impl ConnectorConfig {
                 None
             }
             _ => {
+                let place = at
+                    .find("", Some("ca_file"))
+                    .or_else(|| at.find("", Some("pin_cert_file")));
                 errs.push(at.error(
-                    None,
+                    place,
                     "ca_file",
                     "set only one of ca_file, pin_sha256 and pin_cert_file",
                 ));

@@ -319,13 +319,17 @@ impl GatewayConfig {
         let mut errs = Vec::new();
         if !self.https.self_signed && self.https.certificates.is_empty() {
             errs.push(at.error(
-                None,
+                at.find("https", None),
                 "https",
                 "needs `self_signed = true` or at least one [[https.certificate]]",
             ));
         }
         if self.https.max_header_bytes < 8192 {
-            errs.push(at.error(None, "https.max_header_bytes", "must be at least 8192"));
+            errs.push(at.error(
+                at.find("https", Some("max_header_bytes")),
+                "https.max_header_bytes",
+                "must be at least 8192",
+            ));
         }
         let tl = &self.tunnel_listener;
         match (&tl.cert, &tl.key, tl.self_signed) {
@@ -336,14 +340,14 @@ impl GatewayConfig {
                 "cannot be combined with self_signed = true",
             )),
             _ => errs.push(at.error(
-                None,
+                at.find("tunnel_listener", None),
                 "tunnel_listener",
                 "needs both `cert` and `key`, or `self_signed = true`",
             )),
         }
         if tl.keep_alive >= tl.idle_timeout {
             errs.push(at.error(
-                None,
+                at.find("tunnel_listener", Some("keep_alive")),
                 "tunnel_listener.keep_alive",
                 "must be shorter than idle_timeout",
             ));

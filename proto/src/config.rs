@@ -119,8 +119,8 @@ impl<'a> Located<'a> {
         (line, col)
     }
 
-    /// Best-effort dotted key for a byte offset: the nearest table header above plus the key
-    /// on that line.
+    /// Best-effort dotted key for a byte offset: the nearest table header above (with the
+    /// index of an array-of-tables entry) plus the key on that line.
     fn key_at(&self, offset: usize) -> Option<String> {
         let offset = offset.min(self.src.len());
         let line_start = self.src[..offset].rfind('\n').map_or(0, |i| i + 1);
@@ -128,15 +128,10 @@ impl<'a> Located<'a> {
             .find('\n')
             .map_or(self.src.len(), |i| offset + i);
         let line = self.src[line_start..line_end].trim();
-        let header = |l: &str| {
-            let l = l.trim();
-            l.starts_with('[')
-                .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
-        };
-        if let Some(h) = header(line) {
-            return Some(h);
+        if line.starts_with('[') {
+            return self.table_name(line_start + line.len());
         }
-        let table = self.src[..line_start].lines().rev().find_map(header);
+        let table = self.table_name(line_start);
         let key = line
             .split_once('=')
             .map(|(k, _)| k.trim().trim_matches('"').to_owned());
@@ -146,6 +141,62 @@ impl<'a> Located<'a> {
             (Some(t), None) => Some(t),
             (None, None) => None,
         }
+    }
+
+    /// Name of the table in force at `offset`: `https`, or `route[2]` for the third
+    /// `[[route]]`.
+    fn table_name(&self, offset: usize) -> Option<String> {
+        let before = &self.src[..offset.min(self.src.len())];
+        let header = before
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))?;
+        if let Some(name) = header.strip_prefix("[[").and_then(|h| h.split("]]").next()) {
+            let name = name.trim();
+            let index = before
+                .lines()
+                .filter(|l| {
+                    l.trim()
+                        .strip_prefix("[[")
+                        .and_then(|h| h.split("]]").next())
+                        .map(str::trim)
+                        == Some(name)
+                })
+                .count();
+            return Some(format!("{name}[{}]", index.saturating_sub(1)));
+        }
+        header
+            .strip_prefix('[')
+            .and_then(|h| h.split(']').next())
+            .map(|h| h.trim().to_owned())
+    }
+
+    /// The place of `key` in table `table` (`""` for the top level), or of the table's header
+    /// when the key is absent or `key` is `None`; `None` when neither is in the file.
+    pub fn find(&self, table: &str, key: Option<&str>) -> Option<Range<usize>> {
+        let mut current = String::new();
+        let mut header_span = None;
+        let mut offset = 0;
+        for line in self.src.split_inclusive('\n') {
+            let t = line.trim();
+            let start = offset + (line.len() - line.trim_start().len());
+            offset += line.len();
+            if t.starts_with('[') {
+                current = t.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+                if current == table {
+                    header_span = Some(start..start + t.len());
+                }
+                continue;
+            }
+            if current == table
+                && let (Some(k), Some((lhs, _))) = (key, t.split_once('='))
+                && lhs.trim().trim_matches('"') == k
+            {
+                return Some(start..start + t.len());
+            }
+        }
+        header_span
     }
 }
 
