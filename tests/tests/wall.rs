@@ -1,0 +1,344 @@
+//! The wall, proven with Linux network namespaces.
+//!
+//! ```text
+//!  internet 198.51.100.2 --veth-- 198.51.100.1  edge  203.0.113.1 --veth-- 203.0.113.2 container
+//!   (client, scanner)               (gateway; forwards IP)          (connector, service on lo)
+//! ```
+//! The edge forwards packets, so the container's address is reachable from the internet host
+//! at the network level: the proof is that every one of its 65,535 TCP ports answers with a
+//! reset (nothing listening, nothing silently filtered) while HTTPS from the internet host
+//! reaches the service through the tunnel. Needs root and `ip` (iproute2), as CI has.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use netwall_tests::harness::*;
+
+const EDGE_PUBLIC: &str = "198.51.100.1";
+const INTERNET: &str = "198.51.100.2";
+const EDGE_PRIVATE: &str = "203.0.113.1";
+const CONTAINER: &str = "203.0.113.2";
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e} (is iproute2 installed?)"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Three namespaces and their links; removed on drop.
+struct Topology {
+    inet: String,
+    edge: String,
+    ctr: String,
+}
+
+impl Topology {
+    fn new() -> Topology {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the wall test builds network namespaces and must run as root (CI does)"
+        );
+        let id = std::process::id();
+        let t = Topology {
+            inet: format!("nwi{id}"),
+            edge: format!("nwe{id}"),
+            ctr: format!("nwc{id}"),
+        };
+        for ns in [&t.inet, &t.edge, &t.ctr] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        // internet <-> edge
+        let (a, b) = (format!("nwa{id}"), format!("nwb{id}"));
+        sh(&[
+            "ip", "link", "add", &a, "netns", &t.inet, "type", "veth", "peer", "name", &b, "netns",
+            &t.edge,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.inet,
+            "addr",
+            "add",
+            &format!("{INTERNET}/24"),
+            "dev",
+            &a,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.edge,
+            "addr",
+            "add",
+            &format!("{EDGE_PUBLIC}/24"),
+            "dev",
+            &b,
+        ]);
+        sh(&["ip", "-n", &t.inet, "link", "set", &a, "up"]);
+        sh(&["ip", "-n", &t.edge, "link", "set", &b, "up"]);
+        // edge <-> container
+        let (c, d) = (format!("nwc{id}x"), format!("nwd{id}"));
+        sh(&[
+            "ip", "link", "add", &c, "netns", &t.edge, "type", "veth", "peer", "name", &d, "netns",
+            &t.ctr,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.edge,
+            "addr",
+            "add",
+            &format!("{EDGE_PRIVATE}/24"),
+            "dev",
+            &c,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.ctr,
+            "addr",
+            "add",
+            &format!("{CONTAINER}/24"),
+            "dev",
+            &d,
+        ]);
+        sh(&["ip", "-n", &t.edge, "link", "set", &c, "up"]);
+        sh(&["ip", "-n", &t.ctr, "link", "set", &d, "up"]);
+        // Full reachability: the internet host can route to the container through the edge.
+        sh(&[
+            "ip",
+            "-n",
+            &t.inet,
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            EDGE_PUBLIC,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.ctr,
+            "route",
+            "add",
+            "default",
+            "via",
+            EDGE_PRIVATE,
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &t.edge,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        t
+    }
+
+    fn exec(&self, ns: &str, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.inet, &self.edge, &self.ctr] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Run `f` on a thread that has entered namespace `ns`, with its own tokio runtime.
+fn in_netns<T, F, Fut>(ns: &str, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(f())
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+#[derive(Debug, Default)]
+struct Scan {
+    open: Vec<u16>,
+    refused: usize,
+    silent: Vec<u16>,
+}
+
+/// Try a TCP connection to every port of `ip`.
+async fn scan(ip: IpAddr) -> Scan {
+    const CONCURRENCY: usize = 256;
+    let next = Arc::new(AtomicUsize::new(1));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let next = next.clone();
+        workers.spawn(async move {
+            let mut s = Scan::default();
+            loop {
+                let port = next.fetch_add(1, Ordering::Relaxed);
+                let Ok(port) = u16::try_from(port) else {
+                    return s;
+                };
+                if port == 0 {
+                    return s;
+                }
+                match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    tokio::net::TcpStream::connect(SocketAddr::new(ip, port)),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => s.open.push(port),
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        s.refused += 1
+                    }
+                    Ok(Err(_)) | Err(_) => s.silent.push(port),
+                }
+            }
+        });
+    }
+    let mut total = Scan::default();
+    while let Some(s) = workers.join_next().await {
+        let s = s.expect("scan worker");
+        total.open.extend(s.open);
+        total.silent.extend(s.silent);
+        total.refused += s.refused;
+    }
+    total
+}
+
+#[test]
+fn the_container_accepts_no_inbound_connection_yet_serves_through_the_tunnel() {
+    init_logs();
+    let topo = Topology::new();
+    let pki = Pki::new();
+    let dir = pki.dir.path().to_path_buf();
+
+    // The service inside the container, on the container's loopback only.
+    let mut sample_cmd = topo.exec(&topo.ctr, &bin("netwall-sample"));
+    sample_cmd.args(["--listen", "127.0.0.1:3000", "--name", "walled"]);
+    let _sample = Proc::spawn(sample_cmd, dir.join("sample.log"));
+    _sample.wait_line("listening on", Duration::from_secs(10));
+
+    // The gateway on the edge, public on every edge address.
+    let gw_toml = pki
+        .gateway_toml("[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n")
+        .replacen("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"", 1)
+        .replace(
+            "[tunnel_listener]\nlisten = \"127.0.0.1:0\"",
+            "[tunnel_listener]\nlisten = \"0.0.0.0:0\"",
+        );
+    std::fs::write(dir.join("gateway.toml"), gw_toml).expect("write");
+    let (_gateway, addrs) = spawn_gateway_with(
+        topo.exec(&topo.edge, &bin("netwall-gateway")),
+        &dir.join("gateway.toml"),
+        dir.join("gateway.log"),
+    );
+
+    // The connector in the container dials out to the edge's private address.
+    let tunnel: SocketAddr = format!("{EDGE_PRIVATE}:{}", addrs.tunnel.port())
+        .parse()
+        .expect("addr");
+    let c_toml = pki.connector_toml(&[tunnel], "web = \"http://127.0.0.1:3000\"", "");
+    std::fs::write(dir.join("connector.toml"), c_toml).expect("write");
+    let mut c_cmd = topo.exec(&topo.ctr, &bin("netwall-connector"));
+    c_cmd
+        .arg("--config")
+        .arg(dir.join("connector.toml"))
+        .arg("--log-format")
+        .arg("json")
+        .env("NETWALL_CREDENTIAL", &pki.credential);
+    let connector = Proc::spawn(c_cmd, dir.join("connector.log"));
+    connector.wait_line("tunnel connected", Duration::from_secs(15));
+
+    // A client on the internet host gets answers through the gateway.
+    let public: SocketAddr = format!("{EDGE_PUBLIC}:{}", addrs.https.port())
+        .parse()
+        .expect("addr");
+    let ca = pki.ca_der.clone();
+    let answers = in_netns(&topo.inet, move || async move {
+        let mut out = Vec::new();
+        for h2 in [false, true] {
+            let c = HttpsClient::new(public, &ca, h2);
+            out.push(c.get("https://app.test/hello").await);
+            out.push(c.post("https://app.test/echo", "through the wall").await);
+        }
+        out
+    });
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    }
+    assert_eq!(
+        answers[0].text(),
+        format!("hello from walled via netwall: GET /hello (host app.test, client {INTERNET})\n")
+    );
+    assert_eq!(answers[1].text(), "through the wall");
+
+    // Nothing in the container listens off loopback.
+    let ss = Command::new("ip")
+        .args(["netns", "exec", &topo.ctr, "ss", "-ltnH"])
+        .output()
+        .expect("ss");
+    assert!(ss.status.success());
+    let listeners = String::from_utf8_lossy(&ss.stdout).into_owned();
+    let locals: Vec<&str> = listeners
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert!(
+        !locals.is_empty(),
+        "the service's loopback listener should show: {listeners}"
+    );
+    for local in &locals {
+        assert!(
+            local.starts_with("127.0.0.1:") || local.starts_with("[::1]:"),
+            "listener off loopback in the container: {local}\n{listeners}"
+        );
+    }
+
+    // Every TCP port of the container, from the edge and from the internet host: all refused.
+    let container: IpAddr = CONTAINER.parse().expect("ip");
+    for (from, ns) in [("edge", topo.edge.clone()), ("internet", topo.inet.clone())] {
+        let result = in_netns(&ns, move || scan(container));
+        assert!(
+            result.open.is_empty(),
+            "from the {from} host, open ports on the container: {:?}",
+            result.open
+        );
+        assert!(
+            result.silent.is_empty(),
+            "from the {from} host, {} ports did not answer (the scan proves nothing if packets are dropped): {:?}",
+            result.silent.len(),
+            &result.silent[..result.silent.len().min(20)]
+        );
+        assert_eq!(result.refused, 65535, "from the {from} host");
+    }
+    drop(connector);
+}
