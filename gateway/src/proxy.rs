@@ -20,10 +20,11 @@ use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use netwall_proto::body::{BodyError, TunnelBody, pipe_upgraded, send_body};
+use netwall_proto::body::{BodyError, BodyGuard, TunnelBody, pipe_upgraded, send_body};
 use netwall_proto::http::{from_header_map, strip_hop_by_hop, to_header_map};
 use netwall_proto::io::{FrameReader, FrameWriter};
 use netwall_proto::{Codec, Frame, RequestHead, ResetCode, ResponseHead};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug};
@@ -39,7 +40,20 @@ use crate::tunnel::{Lease, Registry, StreamRead, StreamWrite, Tunnel};
 const OPEN_ATTEMPTS: usize = 3;
 
 /// Body of every response the gateway sends.
-pub type ResponseBody = Either<Full<Bytes>, Either<TunnelBody<StreamRead, Lease>, Empty<Bytes>>>;
+pub type ResponseBody =
+    Either<Full<Bytes>, Either<TunnelBody<StreamRead, ResponseGuard>, Empty<Bytes>>>;
+
+/// Holds a response's lease on its tunnel connection and counts the bytes it relays.
+pub struct ResponseGuard {
+    _lease: Lease,
+    bytes: Counter,
+}
+
+impl BodyGuard for ResponseGuard {
+    fn on_data(&mut self, n: usize) {
+        self.bytes.inc_by(n as u64);
+    }
+}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -200,12 +214,24 @@ impl Proxy {
         let mut headers =
             to_header_map(&head.headers).map_err(|_| EdgeError::BadServiceResponse)?;
         strip_hop_by_hop(&mut headers, false);
+        let guard = ResponseGuard {
+            _lease: lease,
+            bytes: self.to_client_bytes(&route),
+        };
         let mut resp = Response::new(Either::Right(Either::Left(TunnelBody::new(
-            reader, None, lease,
+            reader, None, guard,
         ))));
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         Ok(resp)
+    }
+
+    fn to_client_bytes(&self, route: &Route) -> Counter {
+        let label = TunnelDirLabel {
+            tunnel: route.tunnel.clone(),
+            direction: "to_client",
+        };
+        self.metrics.tunnel_bytes.get_or_create(&label).clone()
     }
 
     /// Relay a request body to the tunnel in its own task; a body over the route's limit

@@ -50,13 +50,21 @@ pub enum BodyError {
     Source(String),
 }
 
-/// A body whose frames arrive on a tunnel stream. `G` is anything that must live exactly as
-/// long as the body (an in-flight guard, the stream's other half).
+/// Something that lives exactly as long as a [`TunnelBody`] (an in-flight guard, the stream's
+/// other half) and hears of every chunk it delivers (for byte counters).
+pub trait BodyGuard: Unpin {
+    /// `n` body bytes were delivered.
+    fn on_data(&mut self, _n: usize) {}
+}
+
+impl BodyGuard for () {}
+
+/// A body whose frames arrive on a tunnel stream, with a [`BodyGuard`].
 pub struct TunnelBody<R, G = ()> {
     reader: Option<FrameReader<R>>,
     limit: Option<u64>,
     received: u64,
-    _guard: G,
+    guard: G,
 }
 
 impl<R, G> TunnelBody<R, G> {
@@ -66,7 +74,7 @@ impl<R, G> TunnelBody<R, G> {
             reader: Some(reader),
             limit,
             received: 0,
-            _guard: guard,
+            guard,
         }
     }
 
@@ -76,7 +84,7 @@ impl<R, G> TunnelBody<R, G> {
     }
 }
 
-impl<R: AsyncRead + Unpin, G: Unpin> Body for TunnelBody<R, G> {
+impl<R: AsyncRead + Unpin, G: BodyGuard> Body for TunnelBody<R, G> {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -99,7 +107,10 @@ impl<R: AsyncRead + Unpin, G: Unpin> Body for TunnelBody<R, G> {
                     this.received += d.len() as u64;
                     match this.limit {
                         Some(limit) if this.received > limit => Err(BodyError::TooLarge { limit }),
-                        _ => return Poll::Ready(Some(Ok(BodyFrame::data(d)))),
+                        _ => {
+                            this.guard.on_data(d.len());
+                            return Poll::Ready(Some(Ok(BodyFrame::data(d))));
+                        }
                     }
                 }
                 Ok(Some(Frame::End(trailers))) => {

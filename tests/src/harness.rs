@@ -70,6 +70,10 @@ pub struct Pki {
     pub tunnel_cert: PathBuf,
     /// Tunnel key.
     pub tunnel_key: PathBuf,
+    /// A second public certificate, for `other.test` only.
+    pub other_cert: PathBuf,
+    /// Its key.
+    pub other_key: PathBuf,
     /// Tunnel credential (plaintext, for connectors).
     pub credential: String,
     /// Its SHA-256, for gateways.
@@ -113,6 +117,7 @@ impl Pki {
             "localhost".into(),
         ]);
         let (tc, tk) = leaf(vec!["localhost".into()]);
+        let (oc, ok) = leaf(vec!["other.test".into()]);
         let credential = hex::encode(rand_bytes());
         Pki {
             ca: write("ca.pem", &ca_cert.pem()),
@@ -121,6 +126,8 @@ impl Pki {
             https_key: write("https.key", &hk),
             tunnel_cert: write("tunnel.pem", &tc),
             tunnel_key: write("tunnel.key", &tk),
+            other_cert: write("other.pem", &oc),
+            other_key: write("other.key", &ok),
             credential_sha256: netwall_gateway::tunnel::credential_hash(credential.as_bytes()),
             credential,
             dir,

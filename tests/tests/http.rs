@@ -111,6 +111,24 @@ async fn get_post_and_streamed_bodies_over_h1_and_h2() {
             "{proto}"
         );
     }
+    // Both directions are counted per tunnel: two 8 MiB bodies each way plus the small ones.
+    let m = s.metrics().await;
+    let down = metric(
+        &m,
+        "netwall_tunnel_body_bytes_total{tunnel=\"app\",direction=\"to_client\"}",
+    );
+    let up = metric(
+        &m,
+        "netwall_tunnel_body_bytes_total{tunnel=\"app\",direction=\"to_service\"}",
+    );
+    assert!(
+        (16.0 * 1048576.0..17.0 * 1048576.0).contains(&down),
+        "to_client {down}\n{m}"
+    );
+    assert!(
+        (16.0 * 1048576.0..17.0 * 1048576.0).contains(&up),
+        "to_service {up}\n{m}"
+    );
 }
 
 #[tokio::test]
@@ -513,4 +531,91 @@ async fn one_thousand_concurrent_requests_through_one_tunnel() {
     .await
     .expect("all 1000 requests were in flight together and completed");
     assert_eq!(all, N);
+}
+
+#[tokio::test]
+async fn certificate_is_chosen_by_sni() {
+    init_logs();
+    let pki = Pki::new();
+    let second = format!(
+        "[[https.certificate]]\ncert = \"{}\"\nkey = \"{}\"\nhosts = [\"other.test\"]\n",
+        pki.other_cert.display(),
+        pki.other_key.display()
+    );
+    // Insert the second certificate right after the first one.
+    let toml = pki
+        .gateway_toml("")
+        .replacen("[http]\n", &format!("{second}[http]\n"), 1);
+    let gateway = start_gateway(&toml).await;
+    let leaf_of = |path: &std::path::Path| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_file(path).expect("pem")
+    };
+    let (main, other) = (leaf_of(&pki.https_cert), leaf_of(&pki.other_cert));
+    for (sni, want) in [
+        ("app.test", &main),
+        ("x.app.test", &main),
+        ("other.test", &other),
+        ("unknown.example", &main),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(gateway.https_addr)
+            .await
+            .expect("connect");
+        // Verification would refuse `unknown.example`; this test looks only at what is served.
+        let mut cfg = (*client_tls(&pki.ca_der, &[b"http/1.1"])).clone();
+        cfg.dangerous()
+            .set_certificate_verifier(std::sync::Arc::new(AcceptAny(
+                rustls::crypto::ring::default_provider(),
+            )));
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("name");
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        let served = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+            .expect("a certificate");
+        assert_eq!(&served, want, "SNI {sni}");
+    }
+}
+
+/// Accepts any certificate (valid signatures still required): lets a test see which
+/// certificate a server chose.
+#[derive(Debug)]
+struct AcceptAny(rustls::crypto::CryptoProvider);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
