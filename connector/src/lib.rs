@@ -4,8 +4,9 @@
 //! [`start`] keeps `connections_per_gateway` connections to every gateway address, each under
 //! a supervisor that reconnects with jittered backoff. Every stream a gateway opens is
 //! [replayed](replay) to the named local service. [`RunningConnector::shutdown`] drains: each
-//! connection asks its gateway to stop sending new requests, waits for every request the
-//! gateway already sent, and only then closes, so a rolling restart loses nothing.
+//! connection asks its gateway to stop sending new requests and keeps serving the ones already
+//! sent; the gateway closes the connection once it has received the last response in full, so
+//! a rolling restart loses nothing.
 
 pub mod config;
 pub mod dial;
@@ -25,6 +26,9 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::config::Resolved;
 use crate::dial::{Backoff, DialError, Session};
 use crate::replay::Services;
+
+/// Application close code with which a gateway ends a drained connection.
+pub const CLOSE_DRAINED: u32 = 0x3;
 
 /// How long the endpoint may take to deliver final close frames.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -177,19 +181,16 @@ fn set_live(ctx: &Ctx, delta: isize) {
 }
 
 /// Serve one connection: accept streams, answer control frames, drain on request.
+///
+/// A drain asks the gateway for no new requests; the gateway closes the connection once it
+/// has received the last response in full, so nothing is cut short here by closing early.
 async fn serve(ctx: Arc<Ctx>, mut s: Session, went_away: oneshot::Sender<()>) {
     set_live(&ctx, 1);
-    let streams = TaskTracker::new();
     let mut went_away = Some(went_away);
     let mut accepted: u64 = 0;
-    let mut drain_target: Option<u64> = None;
     let mut drain_sent = false;
     let mut control_open = true;
-    loop {
-        let drained = drain_target.is_some_and(|t| accepted >= t);
-        if drained {
-            streams.close();
-        }
+    let end = loop {
         tokio::select! {
             biased;
             _ = ctx.drain.cancelled(), if !drain_sent => {
@@ -199,16 +200,12 @@ async fn serve(ctx: Arc<Ctx>, mut s: Session, went_away: oneshot::Sender<()>) {
                     debug!("cannot send drain");
                 }
             }
-            _ = streams.wait(), if drained => break,
             stream = s.conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
                     accepted += 1;
-                    streams.spawn(ctx.services.clone().replay(send, recv).in_current_span());
+                    tokio::spawn(ctx.services.clone().replay(send, recv).in_current_span());
                 }
-                Err(e) => {
-                    info!(reason = %e, "tunnel connection closed");
-                    break;
-                }
+                Err(e) => break e,
             },
             frame = s.control_r.next(), if control_open => match frame {
                 Ok(Some(Frame::GoAway { reason })) => {
@@ -218,8 +215,7 @@ async fn serve(ctx: Arc<Ctx>, mut s: Session, went_away: oneshot::Sender<()>) {
                     }
                 }
                 Ok(Some(Frame::DrainAck { streams_opened })) => {
-                    debug!(streams_opened, accepted, "drain acknowledged");
-                    drain_target = Some(streams_opened);
+                    debug!(streams_opened, accepted, "drain acknowledged; the gateway closes when done");
                 }
                 Ok(Some(Frame::Ping(v))) => {
                     let _ = s.control_w.send(&Frame::Pong(v)).await;
@@ -233,10 +229,14 @@ async fn serve(ctx: Arc<Ctx>, mut s: Session, went_away: oneshot::Sender<()>) {
                 }
             },
         }
-    }
+    };
     set_live(&ctx, -1);
-    if drain_target.is_some() {
-        info!(requests = accepted, "drained");
-        s.conn.close(0u32.into(), b"drained");
+    match end {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(CLOSE_DRAINED) =>
+        {
+            info!(requests = accepted, "drained");
+        }
+        e => info!(reason = %e, requests = accepted, "tunnel connection closed"),
     }
 }

@@ -229,8 +229,9 @@ pub enum Frame {
     Reset(Reset),
     /// Connector asks the gateway to send no new streams on this connection.
     Drain,
-    /// Gateway confirms a drain; `streams_opened` counts every request stream it ever opened on
-    /// this connection, so the connector knows when all of them have arrived.
+    /// Gateway confirms a drain: no new request will be sent on this connection, and the gateway
+    /// closes it once the last response has been received in full. `streams_opened` counts every
+    /// request stream it opened on the connection, for the connector's logs.
     DrainAck {
         /// Total request streams opened by the gateway on this connection.
         streams_opened: u64,

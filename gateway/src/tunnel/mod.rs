@@ -11,7 +11,7 @@ pub mod quic;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use netwall_proto::Frame;
@@ -19,7 +19,7 @@ use netwall_proto::io::FrameWriter;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -88,6 +88,8 @@ pub struct TunnelConn {
     pub control: Mutex<FrameWriter<StreamWrite>>,
     in_flight: AtomicUsize,
     opened: AtomicU64,
+    draining: AtomicBool,
+    idle: Notify,
 }
 
 impl TunnelConn {
@@ -107,12 +109,33 @@ impl TunnelConn {
             control: Mutex::new(control),
             in_flight: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
         }
     }
 
     /// Requests currently using this connection.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connector asked for no new requests on this connection.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no request holds a lease on this connection. After a drain no new lease
+    /// can be taken, so this is when every response has been received in full.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Send a control frame, ignoring a connection that is already gone.
@@ -139,7 +162,9 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.conn.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.conn.is_draining() {
+            self.conn.idle.notify_waiters();
+        }
         self.gauge.dec();
     }
 }
@@ -195,8 +220,8 @@ impl Tunnel {
             .map(|i| &live[(start + i) % n])
             .min_by_key(|c| c.in_flight())?;
         // Counted under the read lock: `drain` takes the write lock, so once it has removed a
-        // connection no pick can add to `opened` behind its back.
-        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        // connection every lease on it is already counted and no new one can be taken.
+        conn.in_flight.fetch_add(1, Ordering::SeqCst);
         conn.opened.fetch_add(1, Ordering::Relaxed);
         self.in_flight.inc();
         Some(Lease {
@@ -223,9 +248,10 @@ impl Tunnel {
         }
     }
 
-    /// Stop picking connection `id`; returns every stream ever opened on it (final once this
-    /// returns, see [`Tunnel::pick`]).
+    /// Stop picking `conn` for new requests; returns how many request streams were ever
+    /// opened on it (for logs). Wait for [`TunnelConn::idle`] before closing it.
     pub fn drain(&self, conn: &TunnelConn) -> u64 {
+        conn.draining.store(true, Ordering::SeqCst);
         self.remove(conn.id);
         conn.opened.load(Ordering::SeqCst)
     }

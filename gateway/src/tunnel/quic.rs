@@ -27,6 +27,8 @@ use crate::tls::{CertPair, TlsError};
 pub const CLOSE_REJECTED: u32 = 0x100;
 /// Application close code when the gateway shuts down.
 pub const CLOSE_SHUTDOWN: u32 = 0x2;
+/// Application close code once a draining connection has no request left.
+pub const CLOSE_DRAINED: u32 = 0x3;
 
 /// How long a rejected connector gets to read the reject before the connection is closed.
 const REJECT_LINGER: Duration = Duration::from_secs(1);
@@ -314,10 +316,18 @@ impl TunnelServer {
         shutdown: CancellationToken,
     ) {
         let mut told_go_away = false;
+        let mut control_open = true;
         loop {
             let frame = tokio::select! {
-                f = reader.next() => f,
+                f = reader.next(), if control_open => f,
                 _ = quic.closed() => break,
+                // A drained connection is closed by the gateway, the side that knows when
+                // the last response has been received in full.
+                _ = conn.idle(), if conn.is_draining() => {
+                    info!(tunnel = %tunnel.name, connector = %conn.connector_id, "connection drained; closing");
+                    quic.close(quinn::VarInt::from_u32(CLOSE_DRAINED), b"drained");
+                    break;
+                }
                 _ = shutdown.cancelled(), if !told_go_away => {
                     told_go_away = true;
                     conn.send_control(&Frame::GoAway { reason: "gateway shutting down".into() }).await;
@@ -327,7 +337,7 @@ impl TunnelServer {
             match frame {
                 Ok(Some(Frame::Drain)) => {
                     let opened = tunnel.drain(conn);
-                    info!(tunnel = %tunnel.name, connector = %conn.connector_id, streams_opened = opened, "connector draining");
+                    info!(tunnel = %tunnel.name, connector = %conn.connector_id, streams_opened = opened, in_flight = conn.in_flight(), "connector draining");
                     conn.send_control(&Frame::DrainAck {
                         streams_opened: opened,
                     })
@@ -347,11 +357,9 @@ impl TunnelServer {
                     break;
                 }
                 Ok(None) => {
-                    // The connector finished its control stream: no new work for this connection;
-                    // requests already on it finish before the connector closes.
-                    tunnel.remove(conn.id);
-                    quic.closed().await;
-                    break;
+                    // The connector finished its control stream: treat it as a drain.
+                    control_open = false;
+                    tunnel.drain(conn);
                 }
                 Err(e) => {
                     debug!(error = %e, "control stream ended");
