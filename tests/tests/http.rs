@@ -619,3 +619,52 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn unix_socket_services_are_reached_and_connections_are_pooled() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("app.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind unix socket");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req| {
+                    netwall_tests::sample::handle(req, "unix".into())
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let s = Setup::new(
+        &route("app.test", "/", "web", ""),
+        Some(&format!("web = \"unix:{}\"", path.display())),
+    )
+    .await;
+    let c = s.client(false);
+    for i in 0..50 {
+        let r = c.get(&format!("https://app.test/n/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            r.text()
+                .starts_with(&format!("hello from unix via netwall: GET /n/{i} ")),
+            "{}",
+            r.text()
+        );
+    }
+    // Sequential requests reuse one keep-alive connection to the service.
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the connector's client did not pool connections"
+    );
+}
