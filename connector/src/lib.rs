@@ -12,6 +12,7 @@ pub mod config;
 pub mod dial;
 pub mod local;
 pub mod replay;
+pub mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,8 +1,9 @@
-//! Connections to local services, over TCP or a Unix socket, for hyper's pooled client.
+//! Connections to local services, over TCP or a Unix socket.
 //!
 //! Each service gets its own client (and so its own keep-alive pool) whose connector always
 //! dials that service's address, whatever the request URI says: the URI only carries the
-//! path, so a request can never steer the connector to another address.
+//! path, so a request can never steer the connector to another address. WebSockets use the
+//! same dialer for a raw stream.
 
 use std::future::Future;
 use std::io;
@@ -12,9 +13,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::ServiceTarget;
@@ -34,6 +35,23 @@ impl LocalConnector {
             connect_timeout,
         }
     }
+
+    /// A raw connection to the service, within the connect timeout.
+    pub async fn connect(&self) -> io::Result<LocalIo> {
+        let connect = async {
+            match &*self.target {
+                ServiceTarget::Tcp { authority } => {
+                    let s = TcpStream::connect(authority.as_str()).await?;
+                    let _ = s.set_nodelay(true);
+                    Ok(LocalIo::Tcp(s))
+                }
+                ServiceTarget::Unix(path) => Ok(LocalIo::Unix(UnixStream::connect(path).await?)),
+            }
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "service connect timed out"))?
+    }
 }
 
 impl tower_service::Service<Uri> for LocalConnector {
@@ -46,35 +64,61 @@ impl tower_service::Service<Uri> for LocalConnector {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let target = self.target.clone();
-        let timeout = self.connect_timeout;
-        Box::pin(async move {
-            let connect = async {
-                match &*target {
-                    ServiceTarget::Tcp { authority } => {
-                        let s = TcpStream::connect(authority.as_str()).await?;
-                        let _ = s.set_nodelay(true);
-                        Ok(LocalStream::Tcp(TokioIo::new(s)))
-                    }
-                    ServiceTarget::Unix(path) => Ok(LocalStream::Unix(TokioIo::new(
-                        UnixStream::connect(path).await?,
-                    ))),
-                }
-            };
-            tokio::time::timeout(timeout, connect)
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "service connect timed out"))?
-        })
+        let this = self.clone();
+        Box::pin(async move { Ok(LocalStream(TokioIo::new(this.connect().await?))) })
     }
 }
 
-/// A connection to a local service.
-pub enum LocalStream {
+/// A raw connection to a local service.
+pub enum LocalIo {
     /// TCP.
-    Tcp(TokioIo<TcpStream>),
+    Tcp(TcpStream),
     /// Unix socket.
-    Unix(TokioIo<UnixStream>),
+    Unix(UnixStream),
 }
+
+impl AsyncRead for LocalIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LocalIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            LocalIo::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for LocalIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            LocalIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            LocalIo::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LocalIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            LocalIo::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LocalIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            LocalIo::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A local connection as hyper's pooled client sees it.
+pub struct LocalStream(TokioIo<LocalIo>);
 
 impl Connection for LocalStream {
     fn connected(&self) -> Connected {
@@ -82,42 +126,30 @@ impl Connection for LocalStream {
     }
 }
 
-impl Read for LocalStream {
+impl hyper::rt::Read for LocalStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LocalStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            LocalStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
-impl Write for LocalStream {
+impl hyper::rt::Write for LocalStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            LocalStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            LocalStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LocalStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            LocalStream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LocalStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            LocalStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }

@@ -28,6 +28,8 @@ type ReqBody = Either<TunnelBody<quinn::RecvStream>, Empty<Bytes>>;
 /// A local service and its pooled client.
 pub struct Service {
     client: Client<LocalConnector, ReqBody>,
+    /// Dialer for raw connections (WebSockets).
+    connector: LocalConnector,
     /// Authority put in request URIs (the client pools by it).
     authority: String,
 }
@@ -50,12 +52,19 @@ impl Services {
                 let client = Client::builder(TokioExecutor::new())
                     .pool_max_idle_per_host(resolved.config.pool_max_idle_per_service)
                     .set_host(false)
-                    .build(connector);
+                    .build(connector.clone());
                 let authority = match target {
                     ServiceTarget::Tcp { authority } => authority.clone(),
                     ServiceTarget::Unix(_) => "localhost".to_owned(),
                 };
-                (name.clone(), Service { client, authority })
+                (
+                    name.clone(),
+                    Service {
+                        client,
+                        connector,
+                        authority,
+                    },
+                )
             })
             .collect();
         Services { by_name, codec }
@@ -88,6 +97,21 @@ impl Services {
             )
             .await;
         };
+        if head.websocket {
+            if let Err((code, reason)) = crate::ws::relay(
+                &service.connector,
+                &service.authority,
+                head,
+                &mut writer,
+                &mut reader,
+            )
+            .await
+            {
+                debug!(service = %service_name, %reason, "WebSocket relay failed");
+                reset(&mut writer, code, reason).await;
+            }
+            return;
+        }
         let built = (|| {
             let method = Method::from_bytes(head.method.as_bytes()).ok()?;
             let uri: Uri = format!("http://{}{}", service.authority, head.uri)

@@ -37,6 +37,22 @@ pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP: usize = 16;
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request body limit per route (DESIGN.md: 10 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Largest WebSocket message a client may send (DESIGN.md; the hardened profile uses 10 KiB).
+pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Gateway ping interval on WebSockets.
+pub const DEFAULT_WS_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// Time a client has to answer a ping before it is closed.
+pub const DEFAULT_WS_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for the service to accept the WebSocket (the open handshake through the tunnel).
+pub const DEFAULT_WS_OPEN_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Time the peer gets to answer a close frame.
+pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Concurrent WebSockets per client IP on a route.
+pub const DEFAULT_WS_MAX_PER_IP: usize = 100;
+/// Largest deflate window (2^bits bytes) negotiated for permessage-deflate: 4 KiB keeps an
+/// idle compressed connection small.
+pub const DEFAULT_WS_DEFLATE_WINDOW_BITS: u8 = 12;
+
 /// How long shutdown waits for in-flight requests.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The admin listener is private by default.
@@ -77,6 +93,30 @@ fn default_max_body_bytes() -> u64 {
 }
 fn default_drain_timeout() -> Duration {
     DEFAULT_DRAIN_TIMEOUT
+}
+fn default_ws_max_message() -> usize {
+    DEFAULT_WS_MAX_MESSAGE_BYTES
+}
+fn default_ws_heartbeat_interval() -> Duration {
+    DEFAULT_WS_HEARTBEAT_INTERVAL
+}
+fn default_ws_heartbeat_timeout() -> Duration {
+    DEFAULT_WS_HEARTBEAT_TIMEOUT
+}
+fn default_ws_open_timeout() -> Duration {
+    DEFAULT_WS_OPEN_TIMEOUT
+}
+fn default_ws_close_timeout() -> Duration {
+    DEFAULT_WS_CLOSE_TIMEOUT
+}
+fn default_ws_max_per_ip() -> usize {
+    DEFAULT_WS_MAX_PER_IP
+}
+fn default_ws_window_bits() -> u8 {
+    DEFAULT_WS_DEFLATE_WINDOW_BITS
+}
+fn default_true() -> bool {
+    true
 }
 fn default_path() -> Spanned<String> {
     Spanned::new(0..0, "/".to_owned())
@@ -261,6 +301,77 @@ pub struct RouteConfig {
     /// Request body limit.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// WebSocket policy for upgrades on this route.
+    #[serde(default)]
+    pub websocket: WsConfig,
+}
+
+/// `[route.websocket]`: how the edge treats WebSockets on a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsConfig {
+    /// Largest message a client may send (close 1009 beyond; never forwarded).
+    #[serde(default = "default_ws_max_message")]
+    pub max_message_bytes: usize,
+    /// Largest single frame; defaults to `max_message_bytes`.
+    #[serde(default)]
+    pub max_frame_bytes: Option<usize>,
+    /// Messages per second a client may send (close 1008 beyond); unlimited when unset.
+    #[serde(default)]
+    pub messages_per_second: Option<u32>,
+    /// Text messages must be JSON (close 1007 otherwise).
+    #[serde(default)]
+    pub text_must_be_json: bool,
+    /// Browser origins allowed to open a WebSocket (`https://app.example.com`,
+    /// `*.example.com`, `*`); when empty the Origin header is not checked.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Ping interval.
+    #[serde(
+        default = "default_ws_heartbeat_interval",
+        deserialize_with = "duration"
+    )]
+    pub heartbeat_interval: Duration,
+    /// Time to answer a ping.
+    #[serde(
+        default = "default_ws_heartbeat_timeout",
+        deserialize_with = "duration"
+    )]
+    pub heartbeat_timeout: Duration,
+    /// Time for the service to accept the WebSocket.
+    #[serde(default = "default_ws_open_timeout", deserialize_with = "duration")]
+    pub open_timeout: Duration,
+    /// Time the peer gets to answer a close.
+    #[serde(default = "default_ws_close_timeout", deserialize_with = "duration")]
+    pub close_timeout: Duration,
+    /// Concurrent WebSockets per client IP (429 before the upgrade beyond).
+    #[serde(default = "default_ws_max_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Negotiate permessage-deflate when the client offers it.
+    #[serde(default = "default_true")]
+    pub compression: bool,
+    /// Largest deflate window, 9 to 15 bits.
+    #[serde(default = "default_ws_window_bits")]
+    pub compression_window_bits: u8,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+            max_frame_bytes: None,
+            messages_per_second: None,
+            text_must_be_json: false,
+            allowed_origins: Vec::new(),
+            heartbeat_interval: DEFAULT_WS_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: DEFAULT_WS_HEARTBEAT_TIMEOUT,
+            open_timeout: DEFAULT_WS_OPEN_TIMEOUT,
+            close_timeout: DEFAULT_WS_CLOSE_TIMEOUT,
+            max_connections_per_ip: DEFAULT_WS_MAX_PER_IP,
+            compression: true,
+            compression_window_bits: DEFAULT_WS_DEFLATE_WINDOW_BITS,
+        }
+    }
 }
 
 /// `[shutdown]`
@@ -374,6 +485,48 @@ impl GatewayConfig {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
+            let ws = &r.websocket;
+            let ws_key = |k: &str| format!("route[{i}].websocket.{k}");
+            // WebSocket errors point at their route (the key names the field).
+            let ws_at = |_k: &str| Some(r.host.span());
+            if ws.max_message_bytes == 0
+                || ws.max_message_bytes > netwall_proto::DEFAULT_MAX_MESSAGE_LEN
+            {
+                errs.push(at.error(
+                    ws_at("max_message_bytes"),
+                    &ws_key("max_message_bytes"),
+                    "must be 1 byte to 16 MiB",
+                ));
+            }
+            if ws
+                .max_frame_bytes
+                .is_some_and(|f| f == 0 || f > ws.max_message_bytes)
+            {
+                errs.push(at.error(
+                    ws_at("max_frame_bytes"),
+                    &ws_key("max_frame_bytes"),
+                    "must be 1 byte to max_message_bytes",
+                ));
+            }
+            if !(9..=15).contains(&ws.compression_window_bits) {
+                errs.push(at.error(
+                    ws_at("compression_window_bits"),
+                    &ws_key("compression_window_bits"),
+                    "must be 9 to 15",
+                ));
+            }
+            if ws.heartbeat_timeout.is_zero() || ws.heartbeat_interval.is_zero() {
+                errs.push(at.error(
+                    ws_at("heartbeat_interval"),
+                    &ws_key("heartbeat_interval"),
+                    "heartbeat interval and timeout must be positive",
+                ));
+            }
+            for o in &ws.allowed_origins {
+                if let Err(e) = crate::ws::OriginPattern::parse(o) {
+                    errs.push(at.error(ws_at("allowed_origins"), &ws_key("allowed_origins"), &e));
+                }
+            }
             if let Err(e) = crate::route::HostPattern::parse(r.host.get_ref()) {
                 errs.push(at.error(Some(r.host.span()), &format!("route[{i}].host"), &e));
             }

@@ -14,6 +14,7 @@ pub mod respond;
 pub mod route;
 pub mod tls;
 pub mod tunnel;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -239,6 +240,8 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         registry.clone(),
         metrics.clone(),
         codec,
+        shutdown.clone(),
+        tasks.clone(),
     ));
     tokio::spawn(listener::serve_https(
         https_listener,

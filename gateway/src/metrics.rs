@@ -47,6 +47,29 @@ pub struct StatusLabel {
     pub class: &'static str,
 }
 
+/// Label: a route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// Route name (`host` + `path`).
+    pub route: String,
+}
+
+/// Label: a direction of relayed messages.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `to_service` or `to_client`.
+    pub direction: &'static str,
+}
+
+/// Label: how a WebSocket closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WsCloseLabel {
+    /// Route name.
+    pub route: String,
+    /// Close code sent or received.
+    pub code: u16,
+}
+
 /// All gateway metrics.
 pub struct Metrics {
     registry: Registry,
@@ -66,6 +89,18 @@ pub struct Metrics {
     pub tunnel_handshakes: Family<ResultLabel, Counter>,
     /// Body bytes relayed per tunnel and direction.
     pub tunnel_bytes: Family<TunnelDirLabel, Counter>,
+    /// Open WebSockets per route.
+    pub ws_active: Family<RouteLabel, Gauge>,
+    /// WebSockets opened per route.
+    pub ws_opened: Family<RouteLabel, Counter>,
+    /// WebSockets closed, by route and close code.
+    pub ws_closed: Family<WsCloseLabel, Counter>,
+    /// WebSocket messages relayed, by direction.
+    pub ws_messages: Family<DirectionLabel, Counter>,
+    /// WebSocket message bytes relayed, by direction.
+    pub ws_bytes: Family<DirectionLabel, Counter>,
+    /// How long WebSockets stayed open, seconds.
+    pub ws_duration_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -87,6 +122,12 @@ impl Metrics {
             tunnel_in_flight: Family::default(),
             tunnel_handshakes: Family::default(),
             tunnel_bytes: Family::default(),
+            ws_active: Family::default(),
+            ws_opened: Family::default(),
+            ws_closed: Family::default(),
+            ws_messages: Family::default(),
+            ws_bytes: Family::default(),
+            ws_duration_seconds: Histogram::new(crate::ws::duration_buckets()),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +169,36 @@ impl Metrics {
             "tunnel_body_bytes",
             "Body bytes relayed through each tunnel",
             m.tunnel_bytes.clone(),
+        );
+        registry.register(
+            "websocket_connections",
+            "Open WebSockets per route",
+            m.ws_active.clone(),
+        );
+        registry.register(
+            "websocket_opened",
+            "WebSockets opened per route",
+            m.ws_opened.clone(),
+        );
+        registry.register(
+            "websocket_closed",
+            "WebSockets closed, by route and close code",
+            m.ws_closed.clone(),
+        );
+        registry.register(
+            "websocket_messages",
+            "WebSocket messages relayed, by direction",
+            m.ws_messages.clone(),
+        );
+        registry.register(
+            "websocket_message_bytes",
+            "WebSocket message bytes relayed, by direction",
+            m.ws_bytes.clone(),
+        );
+        registry.register(
+            "websocket_duration_seconds",
+            "How long WebSockets stayed open",
+            m.ws_duration_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -27,12 +27,15 @@ use netwall_proto::{Codec, Frame, RequestHead, ResetCode, ResponseHead};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::{Instrument, debug};
+use tracing::{Instrument, debug, warn};
 
-use crate::metrics::{Metrics, StatusLabel, TunnelDirLabel};
+use crate::metrics::{Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
 use crate::respond::{EdgeError, respond};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::{Lease, Registry, StreamRead, StreamWrite, Tunnel};
+use crate::ws::{IpSlots, is_websocket_request};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How many connections a request may try when opening its stream fails (the connection died
 /// between being picked and being used). Nothing of the request has been sent at that point,
@@ -66,6 +69,9 @@ pub struct Proxy {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     codec: Codec,
+    ws_slots: Arc<IpSlots>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Proxy {
@@ -75,12 +81,17 @@ impl Proxy {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         codec: Codec,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Self {
         Proxy {
             routes,
             registry,
             metrics,
             codec,
+            ws_slots: Arc::new(IpSlots::default()),
+            shutdown,
+            tasks,
         }
     }
 
@@ -123,6 +134,9 @@ impl Proxy {
             .find(&host, req.uri().path())
             .ok_or(EdgeError::UnknownHost)?
             .clone();
+        if is_websocket_request(&req) {
+            return self.websocket(req, route, peer, &host).await;
+        }
         if content_length(req.headers()).is_some_and(|n| n > route.max_body_bytes) {
             return Err(EdgeError::BodyTooLarge);
         }
@@ -134,7 +148,8 @@ impl Proxy {
         let upgrade = is_upgrade_request(&req);
         let method = req.method().clone();
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let head = Frame::RequestHead(request_head(&req, &route, &host, peer, upgrade));
+        let mode = if upgrade { Mode::Upgrade } else { Mode::Plain };
+        let head = Frame::RequestHead(request_head(&req, &route, &host, peer, mode));
         let deadline = Instant::now() + route.timeout;
         let body = req.into_body();
         let empty_body = body.is_end_stream();
@@ -232,6 +247,102 @@ impl Proxy {
             direction: "to_client",
         };
         self.metrics.tunnel_bytes.get_or_create(&label).clone()
+    }
+
+    /// A WebSocket opening handshake: edge policy, then the service's acceptance through the
+    /// tunnel, then the client's `101` and a session relaying messages.
+    async fn websocket(
+        &self,
+        mut req: Request<Incoming>,
+        route: Arc<Route>,
+        peer: SocketAddr,
+        host: &str,
+    ) -> Result<Response<ResponseBody>, EdgeError> {
+        let policy = route.websocket.clone();
+        if !policy.origin_allowed(req.headers().get(header::ORIGIN)) {
+            self.metrics.reject("origin");
+            let origin = req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|o| o.to_str().ok())
+                .unwrap_or("<none>")
+                .to_owned();
+            warn!(target: "netwall::security", event = "origin_rejected", route = %route.name, client = %peer, %origin);
+            return Ok(crate::ws::origin_rejected().map(Either::Left));
+        }
+        let route_name: Arc<str> = route.name.as_str().into();
+        let Some(slot) = self.ws_slots.claim(
+            route_name.clone(),
+            peer.ip(),
+            policy.config.max_connections_per_ip,
+        ) else {
+            warn!(target: "netwall::security", event = "connection_limit", limit = "per_ip", route = %route.name, client = %peer);
+            return Err(EdgeError::TooManyConnections);
+        };
+        let tunnel = self
+            .registry
+            .get(&route.tunnel)
+            .ok_or(EdgeError::TunnelOffline)?
+            .clone();
+        let (accept, upgrade) = crate::ws::prepare_upgrade(&mut req, &policy)
+            .ok_or(EdgeError::BadWebSocketHandshake)?;
+        let head = Frame::RequestHead(request_head(&req, &route, host, peer, Mode::WebSocket));
+        let deadline = Instant::now() + policy.config.open_timeout;
+        let (lease, writer, mut reader) = self.open(&tunnel, &head, deadline).await?;
+        let answer = match tokio::time::timeout_at(deadline, reader.next()).await {
+            Err(_) => return Err(EdgeError::ServiceTimeout),
+            Ok(Ok(Some(Frame::ResponseHead(h)))) => h,
+            Ok(Ok(Some(Frame::Reset(r)))) => {
+                debug!(code = ?r.code, reason = %r.reason, "connector refused the WebSocket");
+                return Err(match r.code {
+                    ResetCode::UnknownService => EdgeError::UnknownService,
+                    ResetCode::ServiceUnavailable => EdgeError::ServiceUnavailable,
+                    _ => EdgeError::BadServiceResponse,
+                });
+            }
+            Ok(_) => return Err(EdgeError::TunnelLost),
+        };
+        if answer.status != 101 {
+            // The service refused the WebSocket: its status reaches the client.
+            let status =
+                StatusCode::from_u16(answer.status).map_err(|_| EdgeError::BadServiceResponse)?;
+            let guard = ResponseGuard {
+                _lease: lease,
+                bytes: self.to_client_bytes(&route),
+            };
+            let mut resp = Response::new(Either::Right(Either::Left(TunnelBody::new(
+                reader, None, guard,
+            ))));
+            *resp.status_mut() = status;
+            return Ok(resp);
+        }
+        self.metrics
+            .ws_opened
+            .get_or_create(&RouteLabel {
+                route: route.name.clone(),
+            })
+            .inc();
+        let session = crate::ws::Session {
+            route: route_name,
+            peer,
+            policy,
+            writer,
+            reader,
+            lease,
+            slot,
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        self.tasks.spawn(
+            async move {
+                match upgrade.await {
+                    Ok(ws) => session.run(ws).await,
+                    Err(e) => debug!(error = %e, "client WebSocket upgrade failed"),
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(accept.map(|_| Either::Right(Either::Right(Empty::new()))))
     }
 
     /// Relay a request body to the tunnel in its own task; a body over the route's limit
@@ -387,10 +498,20 @@ fn request_head<B>(
     route: &Route,
     host: &str,
     peer: SocketAddr,
-    upgrade: bool,
+    mode: Mode,
 ) -> RequestHead {
     let mut headers = req.headers().clone();
-    strip_hop_by_hop(&mut headers, upgrade);
+    strip_hop_by_hop(&mut headers, mode == Mode::Upgrade);
+    if mode == Mode::WebSocket {
+        // The connector makes its own handshake with the service.
+        for name in [
+            header::SEC_WEBSOCKET_KEY,
+            header::SEC_WEBSOCKET_VERSION,
+            header::SEC_WEBSOCKET_EXTENSIONS,
+        ] {
+            headers.remove(name);
+        }
+    }
     // The edge is the first proxy: whatever the client claims about forwarding is discarded.
     for name in [
         X_FORWARDED_FOR,
@@ -441,6 +562,18 @@ fn request_head<B>(
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
         headers: from_header_map(&headers),
         client_addr: peer.to_string(),
-        upgrade,
+        upgrade: mode == Mode::Upgrade,
+        websocket: mode == Mode::WebSocket,
     }
+}
+
+/// How a request crosses the tunnel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Request and response with bodies.
+    Plain,
+    /// An HTTP/1.1 upgrade relayed as raw bytes after a `101`.
+    Upgrade,
+    /// A WebSocket terminated at the edge, relayed per message.
+    WebSocket,
 }

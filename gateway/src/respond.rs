@@ -30,6 +30,10 @@ pub enum EdgeError {
     BadServiceResponse,
     /// The request body is over the route's limit.
     BodyTooLarge,
+    /// The client IP has too many WebSockets open on the route.
+    TooManyConnections,
+    /// A WebSocket opening handshake that is not valid.
+    BadWebSocketHandshake,
 }
 
 impl EdgeError {
@@ -45,6 +49,8 @@ impl EdgeError {
             | EdgeError::BadServiceResponse => StatusCode::BAD_GATEWAY,
             EdgeError::ServiceTimeout => StatusCode::GATEWAY_TIMEOUT,
             EdgeError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            EdgeError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+            EdgeError::BadWebSocketHandshake => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -60,6 +66,8 @@ impl EdgeError {
             EdgeError::ServiceTimeout => "service_timeout",
             EdgeError::BadServiceResponse => "bad_service_response",
             EdgeError::BodyTooLarge => "body_too_large",
+            EdgeError::TooManyConnections => "per_ip",
+            EdgeError::BadWebSocketHandshake => "bad_handshake",
         }
     }
 
@@ -75,6 +83,10 @@ impl EdgeError {
             EdgeError::ServiceTimeout => "504 gateway timeout: service did not answer in time\n",
             EdgeError::BadServiceResponse => "502 bad gateway: invalid response from service\n",
             EdgeError::BodyTooLarge => "413 payload too large\n",
+            EdgeError::TooManyConnections => {
+                "429 too many requests: too many connections from this address\n"
+            }
+            EdgeError::BadWebSocketHandshake => "400 bad request: invalid WebSocket handshake\n",
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Route {
     pub timeout: Duration,
     /// Request body limit.
     pub max_body_bytes: u64,
+    /// WebSocket policy.
+    pub websocket: Arc<crate::ws::WsPolicy>,
 }
 
 /// A host as written in a route or certificate.
@@ -143,6 +145,7 @@ impl RouteTable {
                 service: r.service.clone(),
                 timeout: r.timeout,
                 max_body_bytes: r.max_body_bytes,
+                websocket: Arc::new(crate::ws::WsPolicy::new(r.websocket.clone())),
             });
             let paths = match pattern {
                 HostPattern::Exact(h) => table.exact.entry(h).or_default(),

@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{
     Frame, Header, Hello, Reject, RejectCode, RequestHead, Reset, ResetCode, ResponseHead, Secret,
-    Welcome,
+    Welcome, WsKind,
 };
 
 /// Size of the fixed frame header.
@@ -28,6 +28,9 @@ pub const DEFAULT_MAX_HEAD_LEN: usize = 80 * 1024;
 /// Largest control frame by default (a `Hello` lists service names; nothing else is large).
 pub const DEFAULT_MAX_CONTROL_LEN: usize = 16 * 1024;
 
+/// Largest relayed WebSocket message by default; routes set smaller limits at the edge.
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 16 * 1024 * 1024;
+
 /// Most header fields in one head, the same as hyper's default for HTTP/1.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 
@@ -43,6 +46,8 @@ mod tag {
     pub const DATA: u8 = 0x12;
     pub const END: u8 = 0x13;
     pub const RESET: u8 = 0x14;
+    pub const WS_MESSAGE: u8 = 0x15;
+    pub const WS_CLOSE: u8 = 0x16;
     pub const DRAIN: u8 = 0x20;
     pub const DRAIN_ACK: u8 = 0x21;
     pub const GO_AWAY: u8 = 0x22;
@@ -57,6 +62,8 @@ pub struct Limits {
     pub max_data_len: usize,
     /// Largest `RequestHead`/`ResponseHead`/`End` payload.
     pub max_head_len: usize,
+    /// Largest `WsMessage` payload.
+    pub max_message_len: usize,
     /// Largest payload of any other frame.
     pub max_control_len: usize,
     /// Most header fields in a head or trailer block.
@@ -70,6 +77,7 @@ impl Default for Limits {
         Limits {
             max_data_len: DEFAULT_MAX_DATA_LEN,
             max_head_len: DEFAULT_MAX_HEAD_LEN,
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             max_control_len: DEFAULT_MAX_CONTROL_LEN,
             max_headers: DEFAULT_MAX_HEADERS,
             max_services: DEFAULT_MAX_SERVICES,
@@ -136,6 +144,9 @@ pub enum EncodeError {
     /// A list is longer than allowed.
     #[error("{0} frame has too many items")]
     TooMany(&'static str),
+    /// Fields that cannot go together (a request both upgraded and WebSocket).
+    #[error("{0} frame has an invalid combination of fields")]
+    InvalidValue(&'static str),
 }
 
 /// Encoder and decoder, parameterised by [`Limits`].
@@ -166,6 +177,8 @@ impl Codec {
             tag::DATA => ("data", l.max_data_len),
             tag::END => ("end", l.max_head_len),
             tag::RESET => ("reset", l.max_control_len),
+            tag::WS_MESSAGE => ("ws_message", l.max_message_len.saturating_add(1)),
+            tag::WS_CLOSE => ("ws_close", l.max_control_len),
             tag::DRAIN => ("drain", l.max_control_len),
             tag::DRAIN_ACK => ("drain_ack", l.max_control_len),
             tag::GO_AWAY => ("go_away", l.max_control_len),
@@ -249,7 +262,7 @@ impl Codec {
                 let uri = r.str32()?;
                 let client_addr = r.str16()?;
                 let flags = r.u8()?;
-                if flags & !1 != 0 {
+                if flags & !0b11 != 0 || flags == 0b11 {
                     return Err(DecodeError::InvalidValue(kind));
                 }
                 let headers = r.headers(self.limits.max_headers)?;
@@ -260,6 +273,7 @@ impl Codec {
                     headers,
                     client_addr,
                     upgrade: flags & 1 == 1,
+                    websocket: flags & 2 == 2,
                 })
             }
             tag::RESPONSE_HEAD => {
@@ -275,6 +289,22 @@ impl Codec {
                 code: ResetCode::from_u16(r.u16()?),
                 reason: r.str16()?,
             }),
+            tag::WS_MESSAGE => {
+                let kind = match r.u8()? {
+                    1 => WsKind::Text,
+                    2 => WsKind::Binary,
+                    _ => return Err(DecodeError::InvalidValue(kind)),
+                };
+                let payload = r.buf.split_to(r.buf.len());
+                if kind == WsKind::Text && std::str::from_utf8(&payload).is_err() {
+                    return Err(DecodeError::InvalidUtf8("ws_message"));
+                }
+                Frame::WsMessage { kind, payload }
+            }
+            tag::WS_CLOSE => Frame::WsClose {
+                code: r.u16()?,
+                reason: r.str16()?,
+            },
             tag::DRAIN => Frame::Drain,
             tag::DRAIN_ACK => Frame::DrainAck {
                 streams_opened: r.u64()?,
@@ -331,6 +361,8 @@ impl Codec {
             Frame::Data(_) => tag::DATA,
             Frame::End(_) => tag::END,
             Frame::Reset(_) => tag::RESET,
+            Frame::WsMessage { .. } => tag::WS_MESSAGE,
+            Frame::WsClose { .. } => tag::WS_CLOSE,
             Frame::Drain => tag::DRAIN,
             Frame::DrainAck { .. } => tag::DRAIN_ACK,
             Frame::GoAway { .. } => tag::GO_AWAY,
@@ -369,7 +401,10 @@ impl Codec {
                 w.str16(&h.method)?;
                 w.bytes32(h.uri.as_bytes())?;
                 w.str16(&h.client_addr)?;
-                w.u8(u8::from(h.upgrade));
+                if h.upgrade && h.websocket {
+                    return Err(EncodeError::InvalidValue(kind));
+                }
+                w.u8(u8::from(h.upgrade) | (u8::from(h.websocket) << 1));
                 w.headers(&h.headers, self.limits.max_headers)?;
             }
             Frame::ResponseHead(h) => {
@@ -380,6 +415,17 @@ impl Codec {
             Frame::Reset(rs) => {
                 w.u16(rs.code.to_u16());
                 w.str16(&rs.reason)?;
+            }
+            Frame::WsMessage { kind: k, payload } => {
+                w.u8(match k {
+                    WsKind::Text => 1,
+                    WsKind::Binary => 2,
+                });
+                w.dst.extend_from_slice(payload);
+            }
+            Frame::WsClose { code, reason } => {
+                w.u16(*code);
+                w.str16(reason)?;
             }
             Frame::Drain | Frame::Data(_) => {}
             Frame::DrainAck { streams_opened } => w.u64(*streams_opened),

@@ -137,6 +137,9 @@ pub struct RequestHead {
     pub client_addr: String,
     /// The request asks for an HTTP/1.1 upgrade; body frames follow only after a `101`.
     pub upgrade: bool,
+    /// The gateway terminated a WebSocket handshake: the connector opens its own WebSocket to
+    /// the service and, after a `101`, both sides exchange `WsMessage` / `WsClose` frames.
+    pub websocket: bool,
 }
 
 /// Start of a response, connector to gateway.
@@ -208,6 +211,15 @@ pub struct Reset {
     pub reason: String,
 }
 
+/// Kind of a relayed WebSocket message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WsKind {
+    /// UTF-8 text.
+    Text,
+    /// Binary data.
+    Binary,
+}
+
 /// Every message of the tunnel protocol.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Frame {
@@ -227,6 +239,20 @@ pub enum Frame {
     End(Vec<Header>),
     /// Stream abandoned.
     Reset(Reset),
+    /// One whole WebSocket message (after a WebSocket `101`).
+    WsMessage {
+        /// Text or binary.
+        kind: WsKind,
+        /// The message, reassembled and decompressed.
+        payload: Bytes,
+    },
+    /// A WebSocket close, relayed with its code and reason.
+    WsClose {
+        /// Close code (RFC 6455 section 7.4).
+        code: u16,
+        /// Close reason (at most 123 bytes on the wire of a WebSocket).
+        reason: String,
+    },
     /// Connector asks the gateway to send no new streams on this connection.
     Drain,
     /// Gateway confirms a drain: no new request will be sent on this connection, and the gateway
@@ -259,6 +285,8 @@ impl Frame {
             Frame::Data(_) => "data",
             Frame::End(_) => "end",
             Frame::Reset(_) => "reset",
+            Frame::WsMessage { .. } => "ws_message",
+            Frame::WsClose { .. } => "ws_close",
             Frame::Drain => "drain",
             Frame::DrainAck { .. } => "drain_ack",
             Frame::GoAway { .. } => "go_away",

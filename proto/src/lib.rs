@@ -25,9 +25,10 @@ pub mod io;
 
 pub use codec::{
     Codec, DEFAULT_MAX_CONTROL_LEN, DEFAULT_MAX_DATA_LEN, DEFAULT_MAX_HEAD_LEN,
-    DEFAULT_MAX_HEADERS, DEFAULT_MAX_SERVICES, DecodeError, EncodeError, FRAME_HEADER_LEN, Limits,
+    DEFAULT_MAX_HEADERS, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_MAX_SERVICES, DecodeError, EncodeError,
+    FRAME_HEADER_LEN, Limits,
 };
 pub use frame::{
     Frame, Header, Hello, PROTOCOL_VERSION, Reject, RejectCode, RequestHead, Reset, ResetCode,
-    ResponseHead, Secret, Welcome,
+    ResponseHead, Secret, Welcome, WsKind,
 };

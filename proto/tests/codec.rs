@@ -52,18 +52,28 @@ fn frame() -> impl Strategy<Value = Frame> {
             ".{0,200}",
             headers(),
             ".{0,40}",
-            any::<bool>()
+            0u8..3
         )
-            .prop_map(|(service, method, uri, headers, client_addr, upgrade)| {
+            .prop_map(|(service, method, uri, headers, client_addr, mode)| {
                 Frame::RequestHead(RequestHead {
                     service,
                     method,
                     uri,
                     headers,
                     client_addr,
-                    upgrade,
+                    upgrade: mode == 1,
+                    websocket: mode == 2,
                 })
             }),
+        ".{0,300}".prop_map(|t| Frame::WsMessage {
+            kind: WsKind::Text,
+            payload: Bytes::from(t)
+        }),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| Frame::WsMessage {
+            kind: WsKind::Binary,
+            payload: Bytes::from(b)
+        }),
+        (any::<u16>(), ".{0,40}").prop_map(|(code, reason)| Frame::WsClose { code, reason }),
         (100u16..1000, headers())
             .prop_map(|(status, headers)| Frame::ResponseHead(ResponseHead { status, headers })),
         proptest::collection::vec(any::<u8>(), 0..4096).prop_map(|d| Frame::Data(Bytes::from(d))),
@@ -192,8 +202,20 @@ fn malformed_frames_are_typed_errors() {
             DecodeError::Truncated("end"),
         ),
         (
-            raw(0x10, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0]),
+            raw(0x10, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0]),
             DecodeError::InvalidValue("request_head"),
+        ),
+        (
+            raw(0x10, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0]),
+            DecodeError::InvalidValue("request_head"),
+        ),
+        (
+            raw(0x15, &[3, b'x']),
+            DecodeError::InvalidValue("ws_message"),
+        ),
+        (
+            raw(0x15, &[1, 0xff, 0xfe]),
+            DecodeError::InvalidUtf8("ws_message"),
         ),
     ];
     for (mut buf, want) in cases {

@@ -458,6 +458,54 @@ pub async fn raw_tls(
         .expect("TLS handshake")
 }
 
+/// A WebSocket client connection through the gateway.
+pub type Wss = yawc::WebSocket<TlsStream<TcpStream>>;
+
+/// Open a WebSocket through the gateway at `addr` to `url` (e.g. `wss://app.test/ws`), with
+/// extra request headers; returns the socket or the refusal status.
+pub async fn wss(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    url: &str,
+    headers: &[(&str, &str)],
+    options: yawc::Options,
+) -> Result<Wss, u16> {
+    let parsed: url::Url = url.parse().expect("url");
+    let host = parsed.host_str().expect("host").to_owned();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(host).expect("name");
+    let tls = TlsConnector::from(client_tls(ca, &[b"http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .expect("TLS");
+    let mut request = yawc::HttpRequest::builder();
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let ws_url: url::Url = url.replacen("wss://", "ws://", 1).parse().expect("url");
+    match yawc::WebSocket::handshake_with_request(ws_url, tls, options, request).await {
+        Ok(ws) => Ok(ws),
+        Err(yawc::WebSocketError::InvalidStatusCode(s)) => Err(s),
+        Err(e) => panic!("WebSocket handshake failed: {e}"),
+    }
+}
+
+/// Read frames until a close arrives (or `limit` passes); returns its code, or `None` when
+/// the connection ended without one.
+pub async fn close_code(ws: &mut Wss, limit: Duration) -> Option<u16> {
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next_frame().await {
+                Ok(f) if f.opcode() == yawc::OpCode::Close => return f.close_code().map(u16::from),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection was closed in time")
+}
+
 /// Fetch the gateway's Prometheus text.
 pub async fn metrics_text(admin: SocketAddr) -> String {
     let tcp = TcpStream::connect(admin).await.expect("connect admin");

@@ -1,8 +1,10 @@
 //! The sample service: real HTTP/1.1 over real sockets, used behind connectors in tests and
 //! in the quickstart.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +42,13 @@ pub async fn handle(
     mut req: Request<Incoming>,
     name: Arc<str>,
 ) -> Result<Response<SampleBody>, Infallible> {
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if websocket {
+        return Ok(websocket_echo(&mut req, name));
+    }
     if req.headers().contains_key(header::UPGRADE) {
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -101,6 +110,13 @@ pub async fn handle(
             tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(1000))).await;
             full(StatusCode::OK, "slow\n")
         }
+        "/ws-stats" => {
+            let (messages, bytes) = ws_stats(&name);
+            full(
+                StatusCode::OK,
+                format!("messages={messages} bytes={bytes}\n"),
+            )
+        }
         "/headers" => {
             let mut out = String::new();
             for (k, v) in req.headers() {
@@ -132,6 +148,81 @@ pub async fn handle(
         }
     };
     Ok(resp)
+}
+
+/// WebSocket messages and bytes received, per sample name (tests share one process).
+static WS_STATS: Mutex<BTreeMap<String, (u64, u64)>> = Mutex::new(BTreeMap::new());
+
+/// Messages and bytes the sample named `name` received over WebSockets.
+pub fn ws_stats(name: &str) -> (u64, u64) {
+    WS_STATS
+        .lock()
+        .map(|m| m.get(name).copied().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Accept a WebSocket and echo every message. A path of `/ws/refuse` answers 403 instead;
+/// a text message `close <code>` makes the service close with that code; `whoami` answers
+/// with the identity headers the edge added.
+fn websocket_echo(req: &mut Request<Incoming>, name: Arc<str>) -> Response<SampleBody> {
+    use futures_util::SinkExt;
+    if req.uri().path() == "/ws/refuse" {
+        return full(StatusCode::FORBIDDEN, "service refuses WebSockets here\n");
+    }
+    let identity = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-netwall-"))
+        .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join(";");
+    let options = yawc::Options::default()
+        .with_max_payload_read(16 << 20)
+        .with_max_read_buffer(16 << 20);
+    let Ok((resp, fut)) = yawc::WebSocket::upgrade_with_options(req, options) else {
+        return full(StatusCode::BAD_REQUEST, "bad websocket handshake\n");
+    };
+    tokio::spawn(async move {
+        let Ok(mut ws) = fut.await else { return };
+        while let Ok(frame) = ws.next_frame().await {
+            match frame.opcode() {
+                yawc::OpCode::Text | yawc::OpCode::Binary => {
+                    if let Ok(mut m) = WS_STATS.lock() {
+                        let e = m.entry(name.to_string()).or_default();
+                        e.0 += 1;
+                        e.1 += frame.payload().len() as u64;
+                    }
+                    let text = std::str::from_utf8(frame.payload()).unwrap_or("");
+                    if let Some(code) = text
+                        .strip_prefix("close ")
+                        .and_then(|c| c.parse::<u16>().ok())
+                    {
+                        let _ = ws
+                            .send(yawc::Frame::close(
+                                yawc::close::CloseCode::from(code),
+                                "service closed",
+                            ))
+                            .await;
+                        continue;
+                    }
+                    let reply = match text {
+                        "whoami" => yawc::Frame::text(format!("{name}: {identity}")),
+                        _ => frame,
+                    };
+                    if ws.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+                yawc::OpCode::Close => break,
+                _ => {}
+            }
+        }
+    });
+    resp.map(|_| {
+        http_body_util::Empty::new()
+            .map_err(|e: Infallible| match e {})
+            .boxed_unsync()
+    })
 }
 
 /// Serve HTTP/1.1 on `listener` forever.

@@ -35,7 +35,7 @@ fn decode_all(codec: &Codec, chunks: &[&[u8]]) -> (Vec<Frame>, bool) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, data)) = data.split_first() else { return };
-    let codec = Codec::new(Limits { max_data_len: 4096, max_head_len: 4096, max_control_len: 1024, max_headers: 16, max_services: 8 });
+    let codec = Codec::new(Limits { max_data_len: 4096, max_head_len: 4096, max_message_len: 4096, max_control_len: 1024, max_headers: 16, max_services: 8 });
     let (whole, whole_err) = decode_all(&codec, &[data]);
     let at = (split as usize * data.len()) / 255;
     let (parts, parts_err) = decode_all(&codec, &[&data[..at], &data[at..]]);

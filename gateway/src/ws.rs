@@ -1,0 +1,463 @@
+//! WebSockets at the edge.
+//!
+//! The gateway terminates the WebSocket protocol itself, so policy applies per message:
+//! origin allow-list and per-IP limits before the upgrade; message size, message rate, JSON
+//! validity and heartbeats after it. Whole messages cross the tunnel as `WsMessage` frames;
+//! the connector opens its own WebSocket to the service. The client's `101` is sent only
+//! after the service accepted, so a refusal reaches the client as an HTTP status.
+//!
+//! Close codes the edge sends (also in the README):
+//!
+//! | code | when |
+//! | --- | --- |
+//! | 1001 | the gateway is shutting down |
+//! | 1007 | a text message is not JSON on a route that requires JSON |
+//! | 1008 | the client sends messages faster than the route allows |
+//! | 1009 | a message or frame is larger than the route allows (it is never forwarded) |
+//! | 1011 | the tunnel or the service failed |
+//! | 4004 | the client did not answer a ping within the heartbeat timeout |
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use netwall_proto::io::{FrameReader, FrameWriter};
+use netwall_proto::{Frame as TunnelFrame, WsKind};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use yawc::close::CloseCode;
+use yawc::{Frame, OpCode, Options, WebSocket};
+
+use crate::config::WsConfig;
+use crate::metrics::{Metrics, RouteLabel, WsCloseLabel};
+use crate::route::HostPattern;
+use crate::tunnel::{Lease, StreamRead, StreamWrite};
+
+/// Close code: the client missed the heartbeat.
+pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4004;
+/// Body of the 403 sent for a disallowed origin.
+pub const ORIGIN_REJECTED_BODY: &str = r#"{"code":4009,"message":"Origin not allowed"}"#;
+
+/// One entry of an origin allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginPattern {
+    scheme: Option<String>,
+    host: HostPattern,
+    port: Option<u16>,
+}
+
+impl OriginPattern {
+    /// Parse `https://app.example.com`, `https://app.example.com:8443`, `*.example.com`,
+    /// `https://*.example.com` or `*`.
+    pub fn parse(s: &str) -> Result<OriginPattern, String> {
+        let s = s.trim().to_ascii_lowercase();
+        let (scheme, rest) = match s.split_once("://") {
+            Some((scheme, rest)) if matches!(scheme, "http" | "https") => {
+                (Some(scheme.to_owned()), rest.to_owned())
+            }
+            Some(_) => return Err(format!("origin `{s}`: the scheme must be http or https")),
+            None => (None, s.clone()),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_owned(),
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| format!("origin `{s}`: bad port"))?,
+                ),
+            ),
+            None => (rest, None),
+        };
+        let host = HostPattern::parse(&host).map_err(|e| format!("origin `{s}`: {e}"))?;
+        Ok(OriginPattern { scheme, host, port })
+    }
+
+    /// Whether the `Origin` header value `origin` matches.
+    pub fn matches(&self, origin: &str) -> bool {
+        let origin = origin.trim().to_ascii_lowercase();
+        let Some((scheme, rest)) = origin.split_once("://") else {
+            return false;
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h, Some(p)),
+                Err(_) => return false,
+            },
+            None => (rest, None),
+        };
+        self.scheme.as_deref().is_none_or(|s| s == scheme)
+            && self.host.matches(host)
+            && (self.port.is_none() || self.port == port)
+    }
+}
+
+/// A route's WebSocket policy, compiled.
+#[derive(Debug)]
+pub struct WsPolicy {
+    /// The configuration.
+    pub config: WsConfig,
+    origins: Vec<OriginPattern>,
+}
+
+impl WsPolicy {
+    /// Compile a validated configuration.
+    pub fn new(config: WsConfig) -> WsPolicy {
+        let origins = config
+            .allowed_origins
+            .iter()
+            .filter_map(|o| OriginPattern::parse(o).ok())
+            .collect();
+        WsPolicy { config, origins }
+    }
+
+    /// Whether a request with this `Origin` header may open a WebSocket. With no allow-list
+    /// configured, any origin (or none) is accepted; with one, the header must match it.
+    pub fn origin_allowed(&self, origin: Option<&HeaderValue>) -> bool {
+        if self.origins.is_empty() {
+            return true;
+        }
+        match origin.and_then(|o| o.to_str().ok()) {
+            Some(o) => self.origins.iter().any(|p| p.matches(o)),
+            None => false,
+        }
+    }
+
+    /// yawc options enforcing this policy.
+    pub fn options(&self) -> Options {
+        let c = &self.config;
+        let frame = c.max_frame_bytes.unwrap_or(c.max_message_bytes);
+        // yawc refuses a frame whose length reaches its limit, so allow exactly the maximum.
+        let mut o = Options::default()
+            .with_max_payload_read(frame + 1)
+            .with_max_read_buffer(c.max_message_bytes + 1)
+            .with_utf8()
+            .with_no_delay();
+        if c.compression {
+            o = o
+                .with_low_latency_compression()
+                .with_client_max_window_bits(c.compression_window_bits)
+                .with_server_max_window_bits(c.compression_window_bits);
+        } else {
+            o = o.without_compression();
+        }
+        o
+    }
+}
+
+/// Whether `req` is a WebSocket opening handshake (HTTP/1.1 `Upgrade: websocket`).
+pub fn is_websocket_request<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The 403 for a disallowed origin.
+pub fn origin_rejected() -> Response<http_body_util::Full<Bytes>> {
+    let mut r = Response::new(http_body_util::Full::new(Bytes::from_static(
+        ORIGIN_REJECTED_BODY.as_bytes(),
+    )));
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Concurrent WebSockets per (route, client IP).
+#[derive(Default)]
+pub struct IpSlots {
+    counts: Mutex<HashMap<(Arc<str>, IpAddr), usize>>,
+}
+
+/// One claimed slot; released on drop.
+pub struct IpSlot {
+    slots: Arc<IpSlots>,
+    key: (Arc<str>, IpAddr),
+}
+
+impl IpSlots {
+    /// Claim a slot unless `ip` already has `max` on `route`.
+    pub fn claim(self: &Arc<Self>, route: Arc<str>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().ok()?;
+        let key = (route, ip);
+        let n = counts.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.slots.counts.lock()
+            && let Some(n) = counts.get_mut(&self.key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Everything a running WebSocket session holds.
+pub struct Session {
+    /// Route name, for metrics and logs.
+    pub route: Arc<str>,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// The route's policy.
+    pub policy: Arc<WsPolicy>,
+    /// Tunnel stream towards the connector.
+    pub writer: FrameWriter<StreamWrite>,
+    /// Tunnel stream from the connector.
+    pub reader: FrameReader<StreamRead>,
+    /// The tunnel lease (released when the session ends).
+    pub lease: Lease,
+    /// The per-IP slot (released when the session ends).
+    pub slot: IpSlot,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the gateway shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Why a session ended, and what the edge tells each side.
+#[derive(Debug)]
+enum End {
+    /// The client closed (code relayed to the service).
+    ClientClosed(u16, String),
+    /// The service closed (code relayed to the client).
+    ServiceClosed(u16, String),
+    /// The edge closes both sides with this code.
+    Edge(u16, &'static str, &'static str),
+    /// The client vanished without a close.
+    ClientGone,
+}
+
+fn message_frame(kind: WsKind, payload: Bytes) -> Frame {
+    match kind {
+        WsKind::Text => Frame::text(payload),
+        WsKind::Binary => Frame::binary(payload),
+    }
+}
+
+impl Session {
+    /// Run until either side closes; then close the other side within the close timeout.
+    pub async fn run(mut self, mut ws: WebSocket<yawc::HttpStream>) {
+        let c = self.policy.config.clone();
+        let label = RouteLabel {
+            route: self.route.to_string(),
+        };
+        self.metrics.ws_active.get_or_create(&label).inc();
+        let opened = Instant::now();
+        let rate: Option<DefaultDirectRateLimiter> = c
+            .messages_per_second
+            .and_then(NonZeroU32::new)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + c.heartbeat_interval, c.heartbeat_interval);
+        let mut pong_deadline: Option<Instant> = None;
+        let end = loop {
+            tokio::select! {
+                frame = ws.next_frame() => {
+                    let frame = match frame {
+                        Ok(f) => f,
+                        Err(e) => break self.client_error(&e),
+                    };
+                    match frame.opcode() {
+                        OpCode::Text | OpCode::Binary => {
+                            if let Some(limiter) = &rate
+                                && limiter.check().is_err()
+                            {
+                                break End::Edge(1008, "message rate exceeded", "rate");
+                            }
+                            let kind = if frame.opcode() == OpCode::Text { WsKind::Text } else { WsKind::Binary };
+                            let payload = frame.into_payload();
+                            if kind == WsKind::Text && c.text_must_be_json && serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
+                                break End::Edge(1007, "text messages must be JSON", "not_json");
+                            }
+                            self.metrics.ws_messages.get_or_create(&crate::metrics::DirectionLabel { direction: "to_service" }).inc();
+                            self.metrics.ws_bytes.get_or_create(&crate::metrics::DirectionLabel { direction: "to_service" }).inc_by(payload.len() as u64);
+                            if self.writer.send(&TunnelFrame::WsMessage { kind, payload }).await.is_err() {
+                                break End::Edge(1011, "tunnel lost", "tunnel_lost");
+                            }
+                        }
+                        OpCode::Pong => pong_deadline = None,
+                        OpCode::Close => {
+                            let code = frame.close_code().map_or(1005, u16::from);
+                            let reason = frame.close_reason().ok().flatten().unwrap_or_default().to_owned();
+                            break End::ClientClosed(code, reason);
+                        }
+                        // Pings are answered by the WebSocket layer itself.
+                        _ => {}
+                    }
+                }
+                frame = self.reader.next() => match frame {
+                    Ok(Some(TunnelFrame::WsMessage { kind, payload })) => {
+                        self.metrics.ws_messages.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc();
+                        self.metrics.ws_bytes.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc_by(payload.len() as u64);
+                        if ws.send(message_frame(kind, payload)).await.is_err() {
+                            break End::ClientGone;
+                        }
+                    }
+                    Ok(Some(TunnelFrame::WsClose { code, reason })) => break End::ServiceClosed(code, reason),
+                    _ => break End::Edge(1011, "service connection lost", "tunnel_lost"),
+                },
+                _ = ping.tick() => {
+                    if pong_deadline.is_none() {
+                        pong_deadline = Some(Instant::now() + c.heartbeat_timeout);
+                        if ws.send(Frame::ping(Bytes::from_static(b"netwall"))).await.is_err() {
+                            break End::ClientGone;
+                        }
+                    }
+                }
+                _ = sleep_until_opt(pong_deadline) => break End::Edge(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat"),
+                _ = self.shutdown.cancelled() => break End::Edge(1001, "gateway shutting down", "shutdown"),
+            }
+        };
+        let close_code = match &end {
+            End::ClientClosed(code, reason) => {
+                let _ = self
+                    .writer
+                    .send(&TunnelFrame::WsClose {
+                        code: *code,
+                        reason: reason.clone(),
+                    })
+                    .await;
+                // The WebSocket layer answers the client's close itself.
+                let _ = tokio::time::timeout(c.close_timeout, ws.flush()).await;
+                *code
+            }
+            End::ServiceClosed(code, reason) => {
+                let code = if CloseCode::from(*code).is_allowed() {
+                    *code
+                } else {
+                    1000
+                };
+                close_client(&mut ws, code, reason, c.close_timeout).await;
+                code
+            }
+            End::Edge(code, reason, what) => {
+                if *what != "shutdown" && *what != "tunnel_lost" {
+                    self.metrics.reject(what);
+                    warn!(target: "netwall::security", event = "websocket_closed", route = %self.route, client = %self.peer, code, reason = *reason);
+                }
+                let _ = self
+                    .writer
+                    .send(&TunnelFrame::WsClose {
+                        code: 1001,
+                        reason: "client closed by the edge".into(),
+                    })
+                    .await;
+                close_client(&mut ws, *code, reason, c.close_timeout).await;
+                *code
+            }
+            End::ClientGone => {
+                let _ = self
+                    .writer
+                    .send(&TunnelFrame::WsClose {
+                        code: 1001,
+                        reason: "client went away".into(),
+                    })
+                    .await;
+                1006
+            }
+        };
+        let _ = self.writer.shutdown().await;
+        debug!(route = %self.route, client = %self.peer, code = close_code, "websocket closed");
+        self.metrics.ws_active.get_or_create(&label).dec();
+        self.metrics
+            .ws_closed
+            .get_or_create(&WsCloseLabel {
+                route: self.route.to_string(),
+                code: close_code,
+            })
+            .inc();
+        self.metrics
+            .ws_duration_seconds
+            .observe(opened.elapsed().as_secs_f64());
+        drop((self.lease, self.slot));
+    }
+
+    fn client_error(&self, e: &yawc::WebSocketError) -> End {
+        use yawc::WebSocketError as E;
+        match e {
+            E::FrameTooLarge => End::Edge(1009, "message too big", "size"),
+            E::InvalidUTF8 => End::Edge(1007, "invalid UTF-8", "invalid_utf8"),
+            E::ConnectionClosed => End::ClientGone,
+            E::IoError(_) => End::ClientGone,
+            other => {
+                debug!(error = %other, "client broke the WebSocket protocol");
+                End::Edge(1002, "protocol error", "protocol")
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Send a close frame and wait (bounded) for the client's answer.
+async fn close_client(
+    ws: &mut WebSocket<yawc::HttpStream>,
+    code: u16,
+    reason: &str,
+    timeout: Duration,
+) {
+    let reason: String = reason.chars().take(120).collect();
+    if ws
+        .send(Frame::close(CloseCode::from(code), reason))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(timeout, async {
+        loop {
+            match ws.next_frame().await {
+                Ok(f) if f.opcode() == OpCode::Close => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// Validate a client handshake and prepare the `101` (sent only once the service accepted).
+pub fn prepare_upgrade(
+    req: &mut Request<Incoming>,
+    policy: &WsPolicy,
+) -> Option<(Response<http_body_util::Empty<Bytes>>, yawc::UpgradeFut)> {
+    WebSocket::upgrade_with_options(req, policy.options()).ok()
+}
+
+/// Duration bucket helper for the connection-duration histogram.
+pub fn duration_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
+    ]
+    .into_iter()
+}

@@ -1,0 +1,463 @@
+//! WebSockets terminated at the edge and relayed per message through the tunnel, over real
+//! TLS and QUIC: echo, size, rate, JSON, origin, per-IP limits, heartbeats, closes both ways,
+//! shutdown, compression and 1,000 concurrent connections.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use netwall_tests::harness::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use yawc::{Frame, OpCode, Options};
+
+struct Setup {
+    pki: Pki,
+    gateway: netwall_gateway::RunningGateway,
+    name: String,
+    _connector: netwall_connector::RunningConnector,
+}
+
+/// A gateway whose route `app.test/` carries `ws_policy` lines in `[route.websocket]`, and a
+/// connector in front of a sample service named `name`.
+async fn setup(name: &str, ws_policy: &str) -> Setup {
+    init_logs();
+    let pki = Pki::new();
+    let sample = start_sample(name).await;
+    let route = format!(
+        "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\n{ws_policy}\n"
+    );
+    let gateway = start_gateway(&pki.gateway_toml(&route)).await;
+    let connector = start_connector(
+        &pki.connector_toml(
+            &[gateway.tunnel_addr],
+            &format!("web = \"http://{sample}\""),
+            "",
+        ),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    Setup {
+        pki,
+        gateway,
+        name: name.to_owned(),
+        _connector: connector,
+    }
+}
+
+impl Setup {
+    async fn open(&self, headers: &[(&str, &str)]) -> Result<Wss, u16> {
+        wss(
+            self.gateway.https_addr,
+            &self.pki.ca_der,
+            "wss://app.test/ws",
+            headers,
+            Options::default(),
+        )
+        .await
+    }
+
+    async fn metrics(&self) -> String {
+        metrics_text(self.gateway.admin_addr.expect("admin")).await
+    }
+
+    async fn wait_metric(&self, sample: &str, value: f64) {
+        let admin = self.gateway.admin_addr.expect("admin");
+        let sample = sample.to_owned();
+        wait_until(Duration::from_secs(10), &sample.clone(), || {
+            let sample = sample.clone();
+            async move { metric(&metrics_text(admin).await, &sample) == value }
+        })
+        .await;
+    }
+}
+
+async fn next_message(ws: &mut Wss) -> Frame {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let f = ws.next_frame().await.expect("frame");
+            if matches!(f.opcode(), OpCode::Text | OpCode::Binary | OpCode::Close) {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("a message in time")
+}
+
+#[tokio::test]
+async fn messages_are_echoed_through_the_tunnel_and_counted() {
+    let s = setup("ws-echo", "").await;
+    let mut ws = s.open(&[]).await.expect("accepted");
+    ws.send(Frame::text("hello through the tunnel"))
+        .await
+        .expect("send");
+    let f = next_message(&mut ws).await;
+    assert_eq!(
+        (f.opcode(), f.payload().as_ref()),
+        (OpCode::Text, &b"hello through the tunnel"[..])
+    );
+    let blob = Bytes::from((0..60_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    ws.send(Frame::binary(blob.clone())).await.expect("send");
+    let f = next_message(&mut ws).await;
+    assert_eq!((f.opcode(), f.payload()), (OpCode::Binary, &blob));
+
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "netwall_websocket_connections{route=\"app.test/\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "netwall_websocket_opened_total{route=\"app.test/\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "netwall_websocket_messages_total{direction=\"to_service\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "netwall_websocket_messages_total{direction=\"to_client\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+
+    ws.send(Frame::close(yawc::close::CloseCode::Normal, "bye"))
+        .await
+        .expect("close");
+    s.wait_metric(
+        "netwall_websocket_closed_total{route=\"app.test/\",code=\"1000\"}",
+        1.0,
+    )
+    .await;
+    s.wait_metric("netwall_websocket_connections{route=\"app.test/\"}", 0.0)
+        .await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_closes_1009_and_never_reaches_the_service() {
+    let s = setup("ws-size", "max_message_bytes = 10240").await;
+    let mut ws = s.open(&[]).await.expect("accepted");
+    ws.send(Frame::binary(vec![1u8; 5 * 1024]))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut ws).await.payload().len(), 5 * 1024);
+    ws.send(Frame::binary(vec![2u8; 20 * 1024]))
+        .await
+        .expect("send");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(1009)
+    );
+    // The service saw only the first message.
+    assert_eq!(netwall_tests::sample::ws_stats(&s.name), (1, 5 * 1024));
+    s.wait_metric("netwall_rejections_total{reason=\"size\"}", 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn a_fragmented_message_over_the_limit_is_refused_too() {
+    let s = setup(
+        "ws-fragments",
+        "max_message_bytes = 10240\nmax_frame_bytes = 4096",
+    )
+    .await;
+    let mut ws = s.open(&[]).await.expect("accepted");
+    // Three 4 KiB fragments: each frame is allowed, the message is not.
+    ws.send(Frame::binary(vec![3u8; 4096]).with_fin(false))
+        .await
+        .expect("send");
+    ws.send(Frame::continuation(vec![3u8; 4096]).with_fin(false))
+        .await
+        .expect("send");
+    ws.send(Frame::continuation(vec![3u8; 4096]))
+        .await
+        .expect("send");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(1009)
+    );
+    assert_eq!(netwall_tests::sample::ws_stats(&s.name), (0, 0));
+}
+
+#[tokio::test]
+async fn non_json_text_closes_1007_when_json_is_required() {
+    let s = setup("ws-json", "text_must_be_json = true").await;
+    let mut ws = s.open(&[]).await.expect("accepted");
+    ws.send(Frame::text(r#"{"op":"subscribe","topics":["a"]}"#))
+        .await
+        .expect("send");
+    assert_eq!(
+        next_message(&mut ws).await.payload().as_ref(),
+        br#"{"op":"subscribe","topics":["a"]}"#
+    );
+    ws.send(Frame::text("not json at all")).await.expect("send");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(1007)
+    );
+    assert_eq!(netwall_tests::sample::ws_stats(&s.name).0, 1);
+    s.wait_metric("netwall_rejections_total{reason=\"not_json\"}", 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn too_many_messages_per_second_close_1008() {
+    let s = setup("ws-rate", "messages_per_second = 5").await;
+    let mut ws = s.open(&[]).await.expect("accepted");
+    for i in 0..20 {
+        if ws.send(Frame::text(format!("m{i}"))).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(1008)
+    );
+    let (received, _) = netwall_tests::sample::ws_stats(&s.name);
+    assert!(
+        (1..=5).contains(&received),
+        "the service got {received} messages under a limit of 5/s"
+    );
+}
+
+#[tokio::test]
+async fn origins_outside_the_allow_list_get_403_with_code_4009() {
+    let s = setup(
+        "ws-origin",
+        "allowed_origins = [\"https://app.example.com\", \"*.trusted.test\"]",
+    )
+    .await;
+    for origin in [
+        "https://app.example.com",
+        "https://x.trusted.test",
+        "http://y.trusted.test:8080",
+    ] {
+        let ws = s.open(&[("origin", origin)]).await;
+        assert!(ws.is_ok(), "{origin} should be allowed");
+    }
+    for origin in [
+        Some("https://evil.test"),
+        Some("http://app.example.com"),
+        Some("https://app.example.com.evil.test"),
+        None,
+    ] {
+        let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
+        let origin_line = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{origin_line}\r\n"
+        );
+        tls.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{origin:?}: {text}"
+        );
+        assert!(
+            text.ends_with(r#"{"code":4009,"message":"Origin not allowed"}"#),
+            "{origin:?}: {text}"
+        );
+    }
+    s.wait_metric("netwall_rejections_total{reason=\"origin\"}", 4.0)
+        .await;
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_capped_with_429() {
+    let s = setup("ws-per-ip", "max_connections_per_ip = 3").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(s.open(&[]).await.expect("under the limit"));
+    }
+    assert_eq!(s.open(&[]).await.err(), Some(429));
+    s.wait_metric("netwall_rejections_total{reason=\"per_ip\"}", 1.0)
+        .await;
+    // Closing one frees its slot.
+    let mut first = open.remove(0);
+    first
+        .send(Frame::close(yawc::close::CloseCode::Normal, ""))
+        .await
+        .expect("close");
+    s.wait_metric("netwall_websocket_connections{route=\"app.test/\"}", 2.0)
+        .await;
+    assert!(s.open(&[]).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_by_the_heartbeat_and_a_live_one_is_not() {
+    let s = setup(
+        "ws-heartbeat",
+        "heartbeat_interval = \"200ms\"\nheartbeat_timeout = \"300ms\"",
+    )
+    .await;
+    // This client answers pings (the WebSocket layer pongs while it reads).
+    let mut live = s.open(&[]).await.expect("accepted");
+    let mut pings = 0;
+    while pings < 4 {
+        let f = tokio::time::timeout(Duration::from_secs(5), live.next_frame())
+            .await
+            .expect("ping in time")
+            .expect("frame");
+        assert_ne!(
+            f.opcode(),
+            OpCode::Close,
+            "a client that answers pings was closed"
+        );
+        if f.opcode() == OpCode::Ping {
+            pings += 1;
+        }
+    }
+    live.send(Frame::text("still here")).await.expect("send");
+    assert_eq!(
+        next_message(&mut live).await.payload().as_ref(),
+        b"still here"
+    );
+    live.send(Frame::close(yawc::close::CloseCode::Normal, "done"))
+        .await
+        .expect("close");
+    s.wait_metric("netwall_websocket_connections{route=\"app.test/\"}", 0.0)
+        .await;
+
+    // This one never reads, so it never answers.
+    let mut silent = s.open(&[]).await.expect("accepted");
+    s.wait_metric(
+        "netwall_websocket_closed_total{route=\"app.test/\",code=\"4004\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        close_code(&mut silent, Duration::from_secs(5)).await,
+        Some(4004)
+    );
+    s.wait_metric("netwall_rejections_total{reason=\"heartbeat\"}", 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn closes_travel_both_ways_and_refusals_keep_their_status() {
+    let s = setup("ws-close", "").await;
+    let mut ws = s.open(&[]).await.expect("accepted");
+    ws.send(Frame::text("close 4321")).await.expect("send");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(4321)
+    );
+
+    let refused = wss(
+        s.gateway.https_addr,
+        &s.pki.ca_der,
+        "wss://app.test/ws/refuse",
+        &[],
+        Options::default(),
+    )
+    .await;
+    assert_eq!(refused.err(), Some(403));
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_websocket_with_1001() {
+    let s = setup("ws-shutdown", "").await;
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        sockets.push(s.open(&[]).await.expect("accepted"));
+    }
+    let Setup { gateway, .. } = s;
+    let drained = tokio::spawn(gateway.shutdown());
+    for ws in &mut sockets {
+        assert_eq!(close_code(ws, Duration::from_secs(5)).await, Some(1001));
+    }
+    assert!(
+        drained.await.expect("shutdown task"),
+        "the gateway drained within its deadline"
+    );
+}
+
+#[tokio::test]
+async fn permessage_deflate_is_negotiated_with_a_bounded_window() {
+    let s = setup("ws-deflate", "compression_window_bits = 10").await;
+    let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
+    tls.write_all(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("answer")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{head}"
+    );
+    let ext = head
+        .lines()
+        .find(|l| l.starts_with("sec-websocket-extensions:"))
+        .unwrap_or_else(|| panic!("no extension negotiated: {head}"));
+    assert!(
+        ext.contains("permessage-deflate") && ext.contains("server_max_window_bits=10"),
+        "{ext}"
+    );
+
+    // And compressed messages round-trip.
+    let mut ws = wss(
+        s.gateway.https_addr,
+        &s.pki.ca_der,
+        "wss://app.test/ws",
+        &[],
+        Options::default().with_low_latency_compression(),
+    )
+    .await
+    .expect("accepted");
+    let text = "compressible ".repeat(2000);
+    ws.send(Frame::text(text.clone())).await.expect("send");
+    assert_eq!(
+        next_message(&mut ws).await.payload().as_ref(),
+        text.as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn one_thousand_concurrent_websockets_through_one_tunnel() {
+    const N: usize = 1000;
+    let s = setup("ws-thousand", "max_connections_per_ip = 2000").await;
+    let mut sockets = Vec::with_capacity(N);
+    for chunk in 0..N / 100 {
+        let opening: Vec<_> = (0..100).map(|_| s.open(&[])).collect();
+        for (i, ws) in futures_util::future::join_all(opening)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            sockets.push((chunk * 100 + i, ws.expect("accepted")));
+        }
+    }
+    s.wait_metric(
+        "netwall_websocket_connections{route=\"app.test/\"}",
+        N as f64,
+    )
+    .await;
+    let exchanges = sockets.into_iter().map(|(i, mut ws)| async move {
+        let msg = format!("connection {i}");
+        ws.send(Frame::text(msg.clone())).await.expect("send");
+        let f = next_message(&mut ws).await;
+        assert_eq!(f.payload().as_ref(), msg.as_bytes());
+        ws
+    });
+    let sockets = tokio::time::timeout(
+        Duration::from_secs(120),
+        futures_util::future::join_all(exchanges),
+    )
+    .await
+    .expect("every connection exchanged its message");
+    assert_eq!(sockets.len(), N);
+    assert_eq!(netwall_tests::sample::ws_stats(&s.name).0, N as u64);
+}
