@@ -49,6 +49,10 @@ pub const DEFAULT_WS_OPEN_TIMEOUT: Duration = Duration::from_millis(2500);
 pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Concurrent WebSockets per client IP on a route.
 pub const DEFAULT_WS_MAX_PER_IP: usize = 100;
+/// WebSockets per authenticated user on a route: one, the newest wins.
+pub const DEFAULT_WS_MAX_PER_USER: usize = 1;
+/// WebSocket opening attempts per user per minute (a reconnect storm is cut short).
+pub const DEFAULT_WS_ATTEMPTS_PER_MINUTE: u32 = 5;
 /// Largest deflate window (2^bits bytes) negotiated for permessage-deflate: 4 KiB keeps an
 /// idle compressed connection small.
 pub const DEFAULT_WS_DEFLATE_WINDOW_BITS: u8 = 12;
@@ -111,6 +115,12 @@ fn default_ws_close_timeout() -> Duration {
 }
 fn default_ws_max_per_ip() -> usize {
     DEFAULT_WS_MAX_PER_IP
+}
+fn default_ws_max_per_user() -> usize {
+    DEFAULT_WS_MAX_PER_USER
+}
+fn default_ws_attempts_per_minute() -> u32 {
+    DEFAULT_WS_ATTEMPTS_PER_MINUTE
 }
 fn default_ws_window_bits() -> u8 {
     DEFAULT_WS_DEFLATE_WINDOW_BITS
@@ -304,6 +314,9 @@ pub struct RouteConfig {
     /// WebSocket policy for upgrades on this route.
     #[serde(default)]
     pub websocket: WsConfig,
+    /// JWT required on this route (HTTP and WebSocket).
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 /// `[route.websocket]`: how the edge treats WebSockets on a route.
@@ -347,6 +360,13 @@ pub struct WsConfig {
     /// Concurrent WebSockets per client IP (429 before the upgrade beyond).
     #[serde(default = "default_ws_max_per_ip")]
     pub max_connections_per_ip: usize,
+    /// Concurrent WebSockets per authenticated user; a new one closes the oldest (4002).
+    #[serde(default = "default_ws_max_per_user")]
+    pub max_connections_per_user: usize,
+    /// WebSocket opening attempts per authenticated user per minute (429 with Retry-After
+    /// beyond; 0 turns the limit off).
+    #[serde(default = "default_ws_attempts_per_minute")]
+    pub connect_attempts_per_user_per_minute: u32,
     /// Negotiate permessage-deflate when the client offers it.
     #[serde(default = "default_true")]
     pub compression: bool,
@@ -368,6 +388,8 @@ impl Default for WsConfig {
             open_timeout: DEFAULT_WS_OPEN_TIMEOUT,
             close_timeout: DEFAULT_WS_CLOSE_TIMEOUT,
             max_connections_per_ip: DEFAULT_WS_MAX_PER_IP,
+            max_connections_per_user: DEFAULT_WS_MAX_PER_USER,
+            connect_attempts_per_user_per_minute: DEFAULT_WS_ATTEMPTS_PER_MINUTE,
             compression: true,
             compression_window_bits: DEFAULT_WS_DEFLATE_WINDOW_BITS,
         }

@@ -6,6 +6,7 @@
 //! [`RunningGateway`] whose [`shutdown`](RunningGateway::shutdown) drains gracefully; the
 //! binary and the end-to-end tests both use it.
 
+pub mod auth;
 pub mod config;
 pub mod listener;
 pub mod metrics;
@@ -153,7 +154,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     };
     let metrics = Arc::new(Metrics::new());
     let codec = Codec::default();
-    let routes = RouteTable::new(&config.routes).map_err(StartError::Config)?;
+    let routes = RouteTable::new(&config.routes, &base).map_err(StartError::Config)?;
     let gateway_id = config.gateway_id.clone().unwrap_or_else(host_name);
 
     // Public certificates.
@@ -204,6 +205,8 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let tunnel_tasks = TaskTracker::new();
+    let users = Arc::new(ws::UserSessions::default());
+    let revocations = Arc::new(auth::Revocations::default());
 
     let tunnels = config.tunnels.iter().filter_map(|t| {
         tunnel::parse_credential_hash(t.credential_sha256.get_ref())
@@ -240,8 +243,12 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         registry.clone(),
         metrics.clone(),
         codec,
-        shutdown.clone(),
-        tasks.clone(),
+        proxy::Sessions {
+            users: users.clone(),
+            revocations: revocations.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        },
     ));
     tokio::spawn(listener::serve_https(
         https_listener,
@@ -272,7 +279,12 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     if let Some(addr) = config.admin.listen {
         let l = bind_tcp(addr).await?;
         admin_addr = Some(local_addr(&l, addr)?);
-        let handler = listener::admin_handler(metrics.clone(), shutdown.clone());
+        let handler = listener::admin_handler(
+            metrics.clone(),
+            shutdown.clone(),
+            revocations.clone(),
+            users.clone(),
+        );
         // The admin listener outlives the drain so metrics stay readable during it.
         tokio::spawn(listener::serve_plain(
             l,
@@ -302,7 +314,11 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     })
 }
 
-/// Parse a configuration file without binding anything (`netwall-gateway check`).
-pub fn check(path: &Path) -> Result<GatewayConfig, config::ConfigErrors> {
-    GatewayConfig::load(path).map(|l| l.config)
+/// Parse a configuration file and load the keys it names, without binding anything
+/// (`netwall-gateway check`).
+pub fn check(path: &Path) -> Result<GatewayConfig, String> {
+    let loaded = GatewayConfig::load(path).map_err(|e| e.to_string())?;
+    RouteTable::new(&loaded.config.routes, &loaded.base)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(loaded.config)
 }

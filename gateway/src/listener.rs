@@ -24,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::auth::Revocations;
 use crate::config::HttpsConfig;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, request_host};
+use crate::ws::UserSessions;
 
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -193,9 +195,48 @@ pub fn redirect_handler(https_port: u16, metrics: Arc<Metrics>) -> LocalHandler 
     })
 }
 
-/// The admin listener's handler: `/metrics`, `/healthz`, `/readyz`.
-pub fn admin_handler(metrics: Arc<Metrics>, shutdown: CancellationToken) -> LocalHandler {
+/// The admin listener's handler: `/metrics`, `/healthz`, `/readyz`, and `POST /revoke` with
+/// `?sub=USER` or `?jti=TOKEN_ID` (logout: every open WebSocket of that user or token on this
+/// gateway is closed with 4003, and the token is refused from now on).
+pub fn admin_handler(
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    revocations: Arc<Revocations>,
+    users: Arc<UserSessions>,
+) -> LocalHandler {
     Arc::new(move |req| match req.uri().path() {
+        "/revoke" if req.method() == http::Method::POST => {
+            let params: Vec<(String, String)> =
+                url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .into_owned()
+                    .collect();
+            let (what, closed) = match params.first().map(|(k, v)| (k.as_str(), v.as_str())) {
+                Some(("sub", sub)) if !sub.is_empty() => {
+                    revocations.revoke_sub(sub);
+                    (format!("sub {sub}"), users.revoke_sub(sub))
+                }
+                Some(("jti", jti)) if !jti.is_empty() => {
+                    revocations.revoke_jti(jti);
+                    (format!("jti {jti}"), users.revoke_jti(jti))
+                }
+                _ => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        "400 bad request: POST /revoke?sub=USER or ?jti=TOKEN_ID\n",
+                    );
+                }
+            };
+            warn!(target: "netwall::security", event = "revoked", revoked = %what, connections_closed = closed);
+            let mut resp = Response::new(Full::new(Bytes::from(format!(
+                "{{\"revoked\":{},\"connections_closed\":{closed}}}\n",
+                serde_json::Value::String(what)
+            ))));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
             resp.headers_mut().insert(

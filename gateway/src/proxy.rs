@@ -29,11 +29,12 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
 
+use crate::auth::{Auth, AuthError, Identity, Revocations, strip_identity_headers};
 use crate::metrics::{Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
 use crate::respond::{EdgeError, respond};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::{Lease, Registry, StreamRead, StreamWrite, Tunnel};
-use crate::ws::{IpSlots, is_websocket_request};
+use crate::ws::{IpSlots, UserSessions, is_websocket_request};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,6 +64,18 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// State the proxy shares with the rest of the gateway for long-lived sessions.
+pub struct Sessions {
+    /// Open WebSockets by user (per-user limits, revocation).
+    pub users: Arc<UserSessions>,
+    /// Revoked users and tokens.
+    pub revocations: Arc<Revocations>,
+    /// Cancelled when the gateway shuts down.
+    pub shutdown: CancellationToken,
+    /// Where WebSocket sessions run, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
 /// Relays public requests into tunnels.
 pub struct Proxy {
     routes: RouteTable,
@@ -70,6 +83,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     codec: Codec,
     ws_slots: Arc<IpSlots>,
+    users: Arc<UserSessions>,
+    revocations: Arc<Revocations>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -81,15 +96,22 @@ impl Proxy {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         codec: Codec,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
+        sessions: Sessions,
     ) -> Self {
+        let Sessions {
+            users,
+            revocations,
+            shutdown,
+            tasks,
+        } = sessions;
         Proxy {
             routes,
             registry,
             metrics,
             codec,
             ws_slots: Arc::new(IpSlots::default()),
+            users,
+            revocations,
             shutdown,
             tasks,
         }
@@ -134,8 +156,19 @@ impl Proxy {
             .find(&host, req.uri().path())
             .ok_or(EdgeError::UnknownHost)?
             .clone();
+        // Only the edge may say who the caller is.
+        strip_identity_headers(req.headers_mut());
+        let identity = match &route.auth {
+            Some(auth) => Some(self.authenticate(auth, &req, &route, peer)?),
+            None => None,
+        };
+        if let Some(id) = &identity {
+            for (name, value) in &id.headers {
+                req.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
         if is_websocket_request(&req) {
-            return self.websocket(req, route, peer, &host).await;
+            return self.websocket(req, route, peer, &host, identity).await;
         }
         if content_length(req.headers()).is_some_and(|n| n > route.max_body_bytes) {
             return Err(EdgeError::BodyTooLarge);
@@ -251,14 +284,39 @@ impl Proxy {
 
     /// A WebSocket opening handshake: edge policy, then the service's acceptance through the
     /// tunnel, then the client's `101` and a session relaying messages.
+    /// Check the route's JWT requirement; every failure is a 401 and a security event.
+    fn authenticate(
+        &self,
+        auth: &Auth,
+        req: &Request<Incoming>,
+        route: &Route,
+        peer: SocketAddr,
+    ) -> Result<Identity, EdgeError> {
+        let result = auth
+            .token(req.headers(), req.uri().query())
+            .ok_or(AuthError::Missing)
+            .and_then(|t| auth.verify(&t, &self.revocations));
+        result.map_err(|e| {
+            warn!(target: "netwall::security", event = "auth_failed", route = %route.name, client = %peer, reason = %e);
+            EdgeError::Unauthorized
+        })
+    }
+
     async fn websocket(
         &self,
         mut req: Request<Incoming>,
         route: Arc<Route>,
         peer: SocketAddr,
         host: &str,
+        identity: Option<Identity>,
     ) -> Result<Response<ResponseBody>, EdgeError> {
         let policy = route.websocket.clone();
+        if let Some(id) = &identity
+            && let Err(retry_after) = policy.attempt(&id.sub)
+        {
+            warn!(target: "netwall::security", event = "connection_limit", limit = "attempts_per_user", route = %route.name, client = %peer, sub = %id.sub);
+            return Err(EdgeError::TooManyAttempts(retry_after));
+        }
         if !policy.origin_allowed(req.headers().get(header::ORIGIN)) {
             self.metrics.reject("origin");
             let origin = req
@@ -322,6 +380,14 @@ impl Proxy {
                 route: route.name.clone(),
             })
             .inc();
+        let session_route = route_name.clone();
+        let max_per_user = policy.config.max_connections_per_user;
+        let revalidate = route
+            .auth
+            .as_ref()
+            .map_or(crate::auth::DEFAULT_REVALIDATE_INTERVAL, |a| {
+                a.config().revalidate_interval
+            });
         let session = crate::ws::Session {
             route: route_name,
             peer,
@@ -332,6 +398,21 @@ impl Proxy {
             slot,
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
+            user: identity.map(|identity| {
+                let (ticket, commands) = self.users.register(
+                    &identity.sub,
+                    identity.jti.clone(),
+                    session_route.clone(),
+                    max_per_user,
+                );
+                crate::ws::SessionUser {
+                    ticket,
+                    commands,
+                    revocations: self.revocations.clone(),
+                    revalidate_interval: revalidate,
+                    identity,
+                }
+            }),
         };
         self.tasks.spawn(
             async move {

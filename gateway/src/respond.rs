@@ -34,6 +34,10 @@ pub enum EdgeError {
     TooManyConnections,
     /// A WebSocket opening handshake that is not valid.
     BadWebSocketHandshake,
+    /// The route requires a valid token and the request has none.
+    Unauthorized,
+    /// The user opened too many WebSockets recently; retry after this many seconds.
+    TooManyAttempts(u64),
 }
 
 impl EdgeError {
@@ -51,6 +55,8 @@ impl EdgeError {
             EdgeError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::BadWebSocketHandshake => StatusCode::BAD_REQUEST,
+            EdgeError::Unauthorized => StatusCode::UNAUTHORIZED,
+            EdgeError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -68,6 +74,8 @@ impl EdgeError {
             EdgeError::BodyTooLarge => "body_too_large",
             EdgeError::TooManyConnections => "per_ip",
             EdgeError::BadWebSocketHandshake => "bad_handshake",
+            EdgeError::Unauthorized => "auth",
+            EdgeError::TooManyAttempts(_) => "per_user_rate",
         }
     }
 
@@ -87,6 +95,10 @@ impl EdgeError {
                 "429 too many requests: too many connections from this address\n"
             }
             EdgeError::BadWebSocketHandshake => "400 bad request: invalid WebSocket handshake\n",
+            EdgeError::Unauthorized => "401 unauthorized\n",
+            EdgeError::TooManyAttempts(_) => {
+                "429 too many requests: too many connection attempts\n"
+            }
         }
     }
 
@@ -108,6 +120,15 @@ pub fn respond(err: EdgeError, metrics: &Metrics) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    match err {
+        EdgeError::Unauthorized => {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        EdgeError::TooManyAttempts(secs) => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        _ => {}
+    }
     if err.closes_connection() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -27,6 +27,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// WebSocket policy.
     pub websocket: Arc<crate::ws::WsPolicy>,
+    /// JWT requirement, if any.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 /// A host as written in a route or certificate.
@@ -134,10 +136,18 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Build from validated configuration.
-    pub fn new(routes: &[RouteConfig]) -> Result<RouteTable, String> {
+    /// Key files named by `[route.auth]` resolve against `base`.
+    pub fn new(routes: &[RouteConfig], base: &std::path::Path) -> Result<RouteTable, String> {
         let mut table = RouteTable::default();
-        for r in routes {
+        for (i, r) in routes.iter().enumerate() {
             let pattern = HostPattern::parse(r.host.get_ref())?;
+            let auth = match &r.auth {
+                Some(a) => Some(Arc::new(
+                    crate::auth::Auth::new(a.clone(), base)
+                        .map_err(|e| format!("route[{i}].auth: {e}"))?,
+                )),
+                None => None,
+            };
             let prefix = normalize_prefix(r.path.get_ref());
             let route = Arc::new(Route {
                 name: format!("{}{}", r.host.get_ref(), r.path.get_ref()),
@@ -146,6 +156,7 @@ impl RouteTable {
                 timeout: r.timeout,
                 max_body_bytes: r.max_body_bytes,
                 websocket: Arc::new(crate::ws::WsPolicy::new(r.websocket.clone())),
+                auth,
             });
             let paths = match pattern {
                 HostPattern::Exact(h) => table.exact.entry(h).or_default(),
@@ -200,7 +211,7 @@ mod tests {
         );
         let cfg =
             GatewayConfig::parse(std::path::Path::new("test.toml"), &src).expect("valid config");
-        RouteTable::new(&cfg.routes).expect("valid routes")
+        RouteTable::new(&cfg.routes, std::path::Path::new("")).expect("valid routes")
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! | 1008 | the client sends messages faster than the route allows |
 //! | 1009 | a message or frame is larger than the route allows (it is never forwarded) |
 //! | 1011 | the tunnel or the service failed |
+//! | 4001 | the client's token expired |
+//! | 4002 | a newer connection of the same user replaced this one |
+//! | 4003 | the client's token or user was revoked |
 //! | 4004 | the client did not answer a ping within the heartbeat timeout |
 
 use std::collections::HashMap;
@@ -41,8 +44,153 @@ use crate::metrics::{Metrics, RouteLabel, WsCloseLabel};
 use crate::route::HostPattern;
 use crate::tunnel::{Lease, StreamRead, StreamWrite};
 
+/// Close code: the token expired.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// Close code: a newer connection of the same user replaced this one.
+pub const CLOSE_REPLACED: u16 = 4002;
+/// Close code: the token or its user was revoked.
+pub const CLOSE_REVOKED: u16 = 4003;
 /// Close code: the client missed the heartbeat.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4004;
+
+/// An order to a running session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Close the client with this code and reason.
+    Close(u16, &'static str),
+}
+
+struct UserConn {
+    id: u64,
+    route: Arc<str>,
+    jti: Option<String>,
+    tx: tokio::sync::mpsc::Sender<Command>,
+}
+
+/// Open WebSockets by authenticated user, for per-user limits and revocation.
+#[derive(Default)]
+pub struct UserSessions {
+    by_sub: Mutex<HashMap<String, Vec<UserConn>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// A session's registration; unregisters on drop.
+pub struct UserTicket {
+    sessions: Arc<UserSessions>,
+    sub: String,
+    id: u64,
+}
+
+impl UserSessions {
+    /// Register a new connection of `sub` on `route`; when the user then has more than `max`
+    /// there, the oldest are told to close as replaced. Returns the ticket and the command
+    /// channel of the new session.
+    pub fn register(
+        self: &Arc<Self>,
+        sub: &str,
+        jti: Option<String>,
+        route: Arc<str>,
+        max: usize,
+    ) -> (UserTicket, tokio::sync::mpsc::Receiver<Command>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut by_sub) = self.by_sub.lock() {
+            let conns = by_sub.entry(sub.to_owned()).or_default();
+            conns.push(UserConn {
+                id,
+                route: route.clone(),
+                jti,
+                tx,
+            });
+            let on_route = conns.iter().filter(|c| c.route == route).count();
+            let mut excess = on_route.saturating_sub(max.max(1));
+            conns.retain(|c| {
+                if excess > 0 && c.route == route {
+                    excess -= 1;
+                    let _ = c.tx.try_send(Command::Close(
+                        CLOSE_REPLACED,
+                        "replaced by a newer connection",
+                    ));
+                    return false;
+                }
+                true
+            });
+        }
+        (
+            UserTicket {
+                sessions: self.clone(),
+                sub: sub.to_owned(),
+                id,
+            },
+            rx,
+        )
+    }
+
+    /// Close every connection of `sub` (on any route); returns how many were told.
+    pub fn revoke_sub(&self, sub: &str) -> usize {
+        let Ok(mut by_sub) = self.by_sub.lock() else {
+            return 0;
+        };
+        let conns = by_sub.remove(sub).unwrap_or_default();
+        conns
+            .iter()
+            .filter(|c| {
+                c.tx.try_send(Command::Close(CLOSE_REVOKED, "revoked"))
+                    .is_ok()
+            })
+            .count()
+    }
+
+    /// Close every connection opened with token id `jti`; returns how many were told.
+    pub fn revoke_jti(&self, jti: &str) -> usize {
+        let Ok(mut by_sub) = self.by_sub.lock() else {
+            return 0;
+        };
+        let mut told = 0;
+        for conns in by_sub.values_mut() {
+            conns.retain(|c| {
+                if c.jti.as_deref() == Some(jti) {
+                    told += usize::from(
+                        c.tx.try_send(Command::Close(CLOSE_REVOKED, "revoked"))
+                            .is_ok(),
+                    );
+                    return false;
+                }
+                true
+            });
+        }
+        told
+    }
+}
+
+impl Drop for UserTicket {
+    fn drop(&mut self) {
+        if let Ok(mut by_sub) = self.sessions.by_sub.lock()
+            && let Some(conns) = by_sub.get_mut(&self.sub)
+        {
+            conns.retain(|c| c.id != self.id);
+            if conns.is_empty() {
+                by_sub.remove(&self.sub);
+            }
+        }
+    }
+}
+
+/// The authenticated side of a session.
+pub struct SessionUser {
+    /// Who.
+    pub identity: crate::auth::Identity,
+    /// Registration (per-user limit, revocation).
+    pub ticket: UserTicket,
+    /// Orders for this session.
+    pub commands: tokio::sync::mpsc::Receiver<Command>,
+    /// Revocations to re-check.
+    pub revocations: Arc<crate::auth::Revocations>,
+    /// How often to re-check.
+    pub revalidate_interval: Duration,
+}
 /// Body of the 403 sent for a disallowed origin.
 pub const ORIGIN_REJECTED_BODY: &str = r#"{"code":4009,"message":"Origin not allowed"}"#;
 
@@ -105,6 +253,7 @@ pub struct WsPolicy {
     /// The configuration.
     pub config: WsConfig,
     origins: Vec<OriginPattern>,
+    attempts: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 impl WsPolicy {
@@ -115,7 +264,27 @@ impl WsPolicy {
             .iter()
             .filter_map(|o| OriginPattern::parse(o).ok())
             .collect();
-        WsPolicy { config, origins }
+        let attempts = NonZeroU32::new(config.connect_attempts_per_user_per_minute)
+            .map(|n| RateLimiter::keyed(Quota::per_minute(n)));
+        WsPolicy {
+            config,
+            origins,
+            attempts,
+        }
+    }
+
+    /// Count an opening attempt by `sub`; `Err(seconds)` when over the per-minute limit.
+    pub fn attempt(&self, sub: &str) -> Result<(), u64> {
+        use governor::clock::{Clock, DefaultClock};
+        match &self.attempts {
+            Some(limiter) => limiter.check_key(&sub.to_owned()).map_err(|not_until| {
+                not_until
+                    .wait_time_from(DefaultClock::default().now())
+                    .as_secs_f64()
+                    .ceil() as u64
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Whether a request with this `Origin` header may open a WebSocket. With no allow-list
@@ -237,6 +406,8 @@ pub struct Session {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
+    /// The authenticated user, on routes with auth.
+    pub user: Option<SessionUser>,
 }
 
 /// Why a session ended, and what the edge tells each side.
@@ -275,6 +446,19 @@ impl Session {
         let mut ping =
             tokio::time::interval_at(Instant::now() + c.heartbeat_interval, c.heartbeat_interval);
         let mut pong_deadline: Option<Instant> = None;
+        let (mut commands, auth) = match self.user.take() {
+            Some(u) => (
+                Some(u.commands),
+                Some((u.identity, u.ticket, u.revocations, u.revalidate_interval)),
+            ),
+            None => (None, None),
+        };
+        let expires = auth.as_ref().map(|(id, ..)| {
+            Instant::now() + Duration::from_secs(id.exp.saturating_sub(crate::auth::now_secs()))
+        });
+        let revalidate_every = auth.as_ref().map_or(Duration::from_secs(3600), |a| a.3);
+        let mut revalidate =
+            tokio::time::interval_at(Instant::now() + revalidate_every, revalidate_every);
         let end = loop {
             tokio::select! {
                 frame = ws.next_frame() => {
@@ -331,6 +515,18 @@ impl Session {
                 }
                 _ = sleep_until_opt(pong_deadline) => break End::Edge(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat"),
                 _ = self.shutdown.cancelled() => break End::Edge(1001, "gateway shutting down", "shutdown"),
+                _ = sleep_until_opt(expires) => break End::Edge(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired"),
+                Some(Command::Close(code, reason)) = recv_opt(&mut commands) => {
+                    let what = if code == CLOSE_REPLACED { "replaced" } else { "revoked" };
+                    break End::Edge(code, reason, what);
+                }
+                _ = revalidate.tick(), if auth.is_some() => {
+                    if let Some((identity, _, revocations, _)) = &auth
+                        && revocations.is_revoked(identity)
+                    {
+                        break End::Edge(CLOSE_REVOKED, "revoked", "revoked");
+                    }
+                }
             }
         };
         let close_code = match &end {
@@ -394,7 +590,7 @@ impl Session {
         self.metrics
             .ws_duration_seconds
             .observe(opened.elapsed().as_secs_f64());
-        drop((self.lease, self.slot));
+        drop((self.lease, self.slot, auth));
     }
 
     fn client_error(&self, e: &yawc::WebSocketError) -> End {
@@ -409,6 +605,13 @@ impl Session {
                 End::Edge(1002, "protocol error", "protocol")
             }
         }
+    }
+}
+
+async fn recv_opt(rx: &mut Option<tokio::sync::mpsc::Receiver<Command>>) -> Option<Command> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

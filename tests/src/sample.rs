@@ -169,13 +169,14 @@ fn websocket_echo(req: &mut Request<Incoming>, name: Arc<str>) -> Response<Sampl
     if req.uri().path() == "/ws/refuse" {
         return full(StatusCode::FORBIDDEN, "service refuses WebSockets here\n");
     }
-    let identity = req
+    let mut identity: Vec<String> = req
         .headers()
         .iter()
         .filter(|(k, _)| k.as_str().starts_with("x-netwall-"))
         .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("")))
-        .collect::<Vec<_>>()
-        .join(";");
+        .collect();
+    identity.sort();
+    let identity = identity.join(";");
     let options = yawc::Options::default()
         .with_max_payload_read(16 << 20)
         .with_max_read_buffer(16 << 20);

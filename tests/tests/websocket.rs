@@ -461,3 +461,16 @@ async fn one_thousand_concurrent_websockets_through_one_tunnel() {
     assert_eq!(sockets.len(), N);
     assert_eq!(netwall_tests::sample::ws_stats(&s.name).0, N as u64);
 }
+
+#[tokio::test]
+async fn the_101st_connection_from_one_ip_is_refused_by_default() {
+    let s = setup("ws-hundred", "").await;
+    let opening: Vec<_> = (0..100).map(|_| s.open(&[])).collect();
+    let sockets: Vec<Wss> = futures_util::future::join_all(opening)
+        .await
+        .into_iter()
+        .map(|r| r.expect("within the default limit"))
+        .collect();
+    assert_eq!(sockets.len(), 100);
+    assert_eq!(s.open(&[]).await.err(), Some(429));
+}

@@ -119,6 +119,11 @@ impl TunnelConn {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Request streams ever opened on this connection.
+    pub fn streams_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
     /// Whether the connector asked for no new requests on this connection.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)

@@ -1,0 +1,440 @@
+//! JWT authentication at the edge, and token revocation.
+//!
+//! A route with `[route.auth]` requires a JWT (HS256, RS256 or ES256; key from a file, an
+//! environment variable or a JWKS file) taken from the configured sources in order:
+//! `Authorization: Bearer`, a query parameter, or a cookie. `iss`, `aud`, `exp` and `nbf`
+//! are checked with a small leeway. A missing or invalid token is refused with 401 before the
+//! tunnel is touched. The subject and the claims the route names reach the service in
+//! `x-netwall-*` headers; any client-sent copy of those headers is always removed.
+//!
+//! Revocation (by subject or token id) comes from the admin listener; WebSocket sessions
+//! re-check it periodically and are closed at once when it happens.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::parse_duration;
+
+/// Default clock-skew allowance for `exp` and `nbf`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Default interval at which open WebSockets are re-checked against revocations.
+pub const DEFAULT_REVALIDATE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Prefix of every header the edge adds about the caller's identity.
+pub const IDENTITY_PREFIX: &str = "x-netwall-";
+/// Header carrying the token's subject to the service.
+pub const SUB_HEADER: HeaderName = HeaderName::from_static("x-netwall-sub");
+
+fn d_leeway() -> Duration {
+    DEFAULT_LEEWAY
+}
+fn d_revalidate() -> Duration {
+    DEFAULT_REVALIDATE_INTERVAL
+}
+fn d_sources() -> Vec<String> {
+    vec!["header".to_owned()]
+}
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// `[route.auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accepted algorithms: `HS256`, `RS256`, `ES256`.
+    pub algorithms: Vec<String>,
+    /// File holding the HS256 secret.
+    #[serde(default)]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// Environment variable holding the HS256 secret (wins over the file).
+    #[serde(default)]
+    pub hs256_secret_env: Option<String>,
+    /// PEM public key for RS256 or ES256.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS file; keys are chosen by the token's `kid`.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Required issuer.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required audience.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock-skew allowance.
+    #[serde(default = "d_leeway", deserialize_with = "duration")]
+    pub leeway: Duration,
+    /// Where the token is looked for, in order: `header`, `query:NAME`, `cookie:NAME`.
+    #[serde(default = "d_sources")]
+    pub token_sources: Vec<String>,
+    /// Claims passed to the service as `x-netwall-claim-NAME` (the subject always goes as
+    /// `x-netwall-sub`).
+    #[serde(default)]
+    pub forward_claims: Vec<String>,
+    /// How often open WebSockets are re-checked against revocations.
+    #[serde(default = "d_revalidate", deserialize_with = "duration")]
+    pub revalidate_interval: Duration,
+}
+
+/// Where a token may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Header,
+    Query(String),
+    Cookie(String),
+}
+
+/// A compiled `[route.auth]`.
+pub struct Auth {
+    config: AuthConfig,
+    sources: Vec<Source>,
+    hs_key: Option<DecodingKey>,
+    public_key: Option<(Algorithm, DecodingKey)>,
+    jwks: Option<JwkSet>,
+    algorithms: Vec<Algorithm>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("algorithms", &self.algorithms)
+            .field("sources", &self.sources)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The verified identity of a caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// `sub`.
+    pub sub: String,
+    /// `jti`, if present.
+    pub jti: Option<String>,
+    /// `iat`, if present.
+    pub iat: Option<u64>,
+    /// `exp`, seconds since the epoch.
+    pub exp: u64,
+    /// Headers for the service.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Why a token was refused (logged, never shown to the client).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token in any configured source.
+    #[error("no token")]
+    Missing,
+    /// The token is malformed, badly signed, expired, not yet valid or for someone else.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The token or its subject was revoked.
+    #[error("token revoked")]
+    Revoked,
+}
+
+fn read(base: &Path, p: &Path) -> Result<Vec<u8>, String> {
+    let path = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+impl Auth {
+    /// Compile, loading keys (paths relative to `base`). Errors name what is wrong.
+    pub fn new(config: AuthConfig, base: &Path) -> Result<Auth, String> {
+        let mut algorithms = Vec::new();
+        for a in &config.algorithms {
+            algorithms.push(match a.as_str() {
+                "HS256" => Algorithm::HS256,
+                "RS256" => Algorithm::RS256,
+                "ES256" => Algorithm::ES256,
+                other => {
+                    return Err(format!(
+                        "algorithm `{other}` is not supported (HS256, RS256, ES256)"
+                    ));
+                }
+            });
+        }
+        if algorithms.is_empty() {
+            return Err(
+                "algorithms lists none: a route with [route.auth] must accept at least one".into(),
+            );
+        }
+        let mut sources = Vec::new();
+        for s in &config.token_sources {
+            sources.push(match s.split_once(':') {
+                None if s == "header" => Source::Header,
+                Some(("query", name)) if !name.is_empty() => Source::Query(name.to_owned()),
+                Some(("cookie", name)) if !name.is_empty() => Source::Cookie(name.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "token source `{s}` is not `header`, `query:NAME` or `cookie:NAME`"
+                    ));
+                }
+            });
+        }
+        let hs_key = if algorithms.contains(&Algorithm::HS256) {
+            let secret = match (&config.hs256_secret_env, &config.hs256_secret_file) {
+                (Some(var), _) if std::env::var(var).is_ok_and(|v| !v.is_empty()) => {
+                    std::env::var(var)
+                        .map(String::into_bytes)
+                        .unwrap_or_default()
+                }
+                (_, Some(file)) => read(base, file)?.trim_ascii().to_vec(),
+                _ => {
+                    return Err(
+                        "HS256 needs hs256_secret_file or hs256_secret_env (set and non-empty)"
+                            .into(),
+                    );
+                }
+            };
+            if secret.len() < 32 {
+                return Err("the HS256 secret must be at least 32 bytes".into());
+            }
+            Some(DecodingKey::from_secret(&secret))
+        } else {
+            None
+        };
+        let jwks = match &config.jwks_file {
+            Some(f) => Some(
+                serde_json::from_slice::<JwkSet>(&read(base, f)?)
+                    .map_err(|e| format!("jwks_file: {e}"))?,
+            ),
+            None => None,
+        };
+        let public_key = match &config.public_key_file {
+            Some(f) => {
+                let pem = read(base, f)?;
+                if algorithms.contains(&Algorithm::RS256) {
+                    Some((
+                        Algorithm::RS256,
+                        DecodingKey::from_rsa_pem(&pem)
+                            .map_err(|e| format!("public_key_file (RS256): {e}"))?,
+                    ))
+                } else if algorithms.contains(&Algorithm::ES256) {
+                    Some((
+                        Algorithm::ES256,
+                        DecodingKey::from_ec_pem(&pem)
+                            .map_err(|e| format!("public_key_file (ES256): {e}"))?,
+                    ))
+                } else {
+                    return Err("public_key_file needs RS256 or ES256 in algorithms".into());
+                }
+            }
+            None => None,
+        };
+        let asymmetric = algorithms.iter().any(|a| *a != Algorithm::HS256);
+        if asymmetric && public_key.is_none() && jwks.is_none() {
+            return Err("RS256/ES256 need public_key_file or jwks_file".into());
+        }
+        Ok(Auth {
+            config,
+            sources,
+            hs_key,
+            public_key,
+            jwks,
+            algorithms,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    /// Find the token in `headers` and the request's `query`.
+    pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
+        self.sources.iter().find_map(|s| match s {
+            Source::Header => headers
+                .get(header::AUTHORIZATION)?
+                .to_str()
+                .ok()?
+                .strip_prefix("Bearer ")
+                .map(|t| t.trim().to_owned()),
+            Source::Query(name) => url::form_urlencoded::parse(query?.as_bytes())
+                .find_map(|(k, v)| (k == name.as_str()).then(|| v.into_owned())),
+            Source::Cookie(name) => headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    c.trim()
+                        .strip_prefix(name.as_str())?
+                        .strip_prefix('=')
+                        .map(str::to_owned)
+                }),
+        })
+    }
+
+    /// Verify a token and build the identity, checking `revocations`.
+    pub fn verify(&self, token: &str, revocations: &Revocations) -> Result<Identity, AuthError> {
+        let invalid = |e: &dyn std::fmt::Display| AuthError::Invalid(e.to_string());
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let from_jwks;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs_key.as_ref(),
+            alg => match (&self.public_key, &self.jwks, &header.kid) {
+                (Some((a, k)), _, _) if *a == alg => Some(k),
+                (_, Some(set), Some(kid)) => {
+                    let jwk = set
+                        .find(kid)
+                        .ok_or_else(|| AuthError::Invalid(format!("no key `{kid}` in the JWKS")))?;
+                    from_jwks = DecodingKey::from_jwk(jwk).map_err(|e| invalid(&e))?;
+                    Some(&from_jwks)
+                }
+                _ => None,
+            },
+        }
+        .ok_or_else(|| AuthError::Invalid("no key for this token".into()))?;
+        let mut v = Validation::new(header.alg);
+        v.leeway = self.config.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(iss) = &self.config.issuer {
+            v.set_issuer(&[iss]);
+        }
+        match &self.config.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, &v)
+                .map_err(|e| invalid(&e))?;
+        let claims = data.claims;
+        let sub = claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .ok_or_else(|| AuthError::Invalid("sub is not a string".into()))?
+            .to_owned();
+        let jti = claims
+            .get("jti")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned);
+        let iat = claims.get("iat").and_then(serde_json::Value::as_u64);
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| AuthError::Invalid("exp is not a number".into()))?;
+        let identity_headers = self.identity_headers(&sub, &claims);
+        let identity = Identity {
+            sub,
+            jti,
+            iat,
+            exp,
+            headers: identity_headers,
+        };
+        if revocations.is_revoked(&identity) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(identity)
+    }
+
+    fn identity_headers(
+        &self,
+        sub: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        if let Ok(v) = HeaderValue::from_str(sub) {
+            out.push((SUB_HEADER, v));
+        }
+        for name in &self.config.forward_claims {
+            let Some(value) = claims.get(name) else {
+                continue;
+            };
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(
+                    format!("{IDENTITY_PREFIX}claim-{}", name.to_ascii_lowercase()).as_bytes(),
+                ),
+                HeaderValue::from_str(&text),
+            ) {
+                out.push((n, v));
+            }
+        }
+        out
+    }
+}
+
+/// Remove every client-sent identity header: only the edge may set them.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(IDENTITY_PREFIX))
+        .cloned()
+        .collect();
+    for k in forged {
+        headers.remove(k);
+    }
+}
+
+/// Revoked subjects and token ids.
+#[derive(Default)]
+pub struct Revocations {
+    /// Subject -> revocation time (seconds since the epoch): tokens issued before are dead.
+    subs: RwLock<HashMap<String, u64>>,
+    /// Revoked token ids.
+    jtis: RwLock<HashSet<String>>,
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Revocations {
+    /// Revoke every token of `sub` issued up to now (tokens without `iat` included).
+    pub fn revoke_sub(&self, sub: &str) {
+        if let Ok(mut s) = self.subs.write() {
+            s.insert(sub.to_owned(), now_secs());
+        }
+    }
+
+    /// Revoke one token id.
+    pub fn revoke_jti(&self, jti: &str) {
+        if let Ok(mut j) = self.jtis.write() {
+            j.insert(jti.to_owned());
+        }
+    }
+
+    /// Whether `id` is revoked.
+    pub fn is_revoked(&self, id: &Identity) -> bool {
+        let by_sub = self
+            .subs
+            .read()
+            .ok()
+            .and_then(|s| s.get(&id.sub).copied())
+            .is_some_and(|at| id.iat.is_none_or(|iat| iat <= at));
+        let by_jti = id
+            .jti
+            .as_ref()
+            .is_some_and(|j| self.jtis.read().is_ok_and(|s| s.contains(j)));
+        by_sub || by_jti
+    }
+}
+
+/// Shared by every route of a gateway.
+pub type SharedRevocations = Arc<Revocations>;
