@@ -335,6 +335,9 @@ pub struct WsConfig {
     /// Text messages must be JSON (close 1007 otherwise).
     #[serde(default)]
     pub text_must_be_json: bool,
+    /// JSON Schema every text message must match (close 1008 otherwise; implies JSON).
+    #[serde(default)]
+    pub json_schema: Option<PathBuf>,
     /// Browser origins allowed to open a WebSocket (`https://app.example.com`,
     /// `*.example.com`, `*`); when empty the Origin header is not checked.
     #[serde(default)]
@@ -382,6 +385,7 @@ impl Default for WsConfig {
             max_frame_bytes: None,
             messages_per_second: None,
             text_must_be_json: false,
+            json_schema: None,
             allowed_origins: Vec::new(),
             heartbeat_interval: DEFAULT_WS_HEARTBEAT_INTERVAL,
             heartbeat_timeout: DEFAULT_WS_HEARTBEAT_TIMEOUT,

@@ -155,7 +155,10 @@ impl RouteTable {
                 service: r.service.clone(),
                 timeout: r.timeout,
                 max_body_bytes: r.max_body_bytes,
-                websocket: Arc::new(crate::ws::WsPolicy::new(r.websocket.clone())),
+                websocket: Arc::new(
+                    crate::ws::WsPolicy::new(r.websocket.clone(), base)
+                        .map_err(|e| format!("route[{i}].websocket: {e}"))?,
+                ),
                 auth,
             });
             let paths = match pattern {

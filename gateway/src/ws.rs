@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | 1001 | the gateway is shutting down |
 //! | 1007 | a text message is not JSON on a route that requires JSON |
-//! | 1008 | the client sends messages faster than the route allows |
+//! | 1008 | the client sends messages faster than the route allows, or a message does not match the route's JSON Schema |
 //! | 1009 | a message or frame is larger than the route allows (it is never forwarded) |
 //! | 1011 | the tunnel or the service failed |
 //! | 4001 | the client's token expired |
@@ -254,11 +254,28 @@ pub struct WsPolicy {
     pub config: WsConfig,
     origins: Vec<OriginPattern>,
     attempts: Option<governor::DefaultKeyedRateLimiter<String>>,
+    schema: Option<jsonschema::Validator>,
 }
 
 impl WsPolicy {
-    /// Compile a validated configuration.
-    pub fn new(config: WsConfig) -> WsPolicy {
+    /// Compile a validated configuration, loading the JSON Schema (relative to `base`).
+    pub fn new(config: WsConfig, base: &std::path::Path) -> Result<WsPolicy, String> {
+        let schema = match &config.json_schema {
+            Some(p) => {
+                let path = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    base.join(p)
+                };
+                let failed =
+                    |e: &dyn std::fmt::Display| format!("json_schema {}: {e}", path.display());
+                let text = std::fs::read(&path).map_err(|e| failed(&e))?;
+                let value: serde_json::Value =
+                    serde_json::from_slice(&text).map_err(|e| failed(&e))?;
+                Some(jsonschema::validator_for(&value).map_err(|e| failed(&e))?)
+            }
+            None => None,
+        };
         let origins = config
             .allowed_origins
             .iter()
@@ -266,11 +283,12 @@ impl WsPolicy {
             .collect();
         let attempts = NonZeroU32::new(config.connect_attempts_per_user_per_minute)
             .map(|n| RateLimiter::keyed(Quota::per_minute(n)));
-        WsPolicy {
+        Ok(WsPolicy {
             config,
             origins,
             attempts,
-        }
+            schema,
+        })
     }
 
     /// Count an opening attempt by `sub`; `Err(seconds)` when over the per-minute limit.
@@ -475,8 +493,16 @@ impl Session {
                             }
                             let kind = if frame.opcode() == OpCode::Text { WsKind::Text } else { WsKind::Binary };
                             let payload = frame.into_payload();
-                            if kind == WsKind::Text && c.text_must_be_json && serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
-                                break End::Edge(1007, "text messages must be JSON", "not_json");
+                            if kind == WsKind::Text {
+                                if let Some(schema) = &self.policy.schema {
+                                    match serde_json::from_slice::<serde_json::Value>(&payload) {
+                                        Ok(v) if schema.is_valid(&v) => {}
+                                        Ok(_) => break End::Edge(1008, "message does not match the schema", "schema"),
+                                        Err(_) => break End::Edge(1007, "text messages must be JSON", "not_json"),
+                                    }
+                                } else if c.text_must_be_json && serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
+                                    break End::Edge(1007, "text messages must be JSON", "not_json");
+                                }
                             }
                             self.metrics.ws_messages.get_or_create(&crate::metrics::DirectionLabel { direction: "to_service" }).inc();
                             self.metrics.ws_bytes.get_or_create(&crate::metrics::DirectionLabel { direction: "to_service" }).inc_by(payload.len() as u64);

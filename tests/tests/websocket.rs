@@ -474,3 +474,44 @@ async fn the_101st_connection_from_one_ip_is_refused_by_default() {
     assert_eq!(sockets.len(), 100);
     assert_eq!(s.open(&[]).await.err(), Some(429));
 }
+
+#[tokio::test]
+async fn messages_that_break_the_json_schema_close_1008() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schema = dir.path().join("schema.json");
+    std::fs::write(&schema, r#"{"type":"object","required":["op"],"properties":{"op":{"enum":["subscribe","unsubscribe"]}}}"#).expect("write");
+    let s = setup(
+        "ws-schema",
+        &format!("json_schema = \"{}\"", schema.display()),
+    )
+    .await;
+    let mut ws = s.open(&[]).await.expect("accepted");
+    ws.send(Frame::text(r#"{"op":"subscribe"}"#))
+        .await
+        .expect("send");
+    assert_eq!(
+        next_message(&mut ws).await.payload().as_ref(),
+        br#"{"op":"subscribe"}"#
+    );
+    ws.send(Frame::text(r#"{"op":"delete"}"#))
+        .await
+        .expect("send");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(1008)
+    );
+    assert_eq!(
+        netwall_tests::sample::ws_stats(&s.name).0,
+        1,
+        "the invalid message reached the service"
+    );
+    s.wait_metric("netwall_rejections_total{reason=\"schema\"}", 1.0)
+        .await;
+    // Not JSON at all is 1007.
+    let mut ws = s.open(&[]).await.expect("accepted");
+    ws.send(Frame::text("hello")).await.expect("send");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(1007)
+    );
+}
