@@ -169,6 +169,9 @@ pub struct GatewayConfig {
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Spike detection on new WebSocket connections.
+    #[serde(default)]
+    pub spike: crate::spike::SpikeConfig,
 }
 
 /// `[https]`

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod respond;
 pub mod route;
+pub mod spike;
 pub mod tls;
 pub mod tunnel;
 pub mod ws;
@@ -248,6 +249,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             revocations: revocations.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
+            spike: config.spike.clone(),
         },
     ));
     tokio::spawn(listener::serve_https(

@@ -101,6 +101,8 @@ pub struct Metrics {
     pub ws_bytes: Family<DirectionLabel, Counter>,
     /// How long WebSockets stayed open, seconds.
     pub ws_duration_seconds: Histogram,
+    /// Seconds in which new WebSockets spiked over their recent average.
+    pub spikes: Counter,
 }
 
 impl Default for Metrics {
@@ -128,6 +130,7 @@ impl Metrics {
             ws_messages: Family::default(),
             ws_bytes: Family::default(),
             ws_duration_seconds: Histogram::new(crate::ws::duration_buckets()),
+            spikes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -199,6 +202,11 @@ impl Metrics {
             "websocket_duration_seconds",
             "How long WebSockets stayed open",
             m.ws_duration_seconds.clone(),
+        );
+        registry.register(
+            "connection_spikes",
+            "Seconds in which new WebSockets exceeded the spike threshold",
+            m.spikes.clone(),
         );
         Metrics { registry, ..m }
     }

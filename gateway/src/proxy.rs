@@ -74,6 +74,8 @@ pub struct Sessions {
     pub shutdown: CancellationToken,
     /// Where WebSocket sessions run, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Spike detection settings.
+    pub spike: crate::spike::SpikeConfig,
 }
 
 /// Relays public requests into tunnels.
@@ -83,6 +85,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     codec: Codec,
     ws_slots: Arc<IpSlots>,
+    spikes: crate::spike::SpikeDetector,
     users: Arc<UserSessions>,
     revocations: Arc<Revocations>,
     shutdown: CancellationToken,
@@ -103,6 +106,7 @@ impl Proxy {
             revocations,
             shutdown,
             tasks,
+            spike,
         } = sessions;
         Proxy {
             routes,
@@ -110,6 +114,7 @@ impl Proxy {
             metrics,
             codec,
             ws_slots: Arc::new(IpSlots::default()),
+            spikes: crate::spike::SpikeDetector::new(spike),
             users,
             revocations,
             shutdown,
@@ -380,6 +385,9 @@ impl Proxy {
                 route: route.name.clone(),
             })
             .inc();
+        if self.spikes.record() {
+            self.metrics.spikes.inc();
+        }
         let session_route = route_name.clone();
         let max_per_user = policy.config.max_connections_per_user;
         let revalidate = route
