@@ -147,6 +147,11 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
+    /// `development` (default) or `production`: the production profile refuses settings that
+    /// are unsafe in front of real traffic (a `*` origin, self-signed certificates, a public
+    /// admin listener).
+    #[serde(default)]
+    pub profile: Option<Spanned<String>>,
     /// Name of this gateway instance in logs and handshakes; defaults to the host name.
     #[serde(default)]
     pub gateway_id: Option<String>,
@@ -457,6 +462,54 @@ impl GatewayConfig {
 
     fn validate(&self, at: &Located<'_>) -> Vec<ConfigError> {
         let mut errs = Vec::new();
+        let production = match self
+            .profile
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None | Some(("development", _)) => false,
+            Some(("production", _)) => true,
+            Some((_, span)) => {
+                errs.push(at.error(
+                    Some(span),
+                    "profile",
+                    "must be \"development\" or \"production\"",
+                ));
+                false
+            }
+        };
+        if production {
+            if self.https.self_signed {
+                errs.push(at.error(
+                    at.find("https", Some("self_signed")),
+                    "https.self_signed",
+                    "the production profile refuses self-signed certificates",
+                ));
+            }
+            if self.tunnel_listener.self_signed {
+                errs.push(at.error(
+                    at.find("tunnel_listener", Some("self_signed")),
+                    "tunnel_listener.self_signed",
+                    "the production profile refuses self-signed certificates",
+                ));
+            }
+            if self.admin.listen.is_some_and(|a| !a.ip().is_loopback()) {
+                errs.push(at.error(
+                    at.find("admin", Some("listen")),
+                    "admin.listen",
+                    "the production profile keeps the admin listener on loopback",
+                ));
+            }
+            for (i, r) in self.routes.iter().enumerate() {
+                if r.websocket.allowed_origins.iter().any(|o| o.trim() == "*") {
+                    errs.push(at.error(
+                        Some(r.host.span()),
+                        &format!("route[{i}].websocket.allowed_origins"),
+                        "the production profile refuses the `*` origin: list the origins",
+                    ));
+                }
+            }
+        }
         if !self.https.self_signed && self.https.certificates.is_empty() {
             errs.push(at.error(
                 at.find("https", None),

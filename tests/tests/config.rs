@@ -41,6 +41,17 @@ fn examples_parse() {
     let gw = netwall_gateway::config::GatewayConfig::load(&repo().join("examples/gateway.toml"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!gw.config.routes.is_empty());
+    // The production profile parses (its key files live on production hosts, so only the
+    // configuration itself is checked here).
+    let prod = netwall_gateway::config::GatewayConfig::load(
+        &repo().join("examples/gateway-production.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        prod.config.profile.as_ref().map(|p| p.get_ref().as_str()),
+        Some("production")
+    );
+    assert_eq!(prod.config.routes[1].websocket.max_message_bytes, 10240);
     let path = repo().join("examples/connector.toml");
     let src = std::fs::read_to_string(&path).expect("read");
     let c = netwall_connector::config::ConnectorConfig::parse(
