@@ -209,6 +209,10 @@ pub struct HttpsConfig {
     /// HTTP/2 concurrent streams per connection.
     #[serde(default = "default_h2_max_streams")]
     pub h2_max_concurrent_streams: u32,
+    /// Every connection starts with a PROXY protocol v2 header (the gateway sits behind a TCP
+    /// load balancer); its source address is the client's. Connections without one are dropped.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// `[[https.certificate]]`
@@ -325,6 +329,10 @@ pub struct RouteConfig {
     /// JWT required on this route (HTTP and WebSocket).
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Proxies in front of the gateway whose `X-Forwarded-For` entries are trusted: the client
+    /// is the entry this many places from the right. 0 (default): the socket peer.
+    #[serde(default)]
+    pub trusted_proxy_hops: usize,
 }
 
 /// `[route.websocket]`: how the edge treats WebSockets on a route.

@@ -90,10 +90,29 @@ pub async fn serve_https(
             shutdown.clone(),
         );
         let handshake_timeout = cfg.tls_handshake_timeout;
+        let proxy_protocol = cfg.proxy_protocol;
         let span = debug_span!("conn", client.addr = %peer);
         tasks.spawn(
             async move {
                 let _permit = permit;
+                let mut tcp = tcp;
+                let peer = if proxy_protocol {
+                    match tokio::time::timeout(handshake_timeout, read_proxy_v2(&mut tcp)).await {
+                        Ok(Ok(Some(source))) => source,
+                        Ok(Ok(None)) => peer,
+                        Ok(Err(e)) => {
+                            metrics.reject("proxy_protocol");
+                            debug!(error = %e, "connection without a valid PROXY v2 header");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.reject("proxy_protocol");
+                            return;
+                        }
+                    }
+                } else {
+                    peer
+                };
                 let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(s)) => s,
@@ -130,6 +149,45 @@ pub async fn serve_https(
             }
             .instrument(span),
         );
+    }
+}
+
+/// PROXY protocol v2 signature.
+const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// Largest PROXY v2 address block accepted (addresses plus a few TLVs).
+const PROXY_V2_MAX_LEN: usize = 512;
+
+/// Read a PROXY protocol v2 header: `Some(source)` for a proxied connection, `None` for a
+/// LOCAL one (a health check from the balancer itself).
+async fn read_proxy_v2(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 16];
+    tcp.read_exact(&mut head).await.map_err(|e| e.to_string())?;
+    if &head[..12] != PROXY_V2_SIGNATURE {
+        return Err("no PROXY v2 signature".into());
+    }
+    let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+    if len > PROXY_V2_MAX_LEN {
+        return Err(format!("PROXY v2 header of {len} bytes is too long"));
+    }
+    let mut whole = Vec::with_capacity(16 + len);
+    whole.extend_from_slice(&head);
+    whole.resize(16 + len, 0);
+    tcp.read_exact(&mut whole[16..])
+        .await
+        .map_err(|e| e.to_string())?;
+    let header = ppp::v2::Header::try_from(&whole[..]).map_err(|e| e.to_string())?;
+    if header.command == ppp::v2::Command::Local {
+        return Ok(None);
+    }
+    match header.addresses {
+        ppp::v2::Addresses::IPv4(a) => {
+            Ok(Some(SocketAddr::from((a.source_address, a.source_port))))
+        }
+        ppp::v2::Addresses::IPv6(a) => {
+            Ok(Some(SocketAddr::from((a.source_address, a.source_port))))
+        }
+        _ => Err("PROXY v2 header without an IP source".into()),
     }
 }
 

@@ -161,6 +161,7 @@ impl Proxy {
             .find(&host, req.uri().path())
             .ok_or(EdgeError::UnknownHost)?
             .clone();
+        let peer = client_addr(req.headers(), peer, route.trusted_proxy_hops);
         // Only the edge may say who the caller is.
         strip_identity_headers(req.headers_mut());
         let identity = match &route.auth {
@@ -654,6 +655,27 @@ fn request_head<B>(
         upgrade: mode == Mode::Upgrade,
         websocket: mode == Mode::WebSocket,
     }
+}
+
+/// The client's address: the socket peer, or with `hops` trusted proxies in front, the
+/// `X-Forwarded-For` entry `hops` places from the right (the address the outermost trusted
+/// proxy saw). A chain shorter than that is not trusted.
+fn client_addr(headers: &HeaderMap, peer: SocketAddr, hops: usize) -> SocketAddr {
+    if hops == 0 {
+        return peer;
+    }
+    let chain: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    chain
+        .len()
+        .checked_sub(hops)
+        .and_then(|i| chain[i].parse::<std::net::IpAddr>().ok())
+        .map_or(peer, |ip| SocketAddr::new(ip, 0))
 }
 
 /// How a request crosses the tunnel.

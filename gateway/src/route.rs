@@ -29,6 +29,8 @@ pub struct Route {
     pub websocket: Arc<crate::ws::WsPolicy>,
     /// JWT requirement, if any.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Trusted `X-Forwarded-For` hops.
+    pub trusted_proxy_hops: usize,
 }
 
 /// A host as written in a route or certificate.
@@ -160,6 +162,7 @@ impl RouteTable {
                         .map_err(|e| format!("route[{i}].websocket: {e}"))?,
                 ),
                 auth,
+                trusted_proxy_hops: r.trusted_proxy_hops,
             });
             let paths = match pattern {
                 HostPattern::Exact(h) => table.exact.entry(h).or_default(),

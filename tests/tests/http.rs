@@ -668,3 +668,103 @@ async fn unix_socket_services_are_reached_and_connections_are_pooled() {
         "the connector's client did not pool connections"
     );
 }
+
+#[tokio::test]
+async fn proxy_protocol_v2_gives_the_client_address_and_is_required() {
+    init_logs();
+    let pki = Pki::new();
+    let sample = start_sample("web").await;
+    let toml = pki
+        .gateway_toml(&route("app.test", "/", "web", ""))
+        .replacen("[https]\n", "[https]\nproxy_protocol = true\n", 1);
+    let gateway = start_gateway(&toml).await;
+    let _c = start_connector(
+        &pki.connector_toml(
+            &[gateway.tunnel_addr],
+            &format!("web = \"http://{sample}\""),
+            "",
+        ),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+
+    let source: SocketAddr = "198.51.100.77:40000".parse().expect("addr");
+    let header = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (source, gateway.https_addr),
+    )
+    .build()
+    .expect("proxy header");
+    let mut tcp = tokio::net::TcpStream::connect(gateway.https_addr)
+        .await
+        .expect("connect");
+    tcp.write_all(&header).await.expect("write header");
+    let name = rustls::pki_types::ServerName::try_from("app.test").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(client_tls(&pki.ca_der, &[b"http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .expect("TLS after PROXY header");
+    tls.write_all(b"GET /headers HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_all(tls, Duration::from_secs(5)).await;
+    assert!(
+        answer.contains("x-forwarded-for: 198.51.100.77\n"),
+        "{answer}"
+    );
+
+    // Without the header the connection is dropped and counted.
+    let mut tcp = tokio::net::TcpStream::connect(gateway.https_addr)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a connection without a PROXY header was served");
+    let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+    assert_eq!(
+        metric(&m, "netwall_rejections_total{reason=\"proxy_protocol\"}"),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
+    let sample = start_sample("web").await;
+    let routes = [
+        route("app.test", "/", "web", "trusted_proxy_hops = 1"),
+        route("app.test", "/direct", "web", ""),
+    ]
+    .concat();
+    let s = Setup::new(&routes, Some(&format!("web = \"http://{sample}\""))).await;
+    let c = s.client(false);
+    let send = |path: &'static str, xff: &'static str| {
+        let c = c.clone();
+        async move {
+            let req = Request::get(format!("https://app.test{path}"))
+                .header("x-forwarded-for", xff)
+                .body(body(Bytes::new()))
+                .expect("req");
+            c.send(req).await.expect("request").text()
+        }
+    };
+    // One trusted proxy: it appended the address it saw; what the client claimed before is ignored.
+    let text = send("/headers", "6.6.6.6, 192.0.2.10").await;
+    assert!(
+        text.lines().any(|l| l == "x-forwarded-for: 192.0.2.10"),
+        "{text}"
+    );
+    // Untrusted route: the socket peer, whatever the header says.
+    let text = send("/direct", "6.6.6.6, 192.0.2.10").await;
+    assert!(
+        text.ends_with("(host app.test, client 127.0.0.1)\n"),
+        "{text}"
+    );
+}
