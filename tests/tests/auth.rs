@@ -551,3 +551,61 @@ fn a_route_whose_keys_are_missing_refuses_to_start() {
         "a gateway with broken auth must not run open"
     );
 }
+
+#[tokio::test]
+async fn one_thousand_concurrent_authenticated_websockets_through_one_tunnel() {
+    const N: usize = 1000;
+    let s = setup("auth-thousand", "", "max_connections_per_ip = 2000").await;
+    let tokens: Vec<String> = (0..N)
+        .map(|i| hs256(claims(&format!("user-{i}"), 600)))
+        .collect();
+    let mut sockets = Vec::with_capacity(N);
+    for (chunk, batch) in tokens.chunks(100).enumerate() {
+        let suffixes: Vec<String> = batch.iter().map(|t| format!("?token={t}")).collect();
+        let opening: Vec<_> = suffixes.iter().map(|q| s.ws(q, &[])).collect();
+        for (i, ws) in futures_util::future::join_all(opening)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            sockets.push((
+                chunk * 100 + i,
+                ws.unwrap_or_else(|status| panic!("connection refused with {status}")),
+            ));
+        }
+    }
+    let admin = s.gateway.admin_addr.expect("admin");
+    wait_until(
+        Duration::from_secs(30),
+        "1000 open WebSockets",
+        || async move {
+            metric(
+                &metrics_text(admin).await,
+                "netwall_websocket_connections{route=\"app.test/\"}",
+            ) == N as f64
+        },
+    )
+    .await;
+    // Every connection exchanges a message, and the service sees each user's own identity.
+    let exchanges = sockets.into_iter().map(|(i, mut ws)| async move {
+        let who = whoami(&mut ws).await;
+        assert_eq!(
+            who,
+            format!("auth-thousand: x-netwall-claim-role=admin;x-netwall-sub=user-{i}")
+        );
+        ws
+    });
+    let sockets = tokio::time::timeout(
+        Duration::from_secs(120),
+        futures_util::future::join_all(exchanges),
+    )
+    .await
+    .expect("every connection exchanged its message");
+    assert_eq!(sockets.len(), N);
+    assert_eq!(netwall_tests::sample::ws_stats(&s.name).0, N as u64);
+    assert_eq!(
+        s.gateway.registry.get("app").map(|t| t.live_count()),
+        Some(1),
+        "all of it went through one tunnel connection"
+    );
+}

@@ -400,3 +400,32 @@ async fn connector_exits_2_with_the_reason_on_a_bad_credential() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_closes_every_websocket_with_1001_then_exits() {
+    let mut d = Deployment::new("").await;
+    let _c = d.connector("connector");
+    d.wait_live(1).await;
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        sockets.push(
+            wss(
+                d.addrs.https,
+                &d.pki.ca_der,
+                "wss://app.test/ws",
+                &[],
+                yawc::Options::default(),
+            )
+            .await
+            .expect("accepted"),
+        );
+    }
+    block_in_place(|| d.gateway.signal(Signal::SIGTERM));
+    for ws in &mut sockets {
+        assert_eq!(close_code(ws, Duration::from_secs(5)).await, Some(1001));
+    }
+    assert_eq!(
+        block_in_place(|| d.gateway.wait_exit(Duration::from_secs(10))),
+        Some(0)
+    );
+}

@@ -426,43 +426,6 @@ async fn permessage_deflate_is_negotiated_with_a_bounded_window() {
 }
 
 #[tokio::test]
-async fn one_thousand_concurrent_websockets_through_one_tunnel() {
-    const N: usize = 1000;
-    let s = setup("ws-thousand", "max_connections_per_ip = 2000").await;
-    let mut sockets = Vec::with_capacity(N);
-    for chunk in 0..N / 100 {
-        let opening: Vec<_> = (0..100).map(|_| s.open(&[])).collect();
-        for (i, ws) in futures_util::future::join_all(opening)
-            .await
-            .into_iter()
-            .enumerate()
-        {
-            sockets.push((chunk * 100 + i, ws.expect("accepted")));
-        }
-    }
-    s.wait_metric(
-        "netwall_websocket_connections{route=\"app.test/\"}",
-        N as f64,
-    )
-    .await;
-    let exchanges = sockets.into_iter().map(|(i, mut ws)| async move {
-        let msg = format!("connection {i}");
-        ws.send(Frame::text(msg.clone())).await.expect("send");
-        let f = next_message(&mut ws).await;
-        assert_eq!(f.payload().as_ref(), msg.as_bytes());
-        ws
-    });
-    let sockets = tokio::time::timeout(
-        Duration::from_secs(120),
-        futures_util::future::join_all(exchanges),
-    )
-    .await
-    .expect("every connection exchanged its message");
-    assert_eq!(sockets.len(), N);
-    assert_eq!(netwall_tests::sample::ws_stats(&s.name).0, N as u64);
-}
-
-#[tokio::test]
 async fn the_101st_connection_from_one_ip_is_refused_by_default() {
     let s = setup("ws-hundred", "").await;
     let opening: Vec<_> = (0..100).map(|_| s.open(&[])).collect();
