@@ -399,6 +399,28 @@ async fn connector_exits_2_with_the_reason_on_a_bad_credential() {
         log.contains("credential rejected for tunnel `app`"),
         "{log}"
     );
+    // The gateway logged a security event as one JSON line under one target.
+    let log_path = d.gateway.log.clone();
+    wait_until(
+        Duration::from_secs(5),
+        "the security event in the gateway log",
+        || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            async move { text.contains("tunnel_auth_failed") }
+        },
+    )
+    .await;
+    let gateway_log = std::fs::read_to_string(&d.gateway.log).unwrap_or_default();
+    let event = gateway_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "netwall::security" && v["event"] == "tunnel_auth_failed")
+        .unwrap_or_else(|| panic!("no security event in the gateway's JSON log:\n{gateway_log}"));
+    assert_eq!(event["level"], "WARN");
+    assert!(
+        !gateway_log.contains("wrong-credential"),
+        "a presented credential reached the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

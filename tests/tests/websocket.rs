@@ -478,3 +478,71 @@ async fn messages_that_break_the_json_schema_close_1008() {
         Some(1007)
     );
 }
+
+#[tokio::test]
+async fn client_pings_are_answered_at_the_edge() {
+    let s = setup("ws-ping", "").await;
+    let mut ws = s.open(&[]).await.expect("accepted");
+    ws.send(Frame::ping(Bytes::from_static(b"are you there")))
+        .await
+        .expect("ping");
+    let pong = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let f = ws.next_frame().await.expect("frame");
+            if f.opcode() == OpCode::Pong {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("pong in time");
+    assert_eq!(pong.payload().as_ref(), b"are you there");
+    assert_eq!(
+        netwall_tests::sample::ws_stats(&s.name).0,
+        0,
+        "the ping went to the service"
+    );
+}
+
+#[tokio::test]
+async fn a_service_that_never_accepts_the_websocket_gets_504_in_time() {
+    init_logs();
+    let pki = Pki::new();
+    // A "service" that accepts TCP connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let route = "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\nopen_timeout = \"400ms\"\n";
+    let gateway = start_gateway(&pki.gateway_toml(route)).await;
+    let _c = start_connector(
+        &pki.connector_toml(
+            &[gateway.tunnel_addr],
+            &format!("web = \"http://{addr}\""),
+            "",
+        ),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    let started = std::time::Instant::now();
+    let refused = wss(
+        gateway.https_addr,
+        &pki.ca_der,
+        "wss://app.test/ws",
+        &[],
+        Options::default(),
+    )
+    .await;
+    assert_eq!(refused.err(), Some(504));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
