@@ -87,6 +87,8 @@ pub struct RunningGateway {
     pub metrics: Arc<Metrics>,
     /// Tunnels.
     pub registry: Arc<Registry>,
+    /// Revoked users and tokens (the admin listener's `/revoke` writes here).
+    pub revocations: Arc<auth::Revocations>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     tunnel_tasks: TaskTracker,
@@ -308,6 +310,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         https_cert_pem,
         metrics,
         registry,
+        revocations,
         shutdown,
         tasks,
         tunnel_tasks,

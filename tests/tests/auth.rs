@@ -609,3 +609,24 @@ async fn one_thousand_concurrent_authenticated_websockets_through_one_tunnel() {
         "all of it went through one tunnel connection"
     );
 }
+
+#[tokio::test]
+async fn open_connections_recheck_revocations_on_their_own() {
+    // A revocation recorded without telling the sessions (as one learned from elsewhere would
+    // be) is found by the periodic re-check.
+    let s = setup("auth-recheck", "revalidate_interval = \"200ms\"", "").await;
+    let token = hs256(claims("kim", 300));
+    let mut ws = s
+        .ws(&format!("?token={token}"), &[])
+        .await
+        .expect("accepted");
+    assert_eq!(
+        whoami(&mut ws).await,
+        "auth-recheck: x-netwall-claim-role=admin;x-netwall-sub=kim"
+    );
+    s.gateway.revocations.revoke_sub("kim");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(4003)
+    );
+}
