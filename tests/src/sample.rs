@@ -110,6 +110,14 @@ pub async fn handle(
             tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(1000))).await;
             full(StatusCode::OK, "slow\n")
         }
+        "/ws-page" => {
+            let mut r = full(StatusCode::OK, WS_PAGE);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
         "/ws-stats" => {
             let (messages, bytes) = ws_stats(&name);
             full(
@@ -149,6 +157,18 @@ pub async fn handle(
     };
     Ok(resp)
 }
+
+/// A page whose script opens a WebSocket to `wss://HOST:PORT/ws` (HOST from `?host=`, else the
+/// page's own), sends one message, and reports the outcome in the title: `ok:<echo>|<extensions>`
+/// or `closed:<code>`.
+const WS_PAGE: &str = r#"<!doctype html><html><head><title>pending</title></head><body><script>
+const params = new URLSearchParams(location.search);
+const host = (params.get("host") || location.hostname) + ":" + location.port;
+const ws = new WebSocket("wss://" + host + "/ws");
+ws.onopen = () => ws.send("hello from a browser");
+ws.onmessage = (e) => { document.title = "ok:" + e.data + "|" + ws.extensions; ws.close(1000, "done"); };
+ws.onclose = (e) => { if (!document.title.startsWith("ok:")) document.title = "closed:" + e.code; };
+</script></body></html>"#;
 
 /// WebSocket messages and bytes received, per sample name (tests share one process).
 static WS_STATS: Mutex<BTreeMap<String, (u64, u64)>> = Mutex::new(BTreeMap::new());

@@ -1,0 +1,172 @@
+//! What a browser sees: real headless Chromium opens WebSockets through the gateway and the
+//! tunnel. Its own Origin header meets the allow-list and its own permessage-deflate offer
+//! meets the edge. Chromium is driven over the DevTools protocol; the page reports the outcome
+//! in its title.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use http_body_util::BodyExt;
+use netwall_tests::harness::*;
+use serde_json::json;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Headless Chromium on `url`, with every host name resolved to loopback.
+fn chromium(url: &str, profile: &Path) -> Proc {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: ops/test installs Debian's chromium"
+    );
+    let mut cmd = Command::new(CHROMIUM);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--ignore-certificate-errors",
+        "--host-resolver-rules=MAP * 127.0.0.1",
+        "--remote-debugging-port=0",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(url);
+    Proc::spawn(cmd, profile.join("chromium.log"))
+}
+
+/// The page's title once the script has reported (`ok:…` or `closed:…`).
+async fn page_title(browser: &Proc) -> String {
+    let line = tokio::task::block_in_place(|| {
+        browser.wait_line("DevTools listening on ws://", Duration::from_secs(30))
+    });
+    let endpoint = line
+        .split("ws://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("DevTools address")
+        .to_owned();
+    // Find the page target.
+    let list = http_get(&endpoint, "/json/list").await;
+    let targets: serde_json::Value = serde_json::from_str(&list).expect("target list");
+    let page = targets
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["type"] == "page"))
+        .expect("a page target")
+        .clone();
+    let debugger: url::Url = page["webSocketDebuggerUrl"]
+        .as_str()
+        .expect("debugger url")
+        .parse()
+        .expect("url");
+    let tcp = tokio::net::TcpStream::connect(&endpoint)
+        .await
+        .expect("connect DevTools");
+    let mut devtools = yawc::WebSocket::handshake(debugger, tcp, yawc::Options::default())
+        .await
+        .expect("DevTools handshake");
+    let mut title = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for id in 1.. {
+        let ask = json!({"id": id, "method": "Runtime.evaluate", "params": {"expression": "document.title", "returnByValue": true}});
+        devtools
+            .send(yawc::Frame::text(ask.to_string()))
+            .await
+            .expect("ask");
+        loop {
+            let f = tokio::time::timeout_at(deadline, devtools.next_frame())
+                .await
+                .expect("DevTools answers in time")
+                .expect("frame");
+            let v: serde_json::Value = serde_json::from_slice(f.payload()).unwrap_or_default();
+            if v["id"] == id {
+                title = v["result"]["result"]["value"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                break;
+            }
+        }
+        if title.starts_with("ok:") || title.starts_with("closed:") {
+            return title;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page never reported; title {title:?}"
+        );
+        // Poll interval while waiting for the page's condition, under the deadline above.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    title
+}
+
+async fn http_get(authority: &str, path: &str) -> String {
+    let tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", authority)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("req");
+    let resp = send.send_request(req).await.expect("request");
+    String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes())
+        .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_opens_a_websocket_through_the_tunnel_and_the_origin_list_holds() {
+    init_logs();
+    let pki = Pki::new();
+    let sample = start_sample("browser").await;
+    let route = |host: &str| {
+        format!(
+            "[[route]]\nhost = \"{host}\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\nallowed_origins = [\"https://app.test\"]\n"
+        )
+    };
+    let gateway =
+        start_gateway(&pki.gateway_toml(&(route("app.test") + &route("evil.test")))).await;
+    let _c = start_connector(
+        &pki.connector_toml(
+            &[gateway.tunnel_addr],
+            &format!("web = \"http://{sample}\""),
+            "",
+        ),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    let port = gateway.https_addr.port();
+
+    // A page from the allowed origin: the browser's WebSocket is echoed through the tunnel,
+    // with the compression the browser offered.
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = chromium(&format!("https://app.test:{port}/ws-page"), profile.path());
+    let title = page_title(&browser).await;
+    assert!(
+        title.starts_with("ok:hello from a browser|permessage-deflate"),
+        "{title}"
+    );
+    drop(browser);
+
+    // A page from another origin opening a WebSocket to app.test is refused before the upgrade.
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = chromium(
+        &format!("https://evil.test:{port}/ws-page?host=app.test"),
+        profile.path(),
+    );
+    assert_eq!(page_title(&browser).await, "closed:1006");
+    let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+    assert_eq!(
+        metric(&m, "netwall_rejections_total{reason=\"origin\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(netwall_tests::sample::ws_stats("browser").0, 1);
+}
