@@ -74,12 +74,22 @@ web = "http://127.0.0.1:$SERVICE_PORT"
 TOML
 
 "$bin/netwall-sample" --listen "127.0.0.1:$SERVICE_PORT" --name demo-service 2> "$work/service.log" &
+service_pid=$!
 "$bin/netwall-gateway" --config "$work/gateway.toml" 2> "$work/gateway.log" &
+gateway_pid=$!
 
 wait_for() { # what, seconds, command...
   local what=$1 seconds=$2; shift 2
   for _ in $(seq $((seconds * 10))); do
     if "$@" 2>/dev/null; then return 0; fi
+    # A component that exited (a port in use, say) will not come up: say so at once.
+    for pid in $service_pid $gateway_pid ${connector_pid:-}; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        echo "quickstart: a component exited while waiting for $what; logs in $work" >&2
+        tail -n 5 "$work"/*.log >&2 || true
+        exit 1
+      fi
+    done
     sleep 0.1
   done
   echo "quickstart: $what did not happen within ${seconds}s; logs in $work" >&2
@@ -88,6 +98,7 @@ wait_for() { # what, seconds, command...
 }
 wait_for "the gateway writing its tunnel certificate" 30 test -s "$work/tunnel.pem"
 "$bin/netwall-connector" --config "$work/connector.toml" 2> "$work/connector.log" &
+connector_pid=$!
 
 tunnel_up() {
   exec 3<>"/dev/tcp/127.0.0.1/$ADMIN_PORT" || return 1

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Turn ops/bench's raw measurements into report.md, report.json and report.png.
+
+Each measurement may have been repeated; the median is reported. Ratios compare netwall with the
+direct path and with rathole from the same run, so a noisy machine still gives honest ratios.
+"""
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from glob import glob
+
+out, mode, repeats, duration, concurrency, fixed_rate, bulk_mib = sys.argv[1:8]
+raw = os.path.join(out, "raw")
+PATHS = ["direct", "nginx", "rathole", "netwall"]
+
+
+def oha(scenario, path):
+    """Median figures of the oha runs of one scenario and path, or None."""
+    runs = []
+    for f in sorted(glob(os.path.join(raw, f"{scenario}.{path}.*.json"))):
+        try:
+            with open(f) as fh:
+                d = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        s, p = d.get("summary", {}), d.get("latencyPercentiles", {})
+        codes = d.get("statusCodeDistribution", {})
+        ok = sum(v for k, v in codes.items() if k.startswith("2"))
+        total = sum(codes.values()) + sum(d.get("errorDistribution", {}).values())
+        runs.append({
+            "rps": s.get("requestsPerSec") or 0.0,
+            "p50_ms": (p.get("p50") or 0.0) * 1e3,
+            "p99_ms": (p.get("p99") or 0.0) * 1e3,
+            "p999_ms": (p.get("p99.9") or 0.0) * 1e3,
+            "success": ok / total if total else 0.0,
+        })
+    if not runs:
+        return None
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def speed(kind, path):
+    vals = []
+    for f in glob(os.path.join(raw, f"{kind}.{path}.*.txt")):
+        try:
+            with open(f) as fh:
+                vals.append(float(fh.read().strip()) / (1024 * 1024))
+        except (OSError, ValueError):
+            pass
+    return statistics.median(vals) if vals else None
+
+
+results = {}
+for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes"]:
+    results[scenario] = {p: oha(scenario, p) for p in PATHS}
+for kind in ["bulk_down", "bulk_up"]:
+    results[kind] = {p: speed(kind, p) for p in PATHS}
+with open(os.path.join(raw, "memory.json")) as fh:
+    memory = json.load(fh)
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+machine = {
+    "cpus": os.cpu_count(),
+    "cpu": cpu_model(),
+    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    "kernel": platform.release(),
+    "rustc": subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip(),
+    "pinning": "none: every process shares all cores (a 2-core machine cannot spare one per process)",
+    "backend": "netwall-sample (hyper HTTP/1.1) on loopback",
+    "rathole": "plain TCP forwarding, no TLS on either leg",
+    "nginx": "TLS 1.3, HTTP/1.1 and HTTP/2, keep-alive upstream",
+    "netwall": "TLS 1.3 at the gateway, QUIC tunnel, connector, pooled HTTP/1.1 to the backend",
+}
+
+rows = []  # (scenario, metric, unit, higher_is_better, values by path)
+def add(label, scenario, key, unit, higher):
+    vals = {p: (results[scenario][p] or {}).get(key) if results[scenario][p] else None for p in PATHS}
+    rows.append((label, unit, higher, vals))
+
+add(f"small responses, h1, {concurrency} conns: throughput", "small_h1", "rps", "req/s", True)
+add("small responses, h1: p50", "small_h1", "p50_ms", "ms", False)
+add("small responses, h1: p99", "small_h1", "p99_ms", "ms", False)
+add("small responses, h2, 8x8 streams: throughput", "small_h2", "rps", "req/s", True)
+add("small responses, h2: p99", "small_h2", "p99_ms", "ms", False)
+add(f"fixed {fixed_rate} req/s: p50", "fixed_rate", "p50_ms", "ms", False)
+add(f"fixed {fixed_rate} req/s: p99", "fixed_rate", "p99_ms", "ms", False)
+add(f"fixed {fixed_rate} req/s: p99.9", "fixed_rate", "p999_ms", "ms", False)
+add("new connections (TLS handshake + request)", "handshakes", "rps", "conn/s", True)
+rows.append((f"bulk download {bulk_mib} MiB", "MiB/s", True, results["bulk_down"]))
+rows.append((f"bulk upload {bulk_mib} MiB", "MiB/s", True, results["bulk_up"]))
+
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+
+lines = [
+    f"| scenario | unit | {' | '.join(PATHS)} | netwall/direct | netwall/rathole |",
+    "| --- | --- | " + " | ".join("---:" for _ in PATHS) + " | ---: | ---: |",
+]
+for label, unit, _higher, vals in rows:
+    lines.append(f"| {label} | {unit} | " + " | ".join(fmt(vals[p]) for p in PATHS)
+                 + f" | {ratio(vals['netwall'], vals['direct'])} | {ratio(vals['netwall'], vals['rathole'])} |")
+fixed = results["fixed_rate"]
+added = {}
+if fixed["netwall"] and fixed["direct"]:
+    for k in ["p50_ms", "p99_ms", "p999_ms"]:
+        added[k] = fixed["netwall"][k] - fixed["direct"][k]
+summary = [
+    f"Mode: {mode}, {repeats} pass(es), medians; {duration} per load measurement. Machine: {machine['cpus']} CPUs ({machine['cpu']}), "
+    f"{machine['memory_gib']} GiB, {machine['rustc']}. No CPU pinning.",
+    f"Paths: direct = {machine['backend']}; nginx = {machine['nginx']}; rathole = {machine['rathole']}; netwall = {machine['netwall']}.",
+    f"Latency added by netwall over direct at {fixed_rate} req/s: "
+    + (", ".join(f"{k[:-3].replace('p999', 'p99.9')} {v:+.2f} ms" for k, v in added.items()) if added else "n/a") + ".",
+    f"Peak resident memory during the run: gateway {int(memory['gateway_peak_kib']) // 1024} MiB, connector {int(memory['connector_peak_kib']) // 1024} MiB.",
+    "Not yet measured: WebSocket scenarios (10,000 idle, 1,000 active) and 1,000 connectors on one gateway.",
+]
+report_md = "\n".join(lines) + "\n\n" + "\n\n".join(summary) + "\n"
+with open(os.path.join(out, "report.md"), "w") as fh:
+    fh.write(report_md)
+with open(os.path.join(out, "report.json"), "w") as fh:
+    json.dump({"machine": machine, "mode": mode, "repeats": int(repeats), "results": results,
+               "memory": memory, "latency_added_over_direct_ms": added}, fh, indent=1)
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    charts = [("small_h1", "rps", "h1 small responses (req/s)"), ("fixed_rate", "p99_ms", f"p99 at {fixed_rate} req/s (ms)"),
+              ("bulk_down", None, "bulk download (MiB/s)"), ("bulk_up", None, "bulk upload (MiB/s)")]
+    fig, axes = plt.subplots(1, len(charts), figsize=(16, 4))
+    for ax, (scenario, key, title) in zip(axes, charts):
+        vals = [((results[scenario][p] or {}).get(key) if key else results[scenario][p]) or 0 for p in PATHS]
+        ax.bar(PATHS, vals, color=["#888", "#4a7", "#c84", "#37c"])
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "report.png"), dpi=100)
+except ImportError:
+    print("bench: matplotlib missing; no chart", file=sys.stderr)
+
+print(report_md)
+print(f"bench: report in {out}/report.md, report.json, report.png")
