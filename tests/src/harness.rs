@@ -240,6 +240,24 @@ pub fn start_connector(toml: &str, credential: &str) -> netwall_connector::Runni
     netwall_connector::start(resolved).expect("connector starts")
 }
 
+/// A gateway with `routes` and a connector offering `services`, with its tunnel up.
+pub async fn start_stack(
+    pki: &Pki,
+    routes: &str,
+    services: &str,
+) -> (
+    netwall_gateway::RunningGateway,
+    netwall_connector::RunningConnector,
+) {
+    let gateway = start_gateway(&pki.gateway_toml(routes)).await;
+    let connector = start_connector(
+        &pki.connector_toml(&[gateway.tunnel_addr], services, ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    (gateway, connector)
+}
+
 /// Wait until `gateway` has `n` live connections on tunnel `app`.
 pub async fn wait_tunnel(gateway: &netwall_gateway::RunningGateway, n: usize) {
     let registry = gateway.registry.clone();

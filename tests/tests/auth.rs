@@ -57,16 +57,8 @@ async fn setup(name: &str, auth_extra: &str, ws_extra: &str) -> Setup {
          [route.websocket]\n{ws_extra}\n",
         pki.dir.path().join("hs256.secret").display()
     );
-    let gateway = start_gateway(&pki.gateway_toml(&route)).await;
-    let connector = start_connector(
-        &pki.connector_toml(
-            &[gateway.tunnel_addr],
-            &format!("web = \"http://{sample}\""),
-            "",
-        ),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
+    let (gateway, connector) =
+        start_stack(&pki, &route, &format!("web = \"http://{sample}\"")).await;
     Setup {
         pki,
         gateway,
@@ -429,16 +421,7 @@ async fn rs256_by_key_file_and_jwks_by_kid_and_no_algorithm_confusion() {
         "/jwks",
         &format!("jwks_file = \"{}\"", fixtures().join("jwks.json").display()),
     );
-    let gateway = start_gateway(&pki.gateway_toml(&routes)).await;
-    let _c = start_connector(
-        &pki.connector_toml(
-            &[gateway.tunnel_addr],
-            &format!("web = \"http://{sample}\""),
-            "",
-        ),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
+    let (gateway, _c) = start_stack(&pki, &routes, &format!("web = \"http://{sample}\"")).await;
     let key =
         EncodingKey::from_rsa_pem(&std::fs::read(fixtures().join("jwt-rs256.key")).expect("key"))
             .expect("rsa key");
@@ -489,16 +472,7 @@ async fn es256_tokens_are_verified_with_an_ec_key() {
         "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.auth]\nalgorithms = [\"ES256\"]\npublic_key_file = \"{}\"\n",
         pki.dir.path().join("es256.pub").display()
     );
-    let gateway = start_gateway(&pki.gateway_toml(&route)).await;
-    let _c = start_connector(
-        &pki.connector_toml(
-            &[gateway.tunnel_addr],
-            &format!("web = \"http://{sample}\""),
-            "",
-        ),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
+    let (gateway, _c) = start_stack(&pki, &route, &format!("web = \"http://{sample}\"")).await;
     let token = encode(
         &Header::new(Algorithm::ES256),
         &json!({"sub": "judy", "exp": now() + 300}),

@@ -131,17 +131,8 @@ async fn chromium_opens_a_websocket_through_the_tunnel_and_the_origin_list_holds
             "[[route]]\nhost = \"{host}\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\nallowed_origins = [\"https://app.test\"]\n"
         )
     };
-    let gateway =
-        start_gateway(&pki.gateway_toml(&(route("app.test") + &route("evil.test")))).await;
-    let _c = start_connector(
-        &pki.connector_toml(
-            &[gateway.tunnel_addr],
-            &format!("web = \"http://{sample}\""),
-            "",
-        ),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
+    let routes = route("app.test") + &route("evil.test");
+    let (gateway, _c) = start_stack(&pki, &routes, &format!("web = \"http://{sample}\"")).await;
     let port = gateway.https_addr.port();
 
     // A page from the allowed origin: the browser's WebSocket is echoed through the tunnel,

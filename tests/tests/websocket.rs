@@ -26,16 +26,8 @@ async fn setup(name: &str, ws_policy: &str) -> Setup {
     let route = format!(
         "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\n{ws_policy}\n"
     );
-    let gateway = start_gateway(&pki.gateway_toml(&route)).await;
-    let connector = start_connector(
-        &pki.connector_toml(
-            &[gateway.tunnel_addr],
-            &format!("web = \"http://{sample}\""),
-            "",
-        ),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
+    let (gateway, connector) =
+        start_stack(&pki, &route, &format!("web = \"http://{sample}\"")).await;
     Setup {
         pki,
         gateway,
@@ -520,16 +512,7 @@ async fn a_service_that_never_accepts_the_websocket_gets_504_in_time() {
         }
     });
     let route = "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\nopen_timeout = \"400ms\"\n";
-    let gateway = start_gateway(&pki.gateway_toml(route)).await;
-    let _c = start_connector(
-        &pki.connector_toml(
-            &[gateway.tunnel_addr],
-            &format!("web = \"http://{addr}\""),
-            "",
-        ),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
+    let (gateway, _c) = start_stack(&pki, route, &format!("web = \"http://{addr}\"")).await;
     let started = std::time::Instant::now();
     let refused = wss(
         gateway.https_addr,
