@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri, Version};
-use http_body_util::{Either, Empty};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use netwall_proto::body::{TunnelBody, pipe_upgraded, send_body};
@@ -22,6 +23,9 @@ use tracing::debug;
 
 use crate::config::{Resolved, ServiceTarget};
 use crate::local::LocalConnector;
+
+/// Response bodies up to this size (known in advance) are sent with their head in one write.
+const SMALL_BODY: u64 = 16 * 1024;
 
 type ReqBody = Either<TunnelBody<quinn::RecvStream>, Empty<Bytes>>;
 
@@ -201,6 +205,36 @@ impl Services {
             status: parts.status.as_u16(),
             headers: from_header_map(&parts.headers),
         };
+        if body.size_hint().exact().is_some_and(|n| n <= SMALL_BODY) {
+            // A small body of known size goes out with its head and end in one write.
+            let collected = match body.collect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    return reset(
+                        &mut writer,
+                        ResetCode::ServiceError,
+                        format!("service body: {e}"),
+                    )
+                    .await;
+                }
+            };
+            let end = Frame::End(
+                collected
+                    .trailers()
+                    .map(from_header_map)
+                    .unwrap_or_default(),
+            );
+            let data = Frame::Data(collected.to_bytes());
+            let head = Frame::ResponseHead(response_head);
+            let frames: &[&Frame] = match &data {
+                Frame::Data(d) if d.is_empty() => &[&head, &end],
+                _ => &[&head, &data, &end],
+            };
+            if writer.send_all(frames).await.is_ok() {
+                let _ = writer.shutdown().await;
+            }
+            return;
+        }
         if writer
             .send(&Frame::ResponseHead(response_head))
             .await

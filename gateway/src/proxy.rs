@@ -197,20 +197,22 @@ impl Proxy {
         let replayable = !upgrade && empty_body && is_idempotent(&method);
         let mut body = Some(body);
         let mut attempt = 0;
+        // A bodiless request goes out as its head and end in one write.
+        let end = Frame::End(Vec::new());
+        let frames: &[&Frame] = if !upgrade && empty_body {
+            &[&head, &end]
+        } else {
+            &[&head]
+        };
         let (head, lease, reader, upgrade_writer) = loop {
             attempt += 1;
-            let (lease, mut writer, mut reader) = self.open(&tunnel, &head, deadline).await?;
+            let (lease, writer, mut reader) = self.open(&tunnel, frames, deadline).await?;
             let (too_large_tx, too_large_rx) = oneshot::channel::<()>();
             let mut upgrade_writer = None;
             if upgrade {
                 upgrade_writer = Some(writer);
             } else if empty_body {
-                if writer.send(&Frame::End(Vec::new())).await.is_err() {
-                    if replayable && attempt < OPEN_ATTEMPTS {
-                        continue;
-                    }
-                    return Err(EdgeError::TunnelLost);
-                }
+                drop(writer);
             } else if let Some(body) = body.take() {
                 self.spawn_body_pump(body, writer, &route, too_large_tx);
             }
@@ -352,7 +354,7 @@ impl Proxy {
             .ok_or(EdgeError::BadWebSocketHandshake)?;
         let head = Frame::RequestHead(request_head(&req, &route, host, peer, Mode::WebSocket));
         let deadline = Instant::now() + policy.config.open_timeout;
-        let (lease, writer, mut reader) = self.open(&tunnel, &head, deadline).await?;
+        let (lease, writer, mut reader) = self.open(&tunnel, &[&head], deadline).await?;
         let answer = match tokio::time::timeout_at(deadline, reader.next()).await {
             Err(_) => return Err(EdgeError::ServiceTimeout),
             Ok(Ok(Some(Frame::ResponseHead(h)))) => h,
@@ -472,7 +474,7 @@ impl Proxy {
     async fn open(
         &self,
         tunnel: &Tunnel,
-        head: &Frame,
+        frames: &[&Frame],
         deadline: Instant,
     ) -> Result<(Lease, FrameWriter<StreamWrite>, FrameReader<StreamRead>), EdgeError> {
         for _ in 0..OPEN_ATTEMPTS {
@@ -480,7 +482,10 @@ impl Proxy {
             let attempt = async {
                 let (send, recv) = lease.conn().transport.open_stream().await?;
                 let mut writer = FrameWriter::new(send, self.codec);
-                writer.send(head).await.map_err(std::io::Error::other)?;
+                writer
+                    .send_all(frames)
+                    .await
+                    .map_err(std::io::Error::other)?;
                 Ok::<_, std::io::Error>((writer, FrameReader::new(recv, self.codec)))
             };
             match tokio::time::timeout_at(deadline, attempt).await {

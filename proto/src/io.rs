@@ -132,6 +132,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Encode several frames and write them with one write: a small message (a head and its
+    /// end, a head, a short body and its end) then costs the transport one wake-up instead of
+    /// several. `Data` frames are copied, so keep this for small ones.
+    pub async fn send_all(&mut self, frames: &[&Frame]) -> Result<(), WriteError> {
+        self.buf.clear();
+        for frame in frames {
+            self.codec.encode(frame, &mut self.buf)?;
+        }
+        self.inner.write_all(&self.buf).await?;
+        Ok(())
+    }
+
     /// Write `data` as one or more `Data` frames without copying it into a frame buffer.
     pub async fn send_data(&mut self, mut data: Bytes) -> Result<(), WriteError> {
         let max = self.codec.limits().max_data_len;
