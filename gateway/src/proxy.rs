@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use netwall_proto::body::{BodyError, BodyGuard, TunnelBody, pipe_upgraded, send_body};
 use netwall_proto::http::{from_header_map, strip_hop_by_hop, to_header_map};
 use netwall_proto::io::{FrameReader, FrameWriter};
-use netwall_proto::{Codec, Frame, RequestHead, ResetCode, ResponseHead};
+use netwall_proto::{Codec, Frame, RequestHead, ResponseHead};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -226,13 +226,7 @@ impl Proxy {
                 Ok(Ok(Some(Frame::ResponseHead(h)))) => Ok(h),
                 Ok(Ok(Some(Frame::Reset(r)))) => {
                     debug!(code = ?r.code, reason = %r.reason, "connector reset the request");
-                    Err(match r.code {
-                        ResetCode::UnknownService => EdgeError::UnknownService,
-                        ResetCode::ServiceUnavailable => EdgeError::ServiceUnavailable,
-                        ResetCode::ServiceError => EdgeError::BadServiceResponse,
-                        ResetCode::TooLarge => EdgeError::BodyTooLarge,
-                        _ => EdgeError::TunnelLost,
-                    })
+                    Err(EdgeError::from_reset(r.code))
                 }
                 Ok(Ok(Some(_))) => Err(EdgeError::BadServiceResponse),
                 Ok(Ok(None)) | Ok(Err(_)) => Err(EdgeError::TunnelLost),
@@ -360,11 +354,7 @@ impl Proxy {
             Ok(Ok(Some(Frame::ResponseHead(h)))) => h,
             Ok(Ok(Some(Frame::Reset(r)))) => {
                 debug!(code = ?r.code, reason = %r.reason, "connector refused the WebSocket");
-                return Err(match r.code {
-                    ResetCode::UnknownService => EdgeError::UnknownService,
-                    ResetCode::ServiceUnavailable => EdgeError::ServiceUnavailable,
-                    _ => EdgeError::BadServiceResponse,
-                });
+                return Err(EdgeError::from_reset(r.code));
             }
             Ok(_) => return Err(EdgeError::TunnelLost),
         };

@@ -41,6 +41,18 @@ pub enum EdgeError {
 }
 
 impl EdgeError {
+    /// What the client sees when the connector abandons a request before its response head.
+    pub fn from_reset(code: netwall_proto::ResetCode) -> EdgeError {
+        use netwall_proto::ResetCode;
+        match code {
+            ResetCode::UnknownService => EdgeError::UnknownService,
+            ResetCode::ServiceUnavailable => EdgeError::ServiceUnavailable,
+            ResetCode::ServiceError => EdgeError::BadServiceResponse,
+            ResetCode::TooLarge => EdgeError::BodyTooLarge,
+            _ => EdgeError::TunnelLost,
+        }
+    }
+
     /// Status sent to the client.
     pub fn status(self) -> StatusCode {
         match self {

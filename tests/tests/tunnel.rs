@@ -14,6 +14,29 @@ async fn gateway(pki: &Pki) -> netwall_gateway::RunningGateway {
     start_gateway(&pki.gateway_toml(ROUTE)).await
 }
 
+/// Two connectors on tunnel `app`, in front of samples named `replica-a` and `replica-b`.
+async fn two_replicas(
+    pki: &Pki,
+    gw: &netwall_gateway::RunningGateway,
+) -> (
+    netwall_connector::RunningConnector,
+    netwall_connector::RunningConnector,
+) {
+    let (a, b) = (
+        start_sample("replica-a").await,
+        start_sample("replica-b").await,
+    );
+    let replica = |addr| {
+        start_connector(
+            &pki.connector_toml(&[gw.tunnel_addr], &format!("web = \"http://{addr}\""), ""),
+            &pki.credential,
+        )
+    };
+    let pair = (replica(a), replica(b));
+    wait_tunnel(gw, 2).await;
+    pair
+}
+
 async fn expect_fatal(connector: &netwall_connector::RunningConnector) -> String {
     tokio::time::timeout(Duration::from_secs(10), connector.fatal())
         .await
@@ -106,19 +129,7 @@ async fn a_gateway_with_an_unexpected_certificate_is_refused() {
 async fn two_replicas_share_load() {
     let pki = Pki::new();
     let gw = gateway(&pki).await;
-    let (a, b) = (
-        start_sample("replica-a").await,
-        start_sample("replica-b").await,
-    );
-    let _ca = start_connector(
-        &pki.connector_toml(&[gw.tunnel_addr], &format!("web = \"http://{a}\""), ""),
-        &pki.credential,
-    );
-    let _cb = start_connector(
-        &pki.connector_toml(&[gw.tunnel_addr], &format!("web = \"http://{b}\""), ""),
-        &pki.credential,
-    );
-    wait_tunnel(&gw, 2).await;
+    let (_ca, _cb) = two_replicas(&pki, &gw).await;
     let client = HttpsClient::new(gw.https_addr, &pki.ca_der, false);
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..200 {
@@ -213,19 +224,7 @@ async fn connector_keeps_one_connection_per_gateway() {
 async fn drain_finishes_in_flight_requests_and_takes_no_new_ones() {
     let pki = Pki::new();
     let gw = gateway(&pki).await;
-    let (a, b) = (
-        start_sample("replica-a").await,
-        start_sample("replica-b").await,
-    );
-    let ca = start_connector(
-        &pki.connector_toml(&[gw.tunnel_addr], &format!("web = \"http://{a}\""), ""),
-        &pki.credential,
-    );
-    let _cb = start_connector(
-        &pki.connector_toml(&[gw.tunnel_addr], &format!("web = \"http://{b}\""), ""),
-        &pki.credential,
-    );
-    wait_tunnel(&gw, 2).await;
+    let (ca, _cb) = two_replicas(&pki, &gw).await;
     let client = HttpsClient::new(gw.https_addr, &pki.ca_der, false);
     // Twenty slow requests spread over both replicas, then replica A drains mid-flight.
     let mut slow = tokio::task::JoinSet::new();
