@@ -18,9 +18,10 @@ pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, parse_durati
 pub const CREDENTIAL_ENV: &str = "NETWALL_CREDENTIAL";
 /// Tunnel connections per gateway address; one is enough unless a single core limits it.
 pub const DEFAULT_CONNECTIONS_PER_GATEWAY: usize = 1;
-/// Streams the gateway may have open on one connection at once (well over the 1,000
-/// in-flight requests one tunnel must carry; quinn's default of 100 is for browsers).
-pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 4096;
+/// Streams the gateway may have open on one connection at once. Every open WebSocket holds
+/// one for its lifetime, so this is sized for tens of thousands of idle WebSockets per
+/// tunnel connection, not just in-flight requests (quinn's default of 100 is for browsers).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 65_536;
 /// Silence after which the tunnel connection is declared dead (matches the gateway).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keep-alive interval, well under the idle timeout.

@@ -57,7 +57,10 @@ pub async fn relay(
         .with_max_payload_read(DEFAULT_MAX_MESSAGE_LEN)
         .with_max_read_buffer(DEFAULT_MAX_MESSAGE_LEN)
         .without_compression()
-        .with_no_delay();
+        .with_no_delay()
+        // Sized for idle connections: the buffers grow for large messages and shrink back.
+        .with_read_buffer_capacity(1024)
+        .with_write_buffer_capacity(1024);
     let mut ws = match WebSocket::handshake_with_request(url, io, options, request).await {
         Ok(ws) => ws,
         Err(yawc::WebSocketError::InvalidStatusCode(status)) => {

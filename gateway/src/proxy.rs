@@ -389,7 +389,7 @@ impl Proxy {
             .map_or(crate::auth::DEFAULT_REVALIDATE_INTERVAL, |a| {
                 a.config().revalidate_interval
             });
-        let session = crate::ws::Session {
+        let session = Box::new(crate::ws::Session {
             route: route_name,
             peer,
             policy,
@@ -414,11 +414,13 @@ impl Proxy {
                     identity,
                 }
             }),
-        };
+        });
         self.tasks.spawn(
             async move {
                 match upgrade.await {
-                    Ok(ws) => session.run(ws).await,
+                    // Boxed: an idle session then holds one allocation of its own size, not
+                    // the larger layout of this wrapper with the session inside.
+                    Ok(ws) => Box::pin(session.run(Box::new(ws))).await,
                     Err(e) => debug!(error = %e, "client WebSocket upgrade failed"),
                 }
             }

@@ -53,6 +53,9 @@ pub const CLOSE_REVOKED: u16 = 4003;
 /// Close code: the client missed the heartbeat.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4004;
 
+/// Initial socket read and write buffer of a WebSocket, each.
+const IDLE_BUFFER_BYTES: usize = 512;
+
 /// An order to a running session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -326,7 +329,11 @@ impl WsPolicy {
             .with_max_payload_read(frame + 1)
             .with_max_read_buffer(c.max_message_bytes + 1)
             .with_utf8()
-            .with_no_delay();
+            .with_no_delay()
+            // Most WebSockets sit idle most of the time: start the socket buffers small (they
+            // grow for large messages and shrink back) instead of yawc's 8 KiB each.
+            .with_read_buffer_capacity(IDLE_BUFFER_BYTES)
+            .with_write_buffer_capacity(IDLE_BUFFER_BYTES);
         if c.compression {
             o = o
                 .with_low_latency_compression()
@@ -450,8 +457,10 @@ fn message_frame(kind: WsKind, payload: Bytes) -> Frame {
 
 impl Session {
     /// Run until either side closes; then close the other side within the close timeout.
-    pub async fn run(mut self, mut ws: WebSocket<yawc::HttpStream>) {
-        let c = self.policy.config.clone();
+    pub async fn run(mut self: Box<Self>, mut ws: Box<WebSocket<yawc::HttpStream>>) {
+        // Shared, not copied: every idle session holds this.
+        let policy = self.policy.clone();
+        let c = &policy.config;
         let label = RouteLabel {
             route: self.route.to_string(),
         };
@@ -474,9 +483,9 @@ impl Session {
         let expires = auth.as_ref().map(|(id, ..)| {
             Instant::now() + Duration::from_secs(id.exp.saturating_sub(crate::auth::now_secs()))
         });
-        let revalidate_every = auth.as_ref().map_or(Duration::from_secs(3600), |a| a.3);
-        let mut revalidate =
-            tokio::time::interval_at(Instant::now() + revalidate_every, revalidate_every);
+        let mut revalidate = auth
+            .as_ref()
+            .map(|a| tokio::time::interval_at(Instant::now() + a.3, a.3));
         let end = loop {
             tokio::select! {
                 frame = ws.next_frame() => {
@@ -546,7 +555,7 @@ impl Session {
                     let what = if code == CLOSE_REPLACED { "replaced" } else { "revoked" };
                     break End::Edge(code, reason, what);
                 }
-                _ = revalidate.tick(), if auth.is_some() => {
+                _ = tick_opt(&mut revalidate) => {
                     if let Some((identity, _, revocations, _)) = &auth
                         && revocations.is_revoked(identity)
                     {
@@ -555,54 +564,8 @@ impl Session {
                 }
             }
         };
-        let close_code = match &end {
-            End::ClientClosed(code, reason) => {
-                let _ = self
-                    .writer
-                    .send(&TunnelFrame::WsClose {
-                        code: *code,
-                        reason: reason.clone(),
-                    })
-                    .await;
-                // The WebSocket layer answers the client's close itself.
-                let _ = tokio::time::timeout(c.close_timeout, ws.flush()).await;
-                *code
-            }
-            End::ServiceClosed(code, reason) => {
-                let code = if CloseCode::from(*code).is_allowed() {
-                    *code
-                } else {
-                    1000
-                };
-                close_client(&mut ws, code, reason, c.close_timeout).await;
-                code
-            }
-            End::Edge(code, reason, what) => {
-                if *what != "shutdown" && *what != "tunnel_lost" {
-                    self.metrics.reject(what);
-                    warn!(target: "netwall::security", event = "websocket_closed", route = %self.route, client = %self.peer, code, reason = *reason);
-                }
-                let _ = self
-                    .writer
-                    .send(&TunnelFrame::WsClose {
-                        code: 1001,
-                        reason: "client closed by the edge".into(),
-                    })
-                    .await;
-                close_client(&mut ws, *code, reason, c.close_timeout).await;
-                *code
-            }
-            End::ClientGone => {
-                let _ = self
-                    .writer
-                    .send(&TunnelFrame::WsClose {
-                        code: 1001,
-                        reason: "client went away".into(),
-                    })
-                    .await;
-                1006
-            }
-        };
+        // The close handshake is boxed so that its state does not enlarge every idle session.
+        let close_code = Box::pin(self.close(&mut ws, end, c.close_timeout)).await;
         let _ = self.writer.shutdown().await;
         debug!(route = %self.route, client = %self.peer, code = close_code, "websocket closed");
         self.metrics.ws_active.get_or_create(&label).dec();
@@ -617,6 +580,63 @@ impl Session {
             .ws_duration_seconds
             .observe(opened.elapsed().as_secs_f64());
         drop((self.lease, self.slot, auth));
+    }
+
+    /// Tell both sides the session is over; returns the close code the client saw.
+    async fn close(
+        &mut self,
+        ws: &mut WebSocket<yawc::HttpStream>,
+        end: End,
+        close_timeout: Duration,
+    ) -> u16 {
+        match &end {
+            End::ClientClosed(code, reason) => {
+                let _ = self
+                    .writer
+                    .send(&TunnelFrame::WsClose {
+                        code: *code,
+                        reason: reason.clone(),
+                    })
+                    .await;
+                // The WebSocket layer answers the client's close itself.
+                let _ = tokio::time::timeout(close_timeout, ws.flush()).await;
+                *code
+            }
+            End::ServiceClosed(code, reason) => {
+                let code = if CloseCode::from(*code).is_allowed() {
+                    *code
+                } else {
+                    1000
+                };
+                close_client(ws, code, reason, close_timeout).await;
+                code
+            }
+            End::Edge(code, reason, what) => {
+                if *what != "shutdown" && *what != "tunnel_lost" {
+                    self.metrics.reject(what);
+                    warn!(target: "netwall::security", event = "websocket_closed", route = %self.route, client = %self.peer, code, reason = *reason);
+                }
+                let _ = self
+                    .writer
+                    .send(&TunnelFrame::WsClose {
+                        code: 1001,
+                        reason: "client closed by the edge".into(),
+                    })
+                    .await;
+                close_client(ws, *code, reason, close_timeout).await;
+                *code
+            }
+            End::ClientGone => {
+                let _ = self
+                    .writer
+                    .send(&TunnelFrame::WsClose {
+                        code: 1001,
+                        reason: "client went away".into(),
+                    })
+                    .await;
+                1006
+            }
+        }
     }
 
     fn client_error(&self, e: &yawc::WebSocketError) -> End {
@@ -637,6 +657,15 @@ impl Session {
 async fn recv_opt(rx: &mut Option<tokio::sync::mpsc::Receiver<Command>>) -> Option<Command> {
     match rx {
         Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
         None => std::future::pending().await,
     }
 }

@@ -7,7 +7,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -17,6 +17,8 @@ use crate::frame::Frame;
 
 /// Bytes asked of the transport per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// What an idle reader holds while it waits for the next frame.
+const IDLE_READ: usize = 512;
 
 /// Failure while reading frames.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,8 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     codec: Codec,
     eof: bool,
+    /// The last read filled its buffer.
+    streaming: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -59,6 +63,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::new(),
             codec,
             eof: false,
+            streaming: false,
         }
     }
 
@@ -75,15 +80,38 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     Err(ReadError::UnexpectedEof)
                 });
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            if self.buf.is_empty() && !self.streaming {
+                // Between frames: read a little first, as the stream may have nothing more.
+                if self.buf.capacity() < IDLE_READ {
+                    self.buf.reserve(IDLE_READ);
+                }
+            } else if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
                 self.buf.reserve(READ_CHUNK);
             }
-            let n = {
+            let (polled, offered) = {
                 let spare = self.buf.spare_capacity_mut();
+                let offered = spare.len();
                 let mut rb = ReadBuf::uninit(spare);
-                ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
-                rb.filled().len()
+                let polled = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+                (polled.map_ok(|()| rb.filled().len()), offered)
             };
+            let n = match polled {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    if self.buf.is_empty() {
+                        // Idle between frames, perhaps for hours (an open WebSocket): wait
+                        // without holding a large buffer.
+                        self.streaming = false;
+                        if self.buf.capacity() > 4 * IDLE_READ {
+                            self.buf = BytesMut::new();
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            };
+            // A read that filled all it was offered means more is waiting: keep reading in
+            // large chunks until a read comes up short.
+            self.streaming = n == offered;
             if n == 0 {
                 self.eof = true;
             } else {
@@ -172,5 +200,40 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// The underlying stream.
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use bytes::Bytes;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_reader_does_not_hold_a_large_buffer() {
+        let (mut tx, rx) = tokio::io::duplex(256 * 1024);
+        let codec = Codec::default();
+        let mut reader = FrameReader::new(rx, codec);
+        for len in [READ_CHUNK, 40 * 1024, 100] {
+            let mut wire = BytesMut::new();
+            codec
+                .encode(&Frame::Data(Bytes::from(vec![7u8; len])), &mut wire)
+                .expect("encode");
+            tx.write_all(&wire).await.expect("write");
+            let frame = reader.next().await.expect("read").expect("a frame");
+            assert!(matches!(&frame, Frame::Data(d) if d.len() == len));
+            drop(frame);
+            // Nothing more was sent: the reader waits, holding a small buffer only.
+            let polled = poll_fn(|cx| Poll::Ready(reader.poll_frame(cx).is_pending())).await;
+            assert!(polled, "no further frame was sent");
+            assert!(
+                reader.buf.capacity() <= 4 * IDLE_READ,
+                "after a {len}-byte frame an idle reader holds {} bytes",
+                reader.buf.capacity()
+            );
+        }
     }
 }
