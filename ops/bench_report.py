@@ -29,7 +29,9 @@ def oha(scenario, path):
         s, p = d.get("summary", {}), d.get("latencyPercentiles", {})
         codes = d.get("statusCodeDistribution", {})
         ok = sum(v for k, v in codes.items() if k.startswith("2"))
-        total = sum(codes.values()) + sum(d.get("errorDistribution", {}).values())
+        # oha cancels the requests in flight when its time is up; those are not failures.
+        errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
+        total = sum(codes.values()) + sum(errors.values())
         runs.append({
             "rps": s.get("requestsPerSec") or 0.0,
             "p50_ms": (p.get("p50") or 0.0) * 1e3,
@@ -53,7 +55,42 @@ def speed(kind, path):
     return statistics.median(vals) if vals else None
 
 
+def ws(path):
+    """Median figures of the WebSocket runs of one path, or None."""
+    runs = []
+    for f in sorted(glob(os.path.join(raw, f"ws.{path}.*.json"))):
+        try:
+            with open(f) as fh:
+                d = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        mem = d["idle"]["memory"]
+        runs.append({
+            "open": d["idle"]["open"],
+            "active": d["active"]["connections"],
+            "open_errors": d["idle"]["open_errors"],
+            "bytes_per_conn": sum(m["bytes_per_item"] for m in mem.values()),
+            "gateway_bytes_per_conn": mem.get("gateway", {}).get("bytes_per_item"),
+            "connector_bytes_per_conn": mem.get("connector", {}).get("bytes_per_item"),
+            "rtt_p50_ms": d["active"]["p50_ms"],
+            "rtt_p99_ms": d["active"]["p99_ms"],
+            "rtt_p999_ms": d["active"]["p999_ms"],
+            "sent": d["active"]["sent"],
+            "answered": d["active"]["answered"],
+            "lost": d["active"]["connections_lost"],
+        })
+    if not runs:
+        return None
+    return {k: (statistics.median(r[k] for r in runs) if runs[0][k] is not None else None) for k in runs[0]}
+
+
 results = {}
+results["ws"] = {p: ws(p) for p in PATHS}
+try:
+    with open(os.path.join(raw, "tunnels.json")) as fh:
+        tunnels = json.load(fh)
+except (OSError, ValueError):
+    tunnels = None
 for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes"]:
     results[scenario] = {p: oha(scenario, p) for p in PATHS}
 for kind in ["bulk_down", "bulk_up"]:
@@ -101,6 +138,17 @@ add(f"fixed {fixed_rate} req/s: p99.9", "fixed_rate", "p999_ms", "ms", False)
 add("new connections (TLS handshake + request)", "handshakes", "rps", "conn/s", True)
 rows.append((f"bulk download {bulk_mib} MiB", "MiB/s", True, results["bulk_down"]))
 rows.append((f"bulk upload {bulk_mib} MiB", "MiB/s", True, results["bulk_up"]))
+ws_any = next((r for r in results["ws"].values() if r), None)
+if ws_any:
+    add("idle WebSockets held open", "ws", "open", "conns", True)
+    add("idle WebSocket: resident memory per connection (see note)", "ws", "bytes_per_conn", "bytes", False)
+    add(f"WebSocket round trip, {ws_any['active']:,.0f} active at 2 msg/s each: p50", "ws", "rtt_p50_ms", "ms", False)
+    add("WebSocket round trip: p99", "ws", "rtt_p99_ms", "ms", False)
+    add("WebSocket round trip: p99.9", "ws", "rtt_p999_ms", "ms", False)
+if tunnels:
+    per = tunnels["memory"]["gateway"]["bytes_per_item"]
+    rows.append((f"{tunnels['tunnels']} connectors on one gateway: gateway memory per tunnel", "bytes", False,
+                 {p: (per if p == "netwall" else None) for p in PATHS}))
 
 
 def fmt(v):
@@ -134,14 +182,22 @@ summary = [
     f"Peak resident memory during the run: gateway {int(memory['gateway_peak_kib']) // 1024} MiB, connector {int(memory['connector_peak_kib']) // 1024} MiB.",
     "Fixed-rate percentiles include each path's 64 connection setups (the TLS paths pay handshakes); in quick mode they "
     "weigh on p99, in a full run only on p99.9.",
-    "Not yet measured: WebSocket scenarios (10,000 idle, 1,000 active) and 1,000 connectors on one gateway.",
+    "Idle WebSocket memory is the resident memory gained per open connection by the processes on the path: "
+    "direct = the backend itself; nginx = its workers; rathole = server + client; netwall = gateway + connector"
+    + (f" (gateway {results['ws']['netwall']['gateway_bytes_per_conn']:,.0f} + connector "
+       f"{results['ws']['netwall']['connector_bytes_per_conn']:,.0f} bytes)" if results["ws"].get("netwall") else "")
+    + ". Plain-TCP paths (direct, rathole) carry no TLS state; nginx and netwall terminate TLS.",
 ]
+if tunnels:
+    summary.append(f"Many tunnels: {tunnels['tunnels']} connectors (one tunnel each) connected in {tunnels['connect_seconds']:.1f} s; "
+                   f"{tunnels['answered']} of them answered a request through the gateway"
+                   + (f"; failures: {'; '.join(tunnels['failures'])}" if tunnels["failures"] else "") + ".")
 report_md = "\n".join(lines) + "\n\n" + "\n\n".join(summary) + "\n"
 with open(os.path.join(out, "report.md"), "w") as fh:
     fh.write(report_md)
 with open(os.path.join(out, "report.json"), "w") as fh:
     json.dump({"machine": machine, "mode": mode, "repeats": int(repeats), "results": results,
-               "memory": memory, "latency_added_over_direct_ms": added}, fh, indent=1)
+               "memory": memory, "latency_added_over_direct_ms": added, "tunnels": tunnels}, fh, indent=1)
 
 try:
     import matplotlib

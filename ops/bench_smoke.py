@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Check that an `ops/bench` run produced a well-formed report: every scenario has a row, every
+row a netwall figure, and the netwall path carried its load without errors.
+
+    ops/bench_smoke.py target/bench
+"""
+import json
+import os
+import sys
+
+out = sys.argv[1]
+with open(os.path.join(out, "report.json")) as fh:
+    report = json.load(fh)
+with open(os.path.join(out, "report.md")) as fh:
+    table = [line for line in fh.read().splitlines() if line.startswith("| ")]
+for name in ["report.png"]:
+    if not os.path.getsize(os.path.join(out, name)):
+        sys.exit(f"bench smoke: {name} is empty")
+
+problems = []
+results = report["results"]
+for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes"]:
+    r = results[scenario]["netwall"]
+    if not r or not r["rps"] > 0:
+        problems.append(f"{scenario}: no netwall throughput")
+    elif r["success"] < 1.0:
+        problems.append(f"{scenario}: {100 * (1 - r['success']):.2f}% of netwall requests failed")
+for kind in ["bulk_down", "bulk_up"]:
+    if not (results[kind]["netwall"] or 0) > 0:
+        problems.append(f"{kind}: no netwall figure")
+ws = results["ws"]["netwall"]
+if not ws or ws["open_errors"] or ws["lost"] or ws["answered"] < 0.99 * ws["sent"]:
+    problems.append(f"WebSockets through netwall: {ws}")
+tunnels = report.get("tunnels")
+if not tunnels or tunnels["answered"] != tunnels["tunnels"]:
+    problems.append(f"many tunnels: {tunnels}")
+header, rows = table[0], table[2:]
+columns = [c.strip() for c in header.strip("|").split("|")]
+netwall = columns.index("netwall")
+for row in rows:
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    if len(cells) != len(columns):
+        problems.append(f"malformed row: {row}")
+    elif cells[netwall] == "n/a":
+        problems.append(f"no netwall figure: {row}")
+if len(rows) < 17:
+    problems.append(f"{len(rows)} rows in the table, expected 17")
+if problems:
+    sys.exit("bench smoke: " + "\n  ".join(problems))
+print(f"bench smoke: ok ({len(rows)} scenarios, every one measured through netwall)")
