@@ -81,7 +81,12 @@ def ws(path):
         })
     if not runs:
         return None
-    return {k: (statistics.median(r[k] for r in runs) if runs[0][k] is not None else None) for k in runs[0]}
+    med = {k: (statistics.median(r[k] for r in runs) if runs[0][k] is not None else None) for k in runs[0]}
+    # Memory is taken from the first pass: later passes reuse memory the allocator kept from the
+    # connections of earlier ones, so their growth understates what a connection costs.
+    for k in ["bytes_per_conn", "gateway_bytes_per_conn", "connector_bytes_per_conn"]:
+        med[k] = runs[0][k]
+    return med
 
 
 results = {}
@@ -182,7 +187,7 @@ summary = [
     f"Peak resident memory during the run: gateway {int(memory['gateway_peak_kib']) // 1024} MiB, connector {int(memory['connector_peak_kib']) // 1024} MiB.",
     "Fixed-rate percentiles include each path's 64 connection setups (the TLS paths pay handshakes); in quick mode they "
     "weigh on p99, in a full run only on p99.9.",
-    "Idle WebSocket memory is the resident memory gained per open connection by the processes on the path: "
+    "Idle WebSocket memory (first pass) is the resident memory gained per open connection by the processes on the path: "
     "direct = the backend itself; nginx = its workers; rathole = server + client; netwall = gateway + connector"
     + (f" (gateway {results['ws']['netwall']['gateway_bytes_per_conn']:,.0f} + connector "
        f"{results['ws']['netwall']['connector_bytes_per_conn']:,.0f} bytes)" if results["ws"].get("netwall") else "")

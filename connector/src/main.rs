@@ -5,12 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 
-/// Small per-request allocations dominate the allocator's work; mimalloc's per-thread free
-/// lists take about a quarter of a small request's CPU off the glibc allocator (see README,
-/// Performance).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "netwall-connector",
