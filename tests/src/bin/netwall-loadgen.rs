@@ -412,12 +412,21 @@ where
     let mut res = ConnResult::default();
     let mut tick: Option<tokio::time::Interval> = None;
     let mut pending: Option<Instant> = None;
+    let mut stopping = false;
+    let mut stop_by: Option<Instant> = None;
     loop {
         tokio::select! {
-            changed = phase.changed() => {
+            changed = phase.changed(), if !stopping => {
                 let now = *phase.borrow_and_update();
                 if changed.is_err() || now == Phase::Stop {
-                    break;
+                    // A message already sent still gets its echo timed (up to 2 s).
+                    if pending.is_none() {
+                        break;
+                    }
+                    stopping = true;
+                    tick = None;
+                    stop_by = Some(Instant::now() + Duration::from_secs(2));
+                    continue;
                 }
                 if now == Phase::Active && active {
                     let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
@@ -425,6 +434,7 @@ where
                     tick = Some(t);
                 }
             }
+            _ = tokio::time::sleep_until(stop_by.unwrap_or_else(Instant::now).into()), if stop_by.is_some() => break,
             _ = async { tick.as_mut().map(|t| t.tick()).expect("guarded").await }, if tick.is_some() && pending.is_none() => {
                 pending = Some(Instant::now());
                 res.sent += 1;
@@ -437,6 +447,9 @@ where
                 Ok(f) if f.opcode() == OpCode::Binary => {
                     if let Some(t) = pending.take() {
                         res.rtts_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    if stopping {
+                        break;
                     }
                 }
                 Ok(f) if f.opcode() == OpCode::Close => { res.lost = true; break; }
