@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -278,6 +279,8 @@ async fn dial(url: &url::Url, tls: &TlsConnector) -> anyhow::Result<Box<dyn Io>>
 enum Phase {
     Idle,
     Active,
+    /// Send no more; wait for the echoes of messages already sent.
+    Drain,
     Stop,
 }
 
@@ -301,10 +304,13 @@ async fn ws(a: WsArgs) -> anyhow::Result<serde_json::Value> {
     let payload = Bytes::from(vec![b'x'; a.size.max(8)]);
     let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let started = Instant::now();
+    let drained = Arc::new(AtomicUsize::new(0));
+    let active_opened = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..a.idle {
         let (url, ws_url, tls, gate) = (url.clone(), ws_url.clone(), tls.clone(), gate.clone());
         let (opened_tx, phase, payload) = (opened_tx.clone(), phase.clone(), payload.clone());
+        let (drained, active_opened) = (drained.clone(), active_opened.clone());
         let active = i < a.active;
         // Spread the active connections' sends evenly over one period.
         let offset = period.mul_f64((i % a.active.max(1)) as f64 / a.active.max(1) as f64);
@@ -318,8 +324,11 @@ async fn ws(a: WsArgs) -> anyhow::Result<serde_json::Value> {
             };
             match open.await {
                 Ok(ws) => {
+                    if active {
+                        active_opened.fetch_add(1, Ordering::Relaxed);
+                    }
                     let _ = opened_tx.send(Ok(()));
-                    Some(run_conn(ws, phase, active, offset, period, payload).await)
+                    Some(run_conn(ws, phase, active, offset, period, payload, drained).await)
                 }
                 Err(e) => {
                     let _ = opened_tx.send(Err(e.to_string()));
@@ -353,6 +362,14 @@ async fn ws(a: WsArgs) -> anyhow::Result<serde_json::Value> {
 
     phase_tx.send_replace(Phase::Active);
     tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
+    // Every active connection finishes its round trip before any connection closes, so the
+    // teardown of thousands of connections does not land in the latency figures.
+    phase_tx.send_replace(Phase::Drain);
+    let active_open = active_opened.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while drained.load(Ordering::Relaxed) < active_open && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     phase_tx.send_replace(Phase::Stop);
     let mut rtts = Vec::new();
     let (mut sent, mut lost) = (0u64, 0usize);
@@ -405,6 +422,7 @@ async fn run_conn<S>(
     offset: Duration,
     period: Duration,
     payload: Bytes,
+    drained: Arc<AtomicUsize>,
 ) -> ConnResult
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -412,29 +430,27 @@ where
     let mut res = ConnResult::default();
     let mut tick: Option<tokio::time::Interval> = None;
     let mut pending: Option<Instant> = None;
-    let mut stopping = false;
-    let mut stop_by: Option<Instant> = None;
+    let mut draining = false;
     loop {
         tokio::select! {
-            changed = phase.changed(), if !stopping => {
+            changed = phase.changed() => {
                 let now = *phase.borrow_and_update();
                 if changed.is_err() || now == Phase::Stop {
-                    // A message already sent still gets its echo timed (up to 2 s).
-                    if pending.is_none() {
-                        break;
-                    }
-                    stopping = true;
-                    tick = None;
-                    stop_by = Some(Instant::now() + Duration::from_secs(2));
-                    continue;
+                    break;
                 }
                 if now == Phase::Active && active {
                     let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     tick = Some(t);
                 }
+                if now == Phase::Drain && active {
+                    tick = None;
+                    draining = true;
+                    if pending.is_none() {
+                        drained.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
-            _ = tokio::time::sleep_until(stop_by.unwrap_or_else(Instant::now).into()), if stop_by.is_some() => break,
             _ = async { tick.as_mut().map(|t| t.tick()).expect("guarded").await }, if tick.is_some() && pending.is_none() => {
                 pending = Some(Instant::now());
                 res.sent += 1;
@@ -447,9 +463,9 @@ where
                 Ok(f) if f.opcode() == OpCode::Binary => {
                     if let Some(t) = pending.take() {
                         res.rtts_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    }
-                    if stopping {
-                        break;
+                        if draining {
+                            drained.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 Ok(f) if f.opcode() == OpCode::Close => { res.lost = true; break; }
@@ -457,6 +473,10 @@ where
                 Err(_) => { res.lost = true; break; }
             },
         }
+    }
+    if active && !draining {
+        // Gone before the drain: nothing to wait for.
+        drained.fetch_add(1, Ordering::Relaxed);
     }
     res
 }
