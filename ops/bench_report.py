@@ -17,15 +17,21 @@ raw = os.path.join(out, "raw")
 PATHS = ["direct", "nginx", "rathole", "netwall"]
 
 
+def passes(pattern):
+    """The JSON outputs of every pass matching `pattern` in raw/, in pass order; unreadable or
+    missing ones are left out."""
+    for f in sorted(glob(os.path.join(raw, pattern))):
+        try:
+            with open(f) as fh:
+                yield json.load(fh)
+        except (OSError, ValueError):
+            continue
+
+
 def oha(scenario, path):
     """Median figures of the oha runs of one scenario and path, or None."""
     runs = []
-    for f in sorted(glob(os.path.join(raw, f"{scenario}.{path}.*.json"))):
-        try:
-            with open(f) as fh:
-                d = json.load(fh)
-        except (OSError, ValueError):
-            continue
+    for d in passes(f"{scenario}.{path}.*.json"):
         s, p = d.get("summary", {}), d.get("latencyPercentiles", {})
         codes = d.get("statusCodeDistribution", {})
         ok = sum(v for k, v in codes.items() if k.startswith("2"))
@@ -58,12 +64,7 @@ def speed(kind, path):
 def ws(path):
     """Median figures of the WebSocket runs of one path, or None."""
     runs = []
-    for f in sorted(glob(os.path.join(raw, f"ws.{path}.*.json"))):
-        try:
-            with open(f) as fh:
-                d = json.load(fh)
-        except (OSError, ValueError):
-            continue
+    for d in passes(f"ws.{path}.*.json"):
         mem = d["idle"]["memory"]
         runs.append({
             "open": d["idle"]["open"],

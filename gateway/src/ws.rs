@@ -589,32 +589,29 @@ impl Session {
         end: End,
         close_timeout: Duration,
     ) -> u16 {
-        match &end {
+        match end {
             End::ClientClosed(code, reason) => {
                 let _ = self
                     .writer
-                    .send(&TunnelFrame::WsClose {
-                        code: *code,
-                        reason: reason.clone(),
-                    })
+                    .send(&TunnelFrame::WsClose { code, reason })
                     .await;
                 // The WebSocket layer answers the client's close itself.
                 let _ = tokio::time::timeout(close_timeout, ws.flush()).await;
-                *code
+                code
             }
             End::ServiceClosed(code, reason) => {
-                let code = if CloseCode::from(*code).is_allowed() {
-                    *code
+                let code = if CloseCode::from(code).is_allowed() {
+                    code
                 } else {
                     1000
                 };
-                close_client(ws, code, reason, close_timeout).await;
+                close_client(ws, code, &reason, close_timeout).await;
                 code
             }
             End::Edge(code, reason, what) => {
-                if *what != "shutdown" && *what != "tunnel_lost" {
+                if what != "shutdown" && what != "tunnel_lost" {
                     self.metrics.reject(what);
-                    warn!(target: "netwall::security", event = "websocket_closed", route = %self.route, client = %self.peer, code, reason = *reason);
+                    warn!(target: "netwall::security", event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
                 }
                 let _ = self
                     .writer
@@ -623,8 +620,8 @@ impl Session {
                         reason: "client closed by the edge".into(),
                     })
                     .await;
-                close_client(ws, *code, reason, close_timeout).await;
-                *code
+                close_client(ws, code, reason, close_timeout).await;
+                code
             }
             End::ClientGone => {
                 let _ = self

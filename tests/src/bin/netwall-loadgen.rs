@@ -304,7 +304,8 @@ async fn ws(a: WsArgs) -> anyhow::Result<serde_json::Value> {
     let payload = Bytes::from(vec![b'x'; a.size.max(8)]);
     let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let started = Instant::now();
-    let drained = Arc::new(AtomicUsize::new(0));
+    // Each active connection reports once it has no message in flight after the drain.
+    let (drained, mut drained_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let active_opened = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..a.idle {
@@ -365,10 +366,14 @@ async fn ws(a: WsArgs) -> anyhow::Result<serde_json::Value> {
     // Every active connection finishes its round trip before any connection closes, so the
     // teardown of thousands of connections does not land in the latency figures.
     phase_tx.send_replace(Phase::Drain);
-    let active_open = active_opened.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while drained.load(Ordering::Relaxed) < active_open && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for _ in 0..active_opened.load(Ordering::Relaxed) {
+        if !matches!(
+            tokio::time::timeout_at(deadline, drained_rx.recv()).await,
+            Ok(Some(()))
+        ) {
+            break;
+        }
     }
     phase_tx.send_replace(Phase::Stop);
     let mut rtts = Vec::new();
@@ -422,7 +427,7 @@ async fn run_conn<S>(
     offset: Duration,
     period: Duration,
     payload: Bytes,
-    drained: Arc<AtomicUsize>,
+    drained: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> ConnResult
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -447,7 +452,7 @@ where
                     tick = None;
                     draining = true;
                     if pending.is_none() {
-                        drained.fetch_add(1, Ordering::Relaxed);
+                        let _ = drained.send(());
                     }
                 }
             }
@@ -464,7 +469,7 @@ where
                     if let Some(t) = pending.take() {
                         res.rtts_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         if draining {
-                            drained.fetch_add(1, Ordering::Relaxed);
+                            let _ = drained.send(());
                         }
                     }
                 }
@@ -476,7 +481,7 @@ where
     }
     if active && !draining {
         // Gone before the drain: nothing to wait for.
-        drained.fetch_add(1, Ordering::Relaxed);
+        let _ = drained.send(());
     }
     res
 }
