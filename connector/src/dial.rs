@@ -272,10 +272,19 @@ async fn connect_inner(
         }),
         Ok(Some(Frame::Reject(r))) => {
             conn.close(0u32.into(), b"rejected");
+            // The gateway does not say which of the two was wrong; the connector's operator
+            // is told which of its own settings to check.
+            let reason = match r.code {
+                RejectCode::BadCredential | RejectCode::UnknownTunnel => format!(
+                    "{} (check this connector's `tunnel = \"{}\"` and its credential)",
+                    r.reason, resolved.config.tunnel
+                ),
+                _ => r.reason,
+            };
             Err(DialError::Rejected {
                 addr: addr.to_owned(),
                 code: r.code,
-                reason: r.reason,
+                reason,
             })
         }
         Ok(Some(other)) => Err(err(&format!(

@@ -396,7 +396,7 @@ async fn connector_exits_2_with_the_reason_on_a_bad_credential() {
     assert_eq!(code, Some(2));
     let log = std::fs::read_to_string(&c.log).unwrap_or_default();
     assert!(
-        log.contains("credential rejected for tunnel `app`"),
+        log.contains("tunnel name or credential rejected"),
         "{log}"
     );
     // The gateway logged a security event as one JSON line under one target.

@@ -54,7 +54,8 @@ async fn bad_credential_is_rejected_with_its_reason_and_counted() {
     );
     let reason = expect_fatal(&c).await;
     assert!(
-        reason.contains("credential rejected for tunnel `app`"),
+        reason.contains("tunnel name or credential rejected")
+            && reason.contains("check this connector's `tunnel = \"app\"` and its credential"),
         "{reason}"
     );
     assert_eq!(gw.registry.get("app").map(|t| t.live_count()), Some(0));
@@ -78,7 +79,21 @@ async fn unknown_tunnel_is_rejected_with_its_reason() {
         .replace("tunnel = \"app\"", "tunnel = \"other\"");
     let c = start_connector(&toml, &pki.credential);
     let reason = expect_fatal(&c).await;
-    assert!(reason.contains("no tunnel named `other`"), "{reason}");
+    // The same answer as for a wrong credential: the name's existence is not revealed.
+    assert!(
+        reason.contains("tunnel name or credential rejected")
+            && reason.contains("`tunnel = \"other\"`"),
+        "{reason}"
+    );
+    let m = metrics_text(gw.admin_addr.expect("admin")).await;
+    assert_eq!(
+        metric(
+            &m,
+            "netwall_tunnel_handshakes_total{result=\"unknown_tunnel\"}"
+        ),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]

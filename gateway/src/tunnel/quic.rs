@@ -30,6 +30,9 @@ pub const CLOSE_SHUTDOWN: u32 = 0x2;
 /// Application close code once a draining connection has no request left.
 pub const CLOSE_DRAINED: u32 = 0x3;
 
+/// What a connector is told when its tunnel name or credential is wrong (the same for both).
+pub const REJECTED_CREDENTIAL: &str = "tunnel name or credential rejected";
+
 /// How long a rejected connector gets to read the reject before the connection is closed.
 const REJECT_LINGER: Duration = Duration::from_secs(1);
 
@@ -72,6 +75,7 @@ pub struct TunnelServer {
     /// Per-IP cap on unfinished handshakes.
     pub max_pending_per_ip: usize,
     pending: Mutex<HashMap<IpAddr, usize>>,
+    throttle: super::throttle::AuthThrottle,
 }
 
 /// Releases a pending-handshake slot on drop.
@@ -116,6 +120,7 @@ impl TunnelServer {
             handshake_timeout: cfg.handshake_timeout,
             max_pending_per_ip: cfg.max_pending_handshakes_per_ip,
             pending: Mutex::new(HashMap::new()),
+            throttle: super::throttle::AuthThrottle::default(),
         }
     }
 
@@ -157,6 +162,20 @@ impl TunnelServer {
         remote: SocketAddr,
         shutdown: CancellationToken,
     ) {
+        if self
+            .throttle
+            .locked_out(remote.ip(), std::time::Instant::now())
+        {
+            self.metrics
+                .tunnel_handshakes
+                .get_or_create(&ResultLabel {
+                    result: "locked_out",
+                })
+                .inc();
+            debug!(target: "netwall::security", event = "tunnel_locked_out", remote = %remote, "refusing tunnel handshake: too many failed authentications");
+            incoming.refuse();
+            return;
+        }
         let Some(slot) = self.claim(remote.ip()) else {
             self.metrics
                 .tunnel_handshakes
@@ -255,18 +274,42 @@ impl TunnelServer {
                 .reject(&quic, &mut writer, RejectCode::UnsupportedVersion, reason)
                 .await);
         }
-        let Some(tunnel) = self.registry.get(&hello.tunnel).cloned() else {
-            let reason = format!("no tunnel named `{}` on this gateway", hello.tunnel);
-            return Err(self
-                .reject(&quic, &mut writer, RejectCode::UnknownTunnel, reason)
-                .await);
+        // An unknown name and a wrong credential get the same answer after the same work
+        // and the same delay, so a stranger cannot learn which tunnel names exist. The
+        // gateway's own metrics and logs still tell them apart.
+        let tunnel = self.registry.get(&hello.tunnel).cloned();
+        let verified = match &tunnel {
+            Some(t) => t.verify(&hello.credential.0),
+            None => {
+                super::Tunnel::verify_nothing(&hello.credential.0);
+                false
+            }
         };
-        if !tunnel.verify(&hello.credential.0) {
-            let reason = format!("credential rejected for tunnel `{}`", hello.tunnel);
-            return Err(self
-                .reject(&quic, &mut writer, RejectCode::BadCredential, reason)
-                .await);
-        }
+        let tunnel = match tunnel {
+            Some(t) if verified => t,
+            found => {
+                let delay = self.throttle.failed(remote.ip(), std::time::Instant::now());
+                tokio::time::sleep(delay).await;
+                self.reject(
+                    &quic,
+                    &mut writer,
+                    RejectCode::BadCredential,
+                    REJECTED_CREDENTIAL.into(),
+                )
+                .await;
+                return Err(match found {
+                    None => HandshakeError::Rejected(
+                        RejectCode::UnknownTunnel,
+                        format!("no tunnel named `{}`", hello.tunnel),
+                    ),
+                    Some(_) => HandshakeError::Rejected(
+                        RejectCode::BadCredential,
+                        format!("credential rejected for tunnel `{}`", hello.tunnel),
+                    ),
+                });
+            }
+        };
+        self.throttle.succeeded(remote.ip());
         let welcome = Frame::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             gateway_id: self.gateway_id.clone(),
