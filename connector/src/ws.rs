@@ -53,9 +53,11 @@ pub async fn relay(
         }
         request = request.header(h.name.as_ref(), h.value.as_ref());
     }
+    // yawc's limits are exclusive (a message of exactly the limit is refused), and the edge
+    // relays messages of up to the maximum inclusive: allow one byte more.
     let options = Options::default()
-        .with_max_payload_read(DEFAULT_MAX_MESSAGE_LEN)
-        .with_max_read_buffer(DEFAULT_MAX_MESSAGE_LEN)
+        .with_max_payload_read(DEFAULT_MAX_MESSAGE_LEN + 1)
+        .with_max_read_buffer(DEFAULT_MAX_MESSAGE_LEN + 1)
         .without_compression()
         .with_no_delay()
         // Sized for idle connections: the buffers grow for large messages and shrink back.

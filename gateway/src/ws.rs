@@ -256,7 +256,7 @@ pub struct WsPolicy {
     /// The configuration.
     pub config: WsConfig,
     origins: Vec<OriginPattern>,
-    attempts: Option<governor::DefaultKeyedRateLimiter<String>>,
+    attempts: Option<crate::policy::rate_limit::MemoryLimiter>,
     schema: Option<jsonschema::Validator>,
 }
 
@@ -284,8 +284,13 @@ impl WsPolicy {
             .iter()
             .filter_map(|o| OriginPattern::parse(o).ok())
             .collect();
-        let attempts = NonZeroU32::new(config.connect_attempts_per_user_per_minute)
-            .map(|n| RateLimiter::keyed(Quota::per_minute(n)));
+        let attempts = NonZeroU32::new(config.connect_attempts_per_user_per_minute).and_then(|n| {
+            crate::policy::rate_limit::MemoryLimiter::new(crate::policy::rate_limit::Limit {
+                requests: n,
+                window: Duration::from_secs(60),
+                burst: n,
+            })
+        });
         Ok(WsPolicy {
             config,
             origins,
@@ -295,15 +300,14 @@ impl WsPolicy {
     }
 
     /// Count an opening attempt by `sub`; `Err(seconds)` when over the per-minute limit.
-    pub fn attempt(&self, sub: &str) -> Result<(), u64> {
-        use governor::clock::{Clock, DefaultClock};
+    /// The limiter's keyed state is bounded and pruned (see [`crate::policy::rate_limit`]).
+    pub async fn attempt(&self, sub: &str) -> Result<(), u64> {
+        use crate::policy::rate_limit::{Decision, RateLimiter as _};
         match &self.attempts {
-            Some(limiter) => limiter.check_key(&sub.to_owned()).map_err(|not_until| {
-                not_until
-                    .wait_time_from(DefaultClock::default().now())
-                    .as_secs_f64()
-                    .ceil() as u64
-            }),
+            Some(limiter) => match limiter.check(sub).await {
+                Decision::Allow => Ok(()),
+                Decision::Deny { retry_after } => Err(retry_after.as_secs_f64().ceil() as u64),
+            },
             None => Ok(()),
         }
     }
@@ -320,8 +324,9 @@ impl WsPolicy {
         }
     }
 
-    /// yawc options enforcing this policy.
-    pub fn options(&self) -> Options {
+    /// yawc options enforcing this policy, with compression as negotiated by
+    /// [`crate::policy::deflate::negotiate`] (`None`: without).
+    pub fn options(&self, deflate: Option<&crate::policy::deflate::Agreed>) -> Options {
         let c = &self.config;
         let frame = c.max_frame_bytes.unwrap_or(c.max_message_bytes);
         // yawc refuses a frame whose length reaches its limit, so allow exactly the maximum.
@@ -334,13 +339,18 @@ impl WsPolicy {
             // grow for large messages and shrink back) instead of yawc's 8 KiB each.
             .with_read_buffer_capacity(IDLE_BUFFER_BYTES)
             .with_write_buffer_capacity(IDLE_BUFFER_BYTES);
-        if c.compression {
-            o = o
-                .with_low_latency_compression()
-                .with_client_max_window_bits(c.compression_window_bits)
-                .with_server_max_window_bits(c.compression_window_bits);
-        } else {
-            o = o.without_compression();
+        match deflate {
+            Some(agreed) => {
+                // The edge always compresses with at most the route's window; the client's
+                // window is bounded only where its offer allowed the edge to say so.
+                o = o
+                    .with_low_latency_compression()
+                    .with_server_max_window_bits(c.compression_window_bits);
+                if agreed.client_max_window_bits.is_some() {
+                    o = o.with_client_max_window_bits(c.compression_window_bits);
+                }
+            }
+            None => o = o.without_compression(),
         }
         o
     }
@@ -446,6 +456,8 @@ enum End {
     Edge(u16, &'static str, &'static str),
     /// The client vanished without a close.
     ClientGone,
+    /// The client broke the protocol; yawc has queued a Close with this code.
+    Failed(u16, &'static str, &'static str),
 }
 
 fn message_frame(kind: WsKind, payload: Bytes) -> Frame {
@@ -493,13 +505,15 @@ impl Session {
                         Ok(f) => f,
                         Err(e) => break self.client_error(&e),
                     };
+                    // Every frame the client sends counts, control frames too: a ping flood
+                    // costs the edge as much as a message flood.
+                    if let Some(limiter) = &rate
+                        && limiter.check().is_err()
+                    {
+                        break End::Edge(1008, "message rate exceeded", "rate");
+                    }
                     match frame.opcode() {
                         OpCode::Text | OpCode::Binary => {
-                            if let Some(limiter) = &rate
-                                && limiter.check().is_err()
-                            {
-                                break End::Edge(1008, "message rate exceeded", "rate");
-                            }
                             let kind = if frame.opcode() == OpCode::Text { WsKind::Text } else { WsKind::Binary };
                             let payload = frame.into_payload();
                             if kind == WsKind::Text {
@@ -591,12 +605,28 @@ impl Session {
     ) -> u16 {
         match end {
             End::ClientClosed(code, reason) => {
+                // The edge is the client's endpoint: it answers the Close at once (yawc has
+                // queued the echo) and, as the server, closes TCP first (RFC 6455 §5.5.1,
+                // §7.1.1), whatever the service does with its own close.
+                finish_close(ws, close_timeout).await;
                 let _ = self
                     .writer
                     .send(&TunnelFrame::WsClose { code, reason })
                     .await;
-                // The WebSocket layer answers the client's close itself.
-                let _ = tokio::time::timeout(close_timeout, ws.flush()).await;
+                code
+            }
+            End::Failed(code, reason, what) => {
+                self.metrics.reject(what);
+                debug!(target: "netwall::security", event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
+                // yawc has queued the Close for this failure: send it and close TCP.
+                finish_close(ws, close_timeout).await;
+                let _ = self
+                    .writer
+                    .send(&TunnelFrame::WsClose {
+                        code: 1001,
+                        reason: "client closed by the edge".into(),
+                    })
+                    .await;
                 code
             }
             End::ServiceClosed(code, reason) => {
@@ -636,16 +666,18 @@ impl Session {
         }
     }
 
+    /// What a read error from the client means. For protocol errors yawc has already queued
+    /// its Close frame (with the code it maps the error to), so the edge sends no second one.
     fn client_error(&self, e: &yawc::WebSocketError) -> End {
         use yawc::WebSocketError as E;
         match e {
-            E::FrameTooLarge => End::Edge(1009, "message too big", "size"),
-            E::InvalidUTF8 => End::Edge(1007, "invalid UTF-8", "invalid_utf8"),
-            E::ConnectionClosed => End::ClientGone,
-            E::IoError(_) => End::ClientGone,
+            E::FrameTooLarge => End::Failed(1009, "message too big", "size"),
+            E::InvalidUTF8 => End::Failed(1007, "invalid UTF-8", "invalid_utf8"),
+            E::ConnectionClosed | E::IoError(_) => End::ClientGone,
+            E::InvalidOpCode(_) => End::Failed(1003, "reserved opcode", "protocol"),
             other => {
                 debug!(error = %other, "client broke the WebSocket protocol");
-                End::Edge(1002, "protocol error", "protocol")
+                End::Failed(1002, "protocol error", "protocol")
             }
         }
     }
@@ -674,6 +706,23 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// Send what yawc queued (the answer to the client's Close, or its own Close for a protocol
+/// error), then close the connection, within `timeout`.
+async fn finish_close(ws: &mut WebSocket<yawc::HttpStream>, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        // `poll_ready` writes yawc's queued frames; `close` flushes and shuts the stream down.
+        if std::future::poll_fn(|cx| {
+            futures_util::Sink::poll_ready(std::pin::Pin::new(&mut *ws), cx)
+        })
+        .await
+        .is_ok()
+        {
+            let _ = ws.close().await;
+        }
+    })
+    .await;
+}
+
 /// Send a close frame and wait (bounded) for the client's answer.
 async fn close_client(
     ws: &mut WebSocket<yawc::HttpStream>,
@@ -699,14 +748,43 @@ async fn close_client(
         }
     })
     .await;
+    // The server closes TCP first (RFC 6455 §7.1.1).
+    let _ = tokio::time::timeout(timeout, ws.close()).await;
 }
 
 /// Validate a client handshake and prepare the `101` (sent only once the service accepted).
+///
+/// Compression is negotiated here, not by yawc: the client's offers are replaced by the one
+/// the edge accepted (so yawc sets up the same parameters) and the answer is the edge's own.
 pub fn prepare_upgrade(
     req: &mut Request<Incoming>,
     policy: &WsPolicy,
 ) -> Option<(Response<http_body_util::Empty<Bytes>>, yawc::UpgradeFut)> {
-    WebSocket::upgrade_with_options(req, policy.options()).ok()
+    let agreed = if policy.config.compression {
+        crate::policy::deflate::negotiate(
+            req.headers()
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            policy.config.compression_window_bits,
+        )
+    } else {
+        None
+    };
+    let answer = agreed.and_then(|a| HeaderValue::from_str(&a.to_string()).ok());
+    req.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    if let Some(a) = &answer {
+        req.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, a.clone());
+    }
+    let (mut resp, fut) =
+        WebSocket::upgrade_with_options(req, policy.options(agreed.as_ref())).ok()?;
+    resp.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    if let Some(a) = answer {
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, a);
+    }
+    Some((resp, fut))
 }
 
 /// Duration bucket helper for the connection-duration histogram.

@@ -378,26 +378,44 @@ async fn shutdown_closes_every_websocket_with_1001() {
 #[tokio::test]
 async fn permessage_deflate_is_negotiated_with_a_bounded_window() {
     let s = setup("ws-deflate", "compression_window_bits = 10").await;
-    let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
-    tls.write_all(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n").await.expect("write");
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
-        .await
-        .expect("answer")
-        .expect("read");
-    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-    assert!(
-        head.starts_with("http/1.1 101 switching protocols\r\n"),
-        "{head}"
-    );
-    let ext = head
-        .lines()
-        .find(|l| l.starts_with("sec-websocket-extensions:"))
-        .unwrap_or_else(|| panic!("no extension negotiated: {head}"));
-    assert!(
-        ext.contains("permessage-deflate") && ext.contains("server_max_window_bits=10"),
-        "{ext}"
-    );
+    // RFC 7692: the answer carries only parameters the accepted offer allows; of several
+    // offers, the first acceptable one wins.
+    let cases: &[(&str, Option<&str>)] = &[
+        (
+            "permessage-deflate; client_max_window_bits",
+            Some("permessage-deflate; client_max_window_bits=10"),
+        ),
+        ("permessage-deflate", Some("permessage-deflate")),
+        (
+            "permessage-deflate; server_max_window_bits=15",
+            Some("permessage-deflate; server_max_window_bits=10"),
+        ),
+        ("permessage-deflate; server_max_window_bits=8", None),
+        (
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_no_context_takeover",
+            Some("permessage-deflate; server_no_context_takeover"),
+        ),
+        ("permessage-deflate; bogus", None),
+    ];
+    for (offer, want) in cases {
+        let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
+        tls.write_all(format!("GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n").as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("answer")
+            .expect("read");
+        let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(
+            head.starts_with("http/1.1 101 switching protocols\r\n"),
+            "{offer}: {head}"
+        );
+        let ext = head
+            .lines()
+            .find_map(|l| l.strip_prefix("sec-websocket-extensions: "))
+            .map(str::trim);
+        assert_eq!(ext, *want, "{offer}: {head}");
+    }
 
     // And compressed messages round-trip.
     let mut ws = wss(

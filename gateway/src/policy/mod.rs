@@ -1,0 +1,21 @@
+//! Edge policy: what a request must satisfy before it may touch a tunnel.
+//!
+//! The proxy runs these checks in one order, on the same normalised request it forwards:
+//!
+//! ```text
+//! method (CONNECT, TRACE)  -> 405
+//! host (one Host, no user info, agrees with the authority) -> 400
+//! path normalised (policy::path)  -> 400 when it cannot be made safe
+//! route (host, path without ;params) -> 404
+//! headers: cookie crumbs joined, `_` names dropped, count and bytes -> 431
+//! upgrade: `websocket` only, others stripped
+//! auth (JWT) -> 401;  rate limit (per route, by IP or `sub`) -> 429
+//! ```
+//!
+//! Connection-level limits (per-IP connection count) act earlier, at accept.
+
+pub mod conn_limit;
+pub mod deflate;
+pub mod headers;
+pub mod path;
+pub mod rate_limit;
