@@ -376,18 +376,6 @@ impl Auth {
     }
 }
 
-/// Remove every client-sent identity header: only the edge may set them.
-pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(IDENTITY_PREFIX))
-        .cloned()
-        .collect();
-    for k in forged {
-        headers.remove(k);
-    }
-}
-
 /// Revoked subjects and token ids.
 #[derive(Default)]
 pub struct Revocations {

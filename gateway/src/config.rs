@@ -15,12 +15,19 @@ pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, parse_durati
 
 /// Time allowed for a client to send a complete request head (slowloris guard).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head; larger heads get 431.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest request head; larger heads get 431. The tunnel codec is sized for this bound
+/// (see `netwall_proto::MAX_CLIENT_HEADER_BYTES`), so it is also the most a route may allow.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = netwall_proto::MAX_CLIENT_HEADER_BYTES;
 /// Time allowed for a public TLS handshake.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent public connections before new ones are closed at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Concurrent public connections per client IP across the HTTPS and HTTP listeners: a
+/// browser opens 6 to 8 per site, so 256 leaves room for some 30 users behind one NAT while
+/// one address can no longer hold thousands of idle TLS sessions.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Rate-limit window when a route sets only `requests` (the design's 100 requests / 60 s).
+pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(60);
 /// HTTP/2 streams per client connection (hyper's 200, rounded up).
 pub const DEFAULT_H2_MAX_STREAMS: u32 = 256;
 /// Handshake + hello + auth deadline on the tunnel port (rathole uses 5 s).
@@ -125,6 +132,18 @@ fn default_ws_attempts_per_minute() -> u32 {
 fn default_ws_window_bits() -> u8 {
     DEFAULT_WS_DEFLATE_WINDOW_BITS
 }
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_owned()]
+}
+fn default_rate_window() -> Duration {
+    DEFAULT_RATE_WINDOW
+}
+fn default_rate_key() -> String {
+    "ip".to_owned()
+}
+fn default_max_connections_per_ip() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_IP
+}
 fn default_true() -> bool {
     true
 }
@@ -206,6 +225,10 @@ pub struct HttpsConfig {
     /// Concurrent public connections.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Concurrent public connections per client IP (HTTPS and HTTP listeners together);
+    /// beyond it a new connection is closed at accept, before TLS.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     /// HTTP/2 concurrent streams per connection.
     #[serde(default = "default_h2_max_streams")]
     pub h2_max_concurrent_streams: u32,
@@ -333,6 +356,43 @@ pub struct RouteConfig {
     /// is the entry this many places from the right. 0 (default): the socket peer.
     #[serde(default)]
     pub trusted_proxy_hops: usize,
+    /// `Upgrade` protocols relayed on this route. `websocket` (terminated at the edge) is the
+    /// only one by default; any other upgrade request is forwarded as a plain request with
+    /// its `Upgrade` removed, so `h2c` and the like never reach the service raw.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
+    /// Pass `TRACE` through to the service (refused with 405 at the edge by default: it
+    /// echoes credentials back to scripts).
+    #[serde(default)]
+    pub allow_trace: bool,
+    /// Forward header names that contain `_` (dropped by default, as nginx does, so
+    /// `X-Netwall_Sub` cannot pass for `X-Netwall-Sub` at a backend that maps `_` to `-`).
+    #[serde(default)]
+    pub allow_underscores_in_headers: bool,
+    /// HTTP rate limit for this route (off by default).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `[route.rate_limit]`: requests per window, keyed by client IP or JWT subject.
+///
+/// Recommended for APIs: `requests = 100`, `window = "60s"`. A page that loads 50 assets
+/// needs far more, or a route of its own for the assets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests allowed per window.
+    pub requests: u32,
+    /// The window.
+    #[serde(default = "default_rate_window", deserialize_with = "duration")]
+    pub window: Duration,
+    /// Largest burst; defaults to `requests`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// `ip` (default: the client address after PROXY protocol and `trusted_proxy_hops`,
+    /// IPv6 by /64) or `sub` (the JWT subject; needs `[route.auth]`).
+    #[serde(default = "default_rate_key")]
+    pub key: String,
 }
 
 /// `[route.websocket]`: how the edge treats WebSockets on a route.
@@ -525,11 +585,21 @@ impl GatewayConfig {
                 "needs `self_signed = true` or at least one [[https.certificate]]",
             ));
         }
-        if self.https.max_header_bytes < 8192 {
+        if !(8192..=netwall_proto::MAX_CLIENT_HEADER_BYTES).contains(&self.https.max_header_bytes) {
             errs.push(at.error(
                 at.find("https", Some("max_header_bytes")),
                 "https.max_header_bytes",
-                "must be at least 8192",
+                &format!(
+                    "must be between 8192 and {} (what the tunnel carries)",
+                    netwall_proto::MAX_CLIENT_HEADER_BYTES
+                ),
+            ));
+        }
+        if self.https.max_connections_per_ip == 0 {
+            errs.push(at.error(
+                at.find("https", Some("max_connections_per_ip")),
+                "https.max_connections_per_ip",
+                "must be at least 1",
             ));
         }
         let tl = &self.tunnel_listener;
@@ -620,12 +690,70 @@ impl GatewayConfig {
             if let Err(e) = crate::route::HostPattern::parse(r.host.get_ref()) {
                 errs.push(at.error(Some(r.host.span()), &format!("route[{i}].host"), &e));
             }
-            if !r.path.get_ref().starts_with('/') {
-                errs.push(at.error(
+            match crate::policy::path::normalize(r.path.get_ref()) {
+                Ok(p) if p.trim_end_matches('/') == r.path.get_ref().trim_end_matches('/') => {}
+                Ok(p) => errs.push(at.error(
+                    Some(r.path.span()),
+                    &format!("route[{i}].path"),
+                    &format!(
+                        "must be in normal form (`{p}`): requests are matched after normalisation"
+                    ),
+                )),
+                Err(crate::policy::path::PathError::NotAbsolute) => errs.push(at.error(
                     Some(r.path.span()),
                     &format!("route[{i}].path"),
                     "must start with '/'",
+                )),
+                Err(e) => errs.push(at.error(
+                    Some(r.path.span()),
+                    &format!("route[{i}].path"),
+                    &format!("must be a plain absolute path: {e}"),
+                )),
+            }
+            if r.path.get_ref().contains(';') {
+                errs.push(at.error(
+                    Some(r.path.span()),
+                    &format!("route[{i}].path"),
+                    "cannot contain ';' (parameters are ignored when matching)",
                 ));
+            }
+            for u in &r.upgrades {
+                let ok = !u.is_empty()
+                    && u.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+                    && !u.eq_ignore_ascii_case("h2c");
+                if !ok {
+                    errs.push(at.error(
+                        Some(r.host.span()),
+                        &format!("route[{i}].upgrades"),
+                        &format!(
+                            "`{u}` is not an upgrade protocol the edge can relay (h2c never is)"
+                        ),
+                    ));
+                }
+            }
+            if let Some(rl) = &r.rate_limit {
+                if rl.requests == 0 || rl.window.is_zero() || rl.burst == Some(0) {
+                    errs.push(at.error(
+                        Some(r.host.span()),
+                        &format!("route[{i}].rate_limit"),
+                        "requests, window and burst must be positive",
+                    ));
+                }
+                match rl.key.as_str() {
+                    "ip" => {}
+                    "sub" if r.auth.is_some() => {}
+                    "sub" => errs.push(at.error(
+                        Some(r.host.span()),
+                        &format!("route[{i}].rate_limit.key"),
+                        "`sub` needs [route.auth] on the same route",
+                    )),
+                    other => errs.push(at.error(
+                        Some(r.host.span()),
+                        &format!("route[{i}].rate_limit.key"),
+                        &format!("`{other}` is not `ip` or `sub`"),
+                    )),
+                }
             }
             if !names.contains(r.tunnel.get_ref().as_str()) {
                 errs.push(at.error(

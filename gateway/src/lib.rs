@@ -8,8 +8,10 @@
 
 pub mod auth;
 pub mod config;
+pub mod linger;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod respond;
 pub mod route;
@@ -252,13 +254,16 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             spike: config.spike.clone(),
+            max_header_bytes: config.https.max_header_bytes,
         },
     ));
+    let per_ip = policy::conn_limit::IpConnLimit::new(config.https.max_connections_per_ip);
     tokio::spawn(listener::serve_https(
         https_listener,
         acceptor,
         proxy,
         config.https.clone(),
+        per_ip.clone(),
         metrics.clone(),
         shutdown.clone(),
         tasks.clone(),
@@ -274,6 +279,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             l,
             handler,
             config.https.header_read_timeout,
+            Some((per_ip.clone(), metrics.clone())),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -294,6 +300,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             l,
             handler,
             config.https.header_read_timeout,
+            None,
             CancellationToken::new(),
             TaskTracker::new(),
         ));

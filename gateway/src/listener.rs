@@ -26,8 +26,11 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::auth::Revocations;
 use crate::config::HttpsConfig;
+use crate::linger::{LingerFlag, Lingering};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, request_host};
+use crate::policy::conn_limit::IpConnLimit;
+use crate::policy::headers::request_host;
+use crate::proxy::Proxy;
 use crate::ws::UserSessions;
 
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin.
@@ -53,12 +56,30 @@ async fn accept(
     }
 }
 
+/// Claim a per-IP connection slot for `ip`, or count and log the refusal.
+fn claim_slot(
+    per_ip: &Arc<IpConnLimit>,
+    ip: std::net::IpAddr,
+    metrics: &Metrics,
+) -> Option<crate::policy::conn_limit::IpConnSlot> {
+    let slot = per_ip.claim(ip);
+    if slot.is_none() {
+        metrics.reject("per_ip_connections");
+        // Per event at debug: a flood from one address must not flood the logs; the
+        // counter carries the volume.
+        debug!(target: "netwall::security", event = "per_ip_connections", client = %ip, "connection closed at accept: too many from this address");
+    }
+    slot
+}
+
 /// Serve the public HTTPS listener until `shutdown`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_https(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     proxy: Arc<Proxy>,
     cfg: HttpsConfig,
+    per_ip: Arc<IpConnLimit>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -75,19 +96,33 @@ pub async fn serve_https(
         .max_concurrent_streams(cfg.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(H2_KEEP_ALIVE));
+    // The protocol ALPN chose is the protocol spoken: no sniffing of the first bytes, so a
+    // bad HTTP/2 preface gets a GOAWAY, not an HTTP/1.1 400. No ALPN means HTTP/1.1.
+    let builders = Arc::new((builder.clone().http1_only(), builder.http2_only()));
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     while let Some((tcp, peer)) = accept(&listener, &shutdown).await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             metrics.reject("max_connections");
             continue;
         };
+        // Behind a PROXY-protocol balancer every socket peer is the balancer: the client's
+        // address, and so its slot, is known only once the header is read.
+        let early_slot = if cfg.proxy_protocol {
+            None
+        } else {
+            match claim_slot(&per_ip, peer.ip(), &metrics) {
+                Some(s) => Some(s),
+                None => continue,
+            }
+        };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, proxy, metrics, builder, shutdown) = (
+        let (acceptor, proxy, metrics, builders, shutdown, per_ip) = (
             acceptor.clone(),
             proxy.clone(),
             metrics.clone(),
-            builder.clone(),
+            builders.clone(),
             shutdown.clone(),
+            per_ip.clone(),
         );
         let handshake_timeout = cfg.tls_handshake_timeout;
         let proxy_protocol = cfg.proxy_protocol;
@@ -113,6 +148,13 @@ pub async fn serve_https(
                 } else {
                     peer
                 };
+                let _slot = match early_slot {
+                    Some(s) => s,
+                    None => match claim_slot(&per_ip, peer.ip(), &metrics) {
+                        Some(s) => s,
+                        None => return,
+                    },
+                };
                 let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(s)) => s,
@@ -127,8 +169,27 @@ pub async fn serve_https(
                     }
                 };
                 metrics.public_connections.inc();
-                let svc = service_fn(move |req| proxy.clone().handle(req, peer));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                let linger = LingerFlag::default();
+                let flag = linger.clone();
+                let svc = service_fn(move |req| {
+                    let (proxy, flag) = (proxy.clone(), flag.clone());
+                    async move {
+                        let resp = proxy.handle(req, peer).await;
+                        // An answer that closes the connection may leave a body unread.
+                        if let Ok(r) = &resp
+                            && r.headers()
+                                .get(header::CONNECTION)
+                                .is_some_and(|v| v == "close")
+                        {
+                            flag.set();
+                        }
+                        resp
+                    }
+                });
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let builder = if h2 { &builders.1 } else { &builders.0 };
+                let io = TokioIo::new(Lingering::new(tls, linger));
+                let conn = builder.serve_connection_with_upgrades(io, svc);
                 tokio::pin!(conn);
                 let res = tokio::select! {
                     r = conn.as_mut() => r,
@@ -194,11 +255,13 @@ async fn read_proxy_v2(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, String
 /// A handler for the small local listeners (redirect, admin).
 pub type LocalHandler = Arc<dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
 
-/// Serve plain HTTP/1.1 with `handler` until `shutdown`.
+/// Serve plain HTTP/1.1 with `handler` until `shutdown`; with `per_ip` (the public redirect
+/// listener) each client address holds a bounded number of connections.
 pub async fn serve_plain(
     listener: TcpListener,
     handler: LocalHandler,
     header_read_timeout: Duration,
+    per_ip: Option<(Arc<IpConnLimit>, Arc<Metrics>)>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -206,11 +269,19 @@ pub async fn serve_plain(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
-    while let Some((tcp, _peer)) = accept(&listener, &shutdown).await {
+    while let Some((tcp, peer)) = accept(&listener, &shutdown).await {
+        let slot = match &per_ip {
+            Some((limit, metrics)) => match claim_slot(limit, peer.ip(), metrics) {
+                Some(s) => Some(s),
+                None => continue,
+            },
+            None => None,
+        };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let builder = builder.clone();
         tasks.spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let resp = handler(&req);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
@@ -231,7 +302,7 @@ pub async fn serve_plain(
 /// The HTTP listener's handler: `308` to the same URL over HTTPS.
 pub fn redirect_handler(https_port: u16, metrics: Arc<Metrics>) -> LocalHandler {
     Arc::new(move |req| {
-        let Some(host) = request_host(req) else {
+        let Ok(host) = request_host(req) else {
             metrics.reject("missing_host");
             return plain(StatusCode::BAD_REQUEST, "400 bad request: no host\n");
         };

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
@@ -29,8 +29,13 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
 
-use crate::auth::{Auth, AuthError, Identity, Revocations, strip_identity_headers};
+use crate::auth::{Auth, AuthError, Identity, Revocations};
 use crate::metrics::{Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
+use crate::policy::headers::{
+    HeaderError, check_limits, drop_underscored, join_cookies, request_host, strip_edge_owned,
+};
+use crate::policy::path::normalize;
+use crate::policy::rate_limit::Decision;
 use crate::respond::{EdgeError, respond};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::{Lease, Registry, StreamRead, StreamWrite, Tunnel};
@@ -62,7 +67,6 @@ impl BodyGuard for ResponseGuard {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// State the proxy shares with the rest of the gateway for long-lived sessions.
 pub struct Sessions {
@@ -76,6 +80,8 @@ pub struct Sessions {
     pub tasks: TaskTracker,
     /// Spike detection settings.
     pub spike: crate::spike::SpikeConfig,
+    /// Most request header bytes a client may send (`[https] max_header_bytes`).
+    pub max_header_bytes: usize,
 }
 
 /// Relays public requests into tunnels.
@@ -90,6 +96,7 @@ pub struct Proxy {
     revocations: Arc<Revocations>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    max_header_bytes: usize,
 }
 
 impl Proxy {
@@ -107,6 +114,7 @@ impl Proxy {
             shutdown,
             tasks,
             spike,
+            max_header_bytes,
         } = sessions;
         Proxy {
             routes,
@@ -119,6 +127,7 @@ impl Proxy {
             revocations,
             shutdown,
             tasks,
+            max_header_bytes,
         }
     }
 
@@ -150,30 +159,63 @@ impl Proxy {
         Ok(resp)
     }
 
+    /// The edge policy pipeline (see [`crate::policy`]), then the relay.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, EdgeError> {
-        let host = request_host(&req).ok_or(EdgeError::MissingHost)?;
+        if req.method() == Method::CONNECT {
+            return Err(refused(EdgeError::MethodNotAllowed, "connect", peer));
+        }
+        let host = request_host(&req).map_err(|e| match e {
+            HeaderError::MissingHost => EdgeError::MissingHost,
+            HeaderError::BadHost => refused(EdgeError::BadHost, "bad_host", peer),
+            HeaderError::TooLarge => EdgeError::HeadersTooLarge,
+        })?;
+        let path = normalize(req.uri().path()).map_err(|e| {
+            debug!(target: "netwall::security", event = "bad_path", client = %peer, reason = %e);
+            refused(EdgeError::BadPath, "bad_path", peer)
+        })?;
+        if path != req.uri().path() {
+            *req.uri_mut() = with_path(req.uri(), &path).ok_or(EdgeError::BadPath)?;
+        }
         let route = self
             .routes
-            .find(&host, req.uri().path())
+            .find(&host, &path)
             .ok_or(EdgeError::UnknownHost)?
             .clone();
+        if req.method() == Method::TRACE && !route.allow_trace {
+            return Err(refused(EdgeError::MethodNotAllowed, "trace", peer));
+        }
+        join_cookies(req.headers_mut());
+        if !route.allow_underscores_in_headers {
+            drop_underscored(req.headers_mut());
+        }
+        check_limits(req.headers(), self.max_header_bytes)
+            .map_err(|_| EdgeError::HeadersTooLarge)?;
         let peer = client_addr(req.headers(), peer, route.trusted_proxy_hops);
         // Only the edge may say who the caller is.
-        strip_identity_headers(req.headers_mut());
+        strip_edge_owned(req.headers_mut());
         let identity = match &route.auth {
             Some(auth) => Some(self.authenticate(auth, &req, &route, peer)?),
             None => None,
         };
-        if let Some(id) = &identity {
-            for (name, value) in &id.headers {
-                req.headers_mut().insert(name.clone(), value.clone());
+        if let Some(rl) = &route.rate_limit {
+            let key = match (&identity, rl.by_sub) {
+                (Some(id), true) => format!("sub:{}", id.sub),
+                _ => crate::policy::rate_limit::ip_key(peer.ip()),
+            };
+            if let Decision::Deny { retry_after } = rl.limiter.check(&key).await {
+                warn!(target: "netwall::security", event = "rate_limited", route = %route.name, client = %peer, key = %key);
+                return Err(EdgeError::RateLimited {
+                    retry_after: retry_after.as_secs_f64().ceil() as u64,
+                    limit: rl.limit.requests.get(),
+                    window: rl.limit.window.as_secs().max(1),
+                });
             }
         }
-        if is_websocket_request(&req) {
+        if is_websocket_request(&req) && route.accepts_websocket() {
             return self.websocket(req, route, peer, &host, identity).await;
         }
         if content_length(req.headers()).is_some_and(|n| n > route.max_body_bytes) {
@@ -184,11 +226,21 @@ impl Proxy {
             .get(&route.tunnel)
             .ok_or(EdgeError::TunnelOffline)?
             .clone();
-        let upgrade = is_upgrade_request(&req);
+        let upgrade = match upgrade_protocol(&req) {
+            Some(proto) if route.relays_upgrade(&proto) => true,
+            Some(proto) => {
+                // Only upgrades the route allows cross the edge (h2c smuggling): the rest
+                // go on as plain requests without their upgrade headers.
+                debug!(target: "netwall::security", event = "upgrade_stripped", route = %route.name, client = %peer, protocol = %proto);
+                strip_upgrade(req.headers_mut());
+                false
+            }
+            None => false,
+        };
         let method = req.method().clone();
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let mode = if upgrade { Mode::Upgrade } else { Mode::Plain };
-        let head = Frame::RequestHead(request_head(&req, &route, &host, peer, mode));
+        let head = Frame::RequestHead(request_head(&req, &route, &host, peer, mode, identity));
         let deadline = Instant::now() + route.timeout;
         let body = req.into_body();
         let empty_body = body.is_end_stream();
@@ -204,22 +256,23 @@ impl Proxy {
         } else {
             &[&head]
         };
+        let frames = self.encode(frames)?;
         let (head, lease, reader, upgrade_writer) = loop {
             attempt += 1;
-            let (lease, writer, mut reader) = self.open(&tunnel, frames, deadline).await?;
-            let (too_large_tx, too_large_rx) = oneshot::channel::<()>();
+            let (lease, writer, mut reader) = self.open(&tunnel, &frames, deadline).await?;
+            let (body_failed_tx, body_failed_rx) = oneshot::channel::<EdgeError>();
             let mut upgrade_writer = None;
             if upgrade {
                 upgrade_writer = Some(writer);
             } else if empty_body {
                 drop(writer);
             } else if let Some(body) = body.take() {
-                self.spawn_body_pump(body, writer, &route, too_large_tx);
+                self.spawn_body_pump(body, writer, &route, body_failed_tx);
             }
 
             let first = tokio::select! {
                 f = tokio::time::timeout_at(deadline, reader.next()) => f,
-                Ok(()) = too_large_rx => return Err(EdgeError::BodyTooLarge),
+                Ok(e) = body_failed_rx => return Err(e),
             };
             let outcome = match first {
                 Err(_) => Err(EdgeError::ServiceTimeout),
@@ -314,7 +367,7 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, EdgeError> {
         let policy = route.websocket.clone();
         if let Some(id) = &identity
-            && let Err(retry_after) = policy.attempt(&id.sub)
+            && let Err(retry_after) = policy.attempt(&id.sub).await
         {
             warn!(target: "netwall::security", event = "connection_limit", limit = "attempts_per_user", route = %route.name, client = %peer, sub = %id.sub);
             return Err(EdgeError::TooManyAttempts(retry_after));
@@ -346,9 +399,17 @@ impl Proxy {
             .clone();
         let (accept, upgrade) = crate::ws::prepare_upgrade(&mut req, &policy)
             .ok_or(EdgeError::BadWebSocketHandshake)?;
-        let head = Frame::RequestHead(request_head(&req, &route, host, peer, Mode::WebSocket));
+        let head = Frame::RequestHead(request_head(
+            &req,
+            &route,
+            host,
+            peer,
+            Mode::WebSocket,
+            identity.clone(),
+        ));
+        let head = self.encode(&[&head])?;
         let deadline = Instant::now() + policy.config.open_timeout;
-        let (lease, writer, mut reader) = self.open(&tunnel, &[&head], deadline).await?;
+        let (lease, writer, mut reader) = self.open(&tunnel, &head, deadline).await?;
         let answer = match tokio::time::timeout_at(deadline, reader.next()).await {
             Err(_) => return Err(EdgeError::ServiceTimeout),
             Ok(Ok(Some(Frame::ResponseHead(h)))) => h,
@@ -429,14 +490,14 @@ impl Proxy {
         Ok(accept.map(|_| Either::Right(Either::Right(Empty::new()))))
     }
 
-    /// Relay a request body to the tunnel in its own task; a body over the route's limit
-    /// fires `too_large`.
+    /// Relay a request body to the tunnel in its own task; a body over the route's limit or
+    /// with broken framing fires `failed` with the client's error.
     fn spawn_body_pump(
         &self,
         body: Incoming,
         mut writer: FrameWriter<StreamWrite>,
         route: &Route,
-        too_large: oneshot::Sender<()>,
+        failed: oneshot::Sender<EdgeError>,
     ) {
         let metrics = self.metrics.clone();
         let label = TunnelDirLabel {
@@ -452,7 +513,13 @@ impl Proxy {
                         let _ = writer.shutdown().await;
                     }
                     Err(BodyError::TooLarge { .. }) => {
-                        let _ = too_large.send(());
+                        let _ = failed.send(EdgeError::BodyTooLarge);
+                    }
+                    Err(BodyError::Source(e)) => {
+                        // The client's body was not valid HTTP framing (or the client went
+                        // away mid-body): the client's error, never the service's.
+                        debug!(error = %e, "request body from the client failed");
+                        let _ = failed.send(EdgeError::BadRequestBody);
                     }
                     Err(e) => debug!(error = %e, "request body relay ended early"),
                 }
@@ -461,12 +528,27 @@ impl Proxy {
         );
     }
 
-    /// Lease a connection and send the request head, trying another connection if the first
-    /// turns out to be dead.
+    /// Encode frames for the tunnel before a connection is touched: a head the codec cannot
+    /// carry is this request's error (431), never the connection's.
+    fn encode(&self, frames: &[&Frame]) -> Result<Bytes, EdgeError> {
+        let mut buf = bytes::BytesMut::new();
+        for f in frames {
+            self.codec.encode(f, &mut buf).map_err(|e| {
+                debug!(error = %e, "request head does not fit the tunnel codec");
+                EdgeError::HeadersTooLarge
+            })?;
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Lease a connection and send the encoded request head. A stream that cannot be opened
+    /// or written is that request's failure; the connection leaves the pick set only when
+    /// its transport is really closed, and another connection is tried (nothing of the
+    /// request has been processed yet).
     async fn open(
         &self,
         tunnel: &Tunnel,
-        frames: &[&Frame],
+        head: &[u8],
         deadline: Instant,
     ) -> Result<(Lease, FrameWriter<StreamWrite>, FrameReader<StreamRead>), EdgeError> {
         for _ in 0..OPEN_ATTEMPTS {
@@ -475,7 +557,7 @@ impl Proxy {
                 let (send, recv) = lease.conn().transport.open_stream().await?;
                 let mut writer = FrameWriter::new(send, self.codec);
                 writer
-                    .send_all(frames)
+                    .send_encoded(head)
                     .await
                     .map_err(std::io::Error::other)?;
                 Ok::<_, std::io::Error>((writer, FrameReader::new(recv, self.codec)))
@@ -483,8 +565,11 @@ impl Proxy {
             match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok((w, r))) => return Ok((lease, w, r)),
                 Ok(Err(e)) => {
-                    debug!(error = %e, conn_id = lease.conn().id, "tunnel connection unusable; trying another");
-                    tunnel.remove(lease.conn().id);
+                    let closed = lease.conn().transport.is_closed();
+                    debug!(error = %e, conn_id = lease.conn().id, closed, "tunnel stream could not be opened; trying another connection");
+                    if closed {
+                        tunnel.remove(lease.conn().id);
+                    }
                 }
                 Err(_) => return Err(EdgeError::ServiceTimeout),
             }
@@ -536,20 +621,6 @@ impl Proxy {
     }
 }
 
-/// The request's host, lower case, without port: the authority (HTTP/2, absolute form) or the
-/// `Host` header.
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let host = match req.uri().authority() {
-        Some(a) => a.host().to_owned(),
-        None => {
-            let raw = req.headers().get(header::HOST)?.to_str().ok()?;
-            raw.parse::<http::uri::Authority>().ok()?.host().to_owned()
-        }
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
-}
-
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
@@ -568,16 +639,49 @@ fn is_idempotent(method: &http::Method) -> bool {
     )
 }
 
-fn is_upgrade_request<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+/// The protocol an HTTP/1.1 `Upgrade` request asks for (its first token), if it is one.
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<String> {
+    let upgrade = req.version() == Version::HTTP_11
         && req
             .headers()
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !upgrade {
+        return None;
+    }
+    let value = req.headers().get(header::UPGRADE)?;
+    let first = String::from_utf8_lossy(value.as_bytes());
+    let proto = first.split(',').next().unwrap_or("").trim();
+    let proto = proto.split('/').next().unwrap_or("").trim();
+    Some(proto.to_ascii_lowercase())
+}
+
+/// Remove an upgrade request's `Upgrade` and its `Connection` token (the rest of
+/// `Connection` is hop-by-hop and stripped later anyway).
+fn strip_upgrade(headers: &mut HeaderMap) {
+    headers.remove(header::UPGRADE);
+    headers.remove(header::CONNECTION);
+    headers.remove("http2-settings");
+}
+
+/// `uri` with its path replaced by the normalised `path` (query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let mut parts = uri.clone().into_parts();
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    parts.path_and_query = Some(pq.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
+/// Log and count a request refused for what it is (not for load), and hand back the error.
+fn refused(err: EdgeError, event: &'static str, peer: SocketAddr) -> EdgeError {
+    debug!(target: "netwall::security", event, client = %peer, "request refused");
+    err
 }
 
 fn request_head<B>(
@@ -586,8 +690,11 @@ fn request_head<B>(
     host: &str,
     peer: SocketAddr,
     mode: Mode,
+    identity: Option<Identity>,
 ) -> RequestHead {
     let mut headers = req.headers().clone();
+    // Hop-by-hop headers (and whatever `Connection` names) go first, so a client's
+    // `Connection: x-netwall-sub` can never remove a header the edge adds below.
     strip_hop_by_hop(&mut headers, mode == Mode::Upgrade);
     if mode == Mode::WebSocket {
         // The connector makes its own handshake with the service.
@@ -599,15 +706,13 @@ fn request_head<B>(
             headers.remove(name);
         }
     }
-    // The edge is the first proxy: whatever the client claims about forwarding is discarded.
-    for name in [
-        X_FORWARDED_FOR,
-        X_FORWARDED_PROTO,
-        X_FORWARDED_HOST,
-        X_REAL_IP,
-        header::FORWARDED,
-    ] {
-        headers.remove(name);
+    // The edge is the first proxy: whatever the client claims about forwarding or identity
+    // is discarded, in every spelling a backend might fold into the edge's own names.
+    strip_edge_owned(&mut headers);
+    if let Some(id) = identity {
+        for (name, value) in id.headers {
+            headers.insert(name, value);
+        }
     }
     let ip = peer.ip().to_string();
     let for_node = if peer.is_ipv6() {

@@ -38,6 +38,26 @@ pub enum EdgeError {
     Unauthorized,
     /// The user opened too many WebSockets recently; retry after this many seconds.
     TooManyAttempts(u64),
+    /// The `Host` is duplicated, carries user info, or contradicts the authority.
+    BadHost,
+    /// The path cannot be normalised safely (encoded separators, disguised dot segments,
+    /// control bytes).
+    BadPath,
+    /// More request header fields or bytes than the edge accepts.
+    HeadersTooLarge,
+    /// `CONNECT`, or `TRACE` on a route that does not allow it.
+    MethodNotAllowed,
+    /// The route's HTTP rate limit is spent for this client.
+    RateLimited {
+        /// Seconds until a request will be allowed again.
+        retry_after: u64,
+        /// Requests per window of the route's policy.
+        limit: u32,
+        /// The policy's window in seconds.
+        window: u64,
+    },
+    /// The request body is not valid HTTP framing (a malformed chunk).
+    BadRequestBody,
 }
 
 impl EdgeError {
@@ -69,6 +89,12 @@ impl EdgeError {
             EdgeError::BadWebSocketHandshake => StatusCode::BAD_REQUEST,
             EdgeError::Unauthorized => StatusCode::UNAUTHORIZED,
             EdgeError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            EdgeError::BadHost | EdgeError::BadPath | EdgeError::BadRequestBody => {
+                StatusCode::BAD_REQUEST
+            }
+            EdgeError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            EdgeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -88,6 +114,12 @@ impl EdgeError {
             EdgeError::BadWebSocketHandshake => "bad_handshake",
             EdgeError::Unauthorized => "auth",
             EdgeError::TooManyAttempts(_) => "per_user_rate",
+            EdgeError::BadHost => "bad_host",
+            EdgeError::BadPath => "bad_path",
+            EdgeError::HeadersTooLarge => "header_too_large",
+            EdgeError::MethodNotAllowed => "method_not_allowed",
+            EdgeError::RateLimited { .. } => "rate_limited",
+            EdgeError::BadRequestBody => "bad_body",
         }
     }
 
@@ -111,15 +143,26 @@ impl EdgeError {
             EdgeError::TooManyAttempts(_) => {
                 "429 too many requests: too many connection attempts\n"
             }
+            EdgeError::BadHost => "400 bad request: invalid host\n",
+            EdgeError::BadPath => "400 bad request: invalid path\n",
+            EdgeError::HeadersTooLarge => "431 request header fields too large\n",
+            EdgeError::MethodNotAllowed => "405 method not allowed\n",
+            EdgeError::RateLimited { .. } => "429 too many requests: rate limit exceeded\n",
+            EdgeError::BadRequestBody => "400 bad request: malformed request body\n",
         }
     }
 
     /// Whether the client connection should close after the answer (the request body may be
     /// left unread, so the connection cannot be reused safely).
     pub fn closes_connection(self) -> bool {
-        matches!(self, EdgeError::BodyTooLarge)
+        matches!(self, EdgeError::BodyTooLarge | EdgeError::BadRequestBody)
     }
 }
+
+/// `Allow` of a 405: what the edge forwards on every route.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 
 /// Count `err` and turn it into its response.
 pub fn respond(err: EdgeError, metrics: &Metrics) -> Response<Full<Bytes>> {
@@ -138,6 +181,24 @@ pub fn respond(err: EdgeError, metrics: &Metrics) -> Response<Full<Bytes>> {
         }
         EdgeError::TooManyAttempts(secs) => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        EdgeError::MethodNotAllowed => {
+            h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
+        EdgeError::RateLimited {
+            retry_after,
+            limit,
+            window,
+        } => {
+            let retry_after = retry_after.max(1);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            // draft-ietf-httpapi-ratelimit-headers: the policy, and what is left of it.
+            if let Ok(v) = HeaderValue::from_str(&format!("\"route\";q={limit};w={window}")) {
+                h.insert(RATELIMIT_POLICY, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("\"route\";r=0;t={retry_after}")) {
+                h.insert(RATELIMIT, v);
+            }
         }
         _ => {}
     }

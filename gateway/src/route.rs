@@ -31,6 +31,39 @@ pub struct Route {
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// Trusted `X-Forwarded-For` hops.
     pub trusted_proxy_hops: usize,
+    /// `Upgrade` protocols relayed raw (lower case; `websocket` is terminated at the edge).
+    pub upgrades: Vec<String>,
+    /// `TRACE` passes through.
+    pub allow_trace: bool,
+    /// Header names with `_` pass through.
+    pub allow_underscores_in_headers: bool,
+    /// HTTP rate limit.
+    pub rate_limit: Option<RouteRateLimit>,
+}
+
+/// A route's HTTP rate limit.
+#[derive(Debug, Clone)]
+pub struct RouteRateLimit {
+    /// The counter.
+    pub limiter: Arc<dyn crate::policy::rate_limit::RateLimiter>,
+    /// The limit, for the `RateLimit-Policy` header.
+    pub limit: crate::policy::rate_limit::Limit,
+    /// Key by JWT subject instead of client IP.
+    pub by_sub: bool,
+}
+
+impl Route {
+    /// Whether an `Upgrade: proto` request is relayed raw on this route.
+    pub fn relays_upgrade(&self, proto: &str) -> bool {
+        self.upgrades
+            .iter()
+            .any(|u| u != "websocket" && u.eq_ignore_ascii_case(proto))
+    }
+
+    /// Whether WebSockets are accepted on this route.
+    pub fn accepts_websocket(&self) -> bool {
+        self.upgrades.iter().any(|u| u == "websocket")
+    }
 }
 
 /// A host as written in a route or certificate.
@@ -109,6 +142,24 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
             && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
 }
 
+fn rate_limit(rl: &crate::config::RateLimitConfig) -> Option<RouteRateLimit> {
+    use crate::policy::rate_limit::{Limit, MemoryLimiter};
+    let requests = std::num::NonZeroU32::new(rl.requests)?;
+    let limit = Limit {
+        requests,
+        window: rl.window,
+        burst: rl
+            .burst
+            .and_then(std::num::NonZeroU32::new)
+            .unwrap_or(requests),
+    };
+    Some(RouteRateLimit {
+        limiter: Arc::new(MemoryLimiter::new(limit)?),
+        limit,
+        by_sub: rl.key == "sub",
+    })
+}
+
 /// Routes of one host, longest prefix first.
 #[derive(Debug, Default, Clone)]
 struct Paths(Vec<(String, Arc<Route>)>);
@@ -163,6 +214,15 @@ impl RouteTable {
                 ),
                 auth,
                 trusted_proxy_hops: r.trusted_proxy_hops,
+                upgrades: r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),
+                allow_trace: r.allow_trace,
+                allow_underscores_in_headers: r.allow_underscores_in_headers,
+                rate_limit: match &r.rate_limit {
+                    Some(rl) => Some(rate_limit(rl).ok_or(format!(
+                        "route[{i}].rate_limit: the limit cannot be expressed"
+                    ))?),
+                    None => None,
+                },
             });
             let paths = match pattern {
                 HostPattern::Exact(h) => table.exact.entry(h).or_default(),
@@ -186,8 +246,11 @@ impl RouteTable {
         Ok(table)
     }
 
-    /// The route for `host` (lower case, no port) and `path`.
+    /// The route for `host` (lower case, no port) and a path normalised by
+    /// [`crate::policy::path::normalize`]; `;params` do not change which route matches.
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let path = crate::policy::path::route_key(path);
+        let path = path.as_ref();
         let paths = self.exact.get(host).or_else(|| {
             self.suffixes
                 .iter()

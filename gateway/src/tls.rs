@@ -70,13 +70,19 @@ impl CertPair {
         })
     }
 
-    /// A self-signed certificate for `names` (development only).
+    /// A self-signed certificate for `names` (development only), valid from a day ago (for
+    /// clock skew) for [`SELF_SIGNED_VALIDITY`].
     pub fn self_signed(names: &[String]) -> Result<CertPair, TlsError> {
-        let ck = rcgen::generate_simple_self_signed(names.to_vec())?;
+        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + SELF_SIGNED_VALIDITY;
+        let key_pair = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key_pair)?;
         Ok(CertPair {
-            chain: vec![ck.cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der())),
-            generated_pem: Some(ck.cert.pem()),
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der())),
+            generated_pem: Some(cert.pem()),
         })
     }
 
@@ -143,16 +149,23 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Lifetime of a generated development certificate: what public CAs issue, so nothing
+/// comes to rely on a certificate that never expires.
+pub const SELF_SIGNED_VALIDITY: time::Duration = time::Duration::days(90);
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-/// Public listener TLS: 1.2 and 1.3, ALPN h2 then http/1.1.
+/// Public listener TLS: 1.2 and 1.3, ALPN h2 then http/1.1. The server's cipher-suite order
+/// (rustls's: AEADs with forward secrecy, strongest first) wins over the client's, so a
+/// client cannot steer the handshake to the weakest suite both support.
 pub fn public_server_config(resolver: SniResolver) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
+    cfg.ignore_client_order = true;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

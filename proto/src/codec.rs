@@ -21,9 +21,27 @@ pub const FRAME_HEADER_LEN: usize = 5;
 /// header, small enough that one frame never pins much memory per stream.
 pub const DEFAULT_MAX_DATA_LEN: usize = 64 * 1024;
 
-/// Largest request/response head by default: the public edge caps header bytes at 64 KiB,
-/// plus room for method, URI, service and client address.
-pub const DEFAULT_MAX_HEAD_LEN: usize = 80 * 1024;
+/// Most header bytes (names plus values) a public client may send in one request head: the
+/// edge refuses more with `431` before anything is encoded (nginx's large buffers are 4 x 8
+/// KiB; hyper's HTTP/1 buffer is about 400 KB, far more than any browser sends).
+pub const MAX_CLIENT_HEADER_BYTES: usize = 64 * 1024;
+
+/// Most header fields a public client may send in one request head (hyper's HTTP/1 default).
+/// HTTP/2 `cookie` crumbs are joined into one field before they are counted.
+pub const MAX_CLIENT_HEADERS: usize = 100;
+
+/// Header fields the edge may add to a forwarded head (`Host`, four forwarding headers,
+/// `x-netwall-sub` and the claims a route forwards).
+pub const EDGE_ADDED_HEADERS: usize = 28;
+
+/// Header bytes the edge may add to a forwarded head (forwarding and identity headers).
+pub const EDGE_ADDED_HEADER_BYTES: usize = 8 * 1024;
+
+/// Largest request/response head by default: every header a client may send, what the edge
+/// adds, and room for method, URI (up to the same 64 KiB), service and client address. A head
+/// the edge accepted therefore always encodes.
+pub const DEFAULT_MAX_HEAD_LEN: usize =
+    MAX_CLIENT_HEADER_BYTES + EDGE_ADDED_HEADER_BYTES + 64 * 1024 + 1024;
 
 /// Largest control frame by default (a `Hello` lists service names; nothing else is large).
 pub const DEFAULT_MAX_CONTROL_LEN: usize = 16 * 1024;
@@ -31,8 +49,8 @@ pub const DEFAULT_MAX_CONTROL_LEN: usize = 16 * 1024;
 /// Largest relayed WebSocket message by default; routes set smaller limits at the edge.
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 16 * 1024 * 1024;
 
-/// Most header fields in one head, the same as hyper's default for HTTP/1.
-pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Most header fields in one head: what a client may send plus what the edge adds.
+pub const DEFAULT_MAX_HEADERS: usize = MAX_CLIENT_HEADERS + EDGE_ADDED_HEADERS;
 
 /// Most service names in one `Hello`.
 pub const DEFAULT_MAX_SERVICES: usize = 256;

@@ -172,6 +172,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Write bytes that already hold whole frames encoded with this writer's codec (the
+    /// caller encoded them first, so an encoding error stayed that caller's).
+    pub async fn send_encoded(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+        self.inner.write_all(bytes).await?;
+        Ok(())
+    }
+
     /// Write `data` as one or more `Data` frames without copying it into a frame buffer.
     pub async fn send_data(&mut self, mut data: Bytes) -> Result<(), WriteError> {
         let max = self.codec.limits().max_data_len;

@@ -408,7 +408,18 @@ async fn plain_http_redirects_with_308() {
 
 #[tokio::test]
 async fn upgrade_is_relayed_only_after_a_real_101() {
-    let s = one_service().await;
+    // Only upgrades a route names are relayed raw.
+    let sample = start_sample("web").await;
+    let s = Setup::new(
+        &route(
+            "app.test",
+            "/",
+            "web",
+            "upgrades = [\"websocket\", \"rawecho\"]",
+        ),
+        Some(&format!("web = \"http://{sample}\"")),
+    )
+    .await;
     let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
     tls.write_all(
         b"GET /raw HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: rawecho\r\n\r\n",
