@@ -478,7 +478,7 @@ impl Proxy {
         });
         self.tasks.spawn(
             async move {
-                match upgrade.await {
+                match upgrade.finish().await {
                     // Boxed: an idle session then holds one allocation of its own size, not
                     // the larger layout of this wrapper with the session inside.
                     Ok(ws) => Box::pin(session.run(Box::new(ws))).await,

@@ -31,8 +31,10 @@ use futures_util::SinkExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use netwall_proto::io::{FrameReader, FrameWriter};
 use netwall_proto::{Frame as TunnelFrame, WsKind};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -324,13 +326,13 @@ impl WsPolicy {
         }
     }
 
-    /// yawc options enforcing this policy, with compression as negotiated by
-    /// [`crate::policy::deflate::negotiate`] (`None`: without).
-    pub fn options(&self, deflate: Option<&crate::policy::deflate::Agreed>) -> Options {
+    /// yawc options enforcing this policy; `compress` when permessage-deflate was agreed
+    /// (its parameters come from the negotiation, see [`prepare_upgrade`]).
+    pub fn options(&self, compress: bool) -> Options {
         let c = &self.config;
         let frame = c.max_frame_bytes.unwrap_or(c.max_message_bytes);
         // yawc refuses a frame whose length reaches its limit, so allow exactly the maximum.
-        let mut o = Options::default()
+        let o = Options::default()
             .with_max_payload_read(frame + 1)
             .with_max_read_buffer(c.max_message_bytes + 1)
             .with_utf8()
@@ -339,20 +341,11 @@ impl WsPolicy {
             // grow for large messages and shrink back) instead of yawc's 8 KiB each.
             .with_read_buffer_capacity(IDLE_BUFFER_BYTES)
             .with_write_buffer_capacity(IDLE_BUFFER_BYTES);
-        match deflate {
-            Some(agreed) => {
-                // The edge always compresses with at most the route's window; the client's
-                // window is bounded only where its offer allowed the edge to say so.
-                o = o
-                    .with_low_latency_compression()
-                    .with_server_max_window_bits(c.compression_window_bits);
-                if agreed.client_max_window_bits.is_some() {
-                    o = o.with_client_max_window_bits(c.compression_window_bits);
-                }
-            }
-            None => o = o.without_compression(),
+        if compress {
+            o.with_low_latency_compression()
+        } else {
+            o.without_compression()
         }
-        o
     }
 }
 
@@ -469,7 +462,7 @@ fn message_frame(kind: WsKind, payload: Bytes) -> Frame {
 
 impl Session {
     /// Run until either side closes; then close the other side within the close timeout.
-    pub async fn run(mut self: Box<Self>, mut ws: Box<WebSocket<yawc::HttpStream>>) {
+    pub async fn run(mut self: Box<Self>, mut ws: Box<ClientWs>) {
         // Shared, not copied: every idle session holds this.
         let policy = self.policy.clone();
         let c = &policy.config;
@@ -597,12 +590,7 @@ impl Session {
     }
 
     /// Tell both sides the session is over; returns the close code the client saw.
-    async fn close(
-        &mut self,
-        ws: &mut WebSocket<yawc::HttpStream>,
-        end: End,
-        close_timeout: Duration,
-    ) -> u16 {
+    async fn close(&mut self, ws: &mut ClientWs, end: End, close_timeout: Duration) -> u16 {
         match end {
             End::ClientClosed(code, reason) => {
                 // The edge is the client's endpoint: it answers the Close at once (yawc has
@@ -674,7 +662,6 @@ impl Session {
             E::FrameTooLarge => End::Failed(1009, "message too big", "size"),
             E::InvalidUTF8 => End::Failed(1007, "invalid UTF-8", "invalid_utf8"),
             E::ConnectionClosed | E::IoError(_) => End::ClientGone,
-            E::InvalidOpCode(_) => End::Failed(1003, "reserved opcode", "protocol"),
             other => {
                 debug!(error = %other, "client broke the WebSocket protocol");
                 End::Failed(1002, "protocol error", "protocol")
@@ -708,7 +695,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 /// Send what yawc queued (the answer to the client's Close, or its own Close for a protocol
 /// error), then close the connection, within `timeout`.
-async fn finish_close(ws: &mut WebSocket<yawc::HttpStream>, timeout: Duration) {
+async fn finish_close(ws: &mut ClientWs, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, async {
         // `poll_ready` writes yawc's queued frames; `close` flushes and shuts the stream down.
         if std::future::poll_fn(|cx| {
@@ -724,12 +711,7 @@ async fn finish_close(ws: &mut WebSocket<yawc::HttpStream>, timeout: Duration) {
 }
 
 /// Send a close frame and wait (bounded) for the client's answer.
-async fn close_client(
-    ws: &mut WebSocket<yawc::HttpStream>,
-    code: u16,
-    reason: &str,
-    timeout: Duration,
-) {
+async fn close_client(ws: &mut ClientWs, code: u16, reason: &str, timeout: Duration) {
     let reason: String = reason.chars().take(120).collect();
     if ws
         .send(Frame::close(CloseCode::from(code), reason))
@@ -752,39 +734,128 @@ async fn close_client(
     let _ = tokio::time::timeout(timeout, ws.close()).await;
 }
 
+/// The client's side of an edge WebSocket: hyper's upgraded connection, read through the
+/// [`FrameScanner`](crate::policy::ws_frames::FrameScanner).
+pub type ClientWs = WebSocket<Scanned<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// A reader that passes what it reads through a frame scanner.
+pub struct Scanned<T> {
+    io: T,
+    scanner: crate::policy::ws_frames::FrameScanner,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Scanned<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let res = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        this.scanner.scan(&mut buf.filled_mut()[before..]);
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Scanned<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// An accepted handshake whose `101` has not been sent yet.
+pub struct PendingUpgrade {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    /// The permessage-deflate parameters the edge works with (it may bound its own window
+    /// without having announced it).
+    extensions: Option<String>,
+    options: Options,
+}
+
+impl PendingUpgrade {
+    /// Wait for hyper to hand over the connection after the `101`.
+    pub async fn finish(self) -> Result<ClientWs, String> {
+        let upgraded = self.on_upgrade.await.map_err(|e| e.to_string())?;
+        let io = Scanned {
+            io: TokioIo::new(upgraded),
+            scanner: Default::default(),
+        };
+        WebSocket::from_stream_with_extensions(
+            io,
+            yawc::Role::Server,
+            self.extensions.as_deref(),
+            self.options,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// Validate a client handshake and prepare the `101` (sent only once the service accepted).
 ///
-/// Compression is negotiated here, not by yawc: the client's offers are replaced by the one
-/// the edge accepted (so yawc sets up the same parameters) and the answer is the edge's own.
+/// Compression is negotiated by the edge ([`crate::policy::deflate`]), not by yawc, and the
+/// answer is the edge's own.
 pub fn prepare_upgrade(
     req: &mut Request<Incoming>,
     policy: &WsPolicy,
-) -> Option<(Response<http_body_util::Empty<Bytes>>, yawc::UpgradeFut)> {
-    let agreed = if policy.config.compression {
+) -> Option<(Response<http_body_util::Empty<Bytes>>, PendingUpgrade)> {
+    let c = &policy.config;
+    let agreed = if c.compression {
         crate::policy::deflate::negotiate(
             req.headers()
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
                 .iter()
                 .map(HeaderValue::as_bytes),
-            policy.config.compression_window_bits,
+            c.compression_window_bits,
         )
     } else {
         None
     };
-    let answer = agreed.and_then(|a| HeaderValue::from_str(&a.to_string()).ok());
+    // Taken before yawc builds the answer, so the connection comes to the edge's own
+    // scanner; yawc sees no offer and answers with no extension.
+    let on_upgrade = hyper::upgrade::on(&mut *req);
     req.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
-    if let Some(a) = &answer {
-        req.headers_mut()
-            .insert(header::SEC_WEBSOCKET_EXTENSIONS, a.clone());
-    }
-    let (mut resp, fut) =
-        WebSocket::upgrade_with_options(req, policy.options(agreed.as_ref())).ok()?;
-    resp.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
-    if let Some(a) = answer {
-        resp.headers_mut()
-            .insert(header::SEC_WEBSOCKET_EXTENSIONS, a);
-    }
-    Some((resp, fut))
+    let (mut resp, _) = WebSocket::upgrade_with_options(req, Options::default()).ok()?;
+    let extensions = agreed.map(|a| {
+        if let Ok(v) = HeaderValue::from_str(&a.to_string()) {
+            resp.headers_mut()
+                .insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+        }
+        crate::policy::deflate::Agreed {
+            server_max_window_bits: Some(
+                a.server_max_window_bits
+                    .unwrap_or(c.compression_window_bits),
+            ),
+            ..a
+        }
+        .to_string()
+    });
+    Some((
+        resp,
+        PendingUpgrade {
+            on_upgrade,
+            extensions,
+            options: policy.options(agreed.is_some()),
+        },
+    ))
 }
 
 /// Duration bucket helper for the connection-duration histogram.

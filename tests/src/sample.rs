@@ -125,7 +125,8 @@ pub async fn handle(
                 format!("messages={messages} bytes={bytes}\n"),
             )
         }
-        "/headers" => {
+        // `/headers`, also under a prefix (`/api/headers`): the request headers as received.
+        p if p.ends_with("/headers") => {
             let mut out = String::new();
             for (k, v) in req.headers() {
                 out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("<binary>")));
@@ -197,9 +198,10 @@ fn websocket_echo(req: &mut Request<Incoming>, name: Arc<str>) -> Response<Sampl
         .collect();
     identity.sort();
     let identity = identity.join(";");
+    // Messages of up to 16 MiB inclusive (yawc's limits are exclusive).
     let options = yawc::Options::default()
-        .with_max_payload_read(16 << 20)
-        .with_max_read_buffer(16 << 20);
+        .with_max_payload_read((16 << 20) + 1)
+        .with_max_read_buffer((16 << 20) + 1);
     let Ok((resp, fut)) = yawc::WebSocket::upgrade_with_options(req, options) else {
         return full(StatusCode::BAD_REQUEST, "bad websocket handshake\n");
     };

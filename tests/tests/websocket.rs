@@ -547,3 +547,202 @@ async fn a_service_that_never_accepts_the_websocket_gets_504_in_time() {
         started.elapsed()
     );
 }
+
+/// Open a WebSocket by hand over raw TLS: the bytes after the `101` are frames.
+async fn raw_ws(s: &Setup) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
+    tls.write_all(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut b))
+            .await
+            .expect("101 in time")
+            .expect("read");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tls
+}
+
+/// A masked client frame.
+fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![first];
+    assert!(payload.len() < 126);
+    f.push(0x80 | payload.len() as u8);
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Everything the gateway sends until it closes the connection (or `limit` passes).
+async fn until_closed(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(limit, tls.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (out, closed)
+}
+
+/// The frames in `bytes` from the gateway (unmasked): (first byte, payload) each.
+fn server_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 2 <= bytes.len() {
+        let (len, head) = match bytes[at + 1] & 0x7f {
+            126 => (
+                usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                4,
+            ),
+            127 => panic!("unexpectedly large frame"),
+            n => (usize::from(n), 2),
+        };
+        assert_eq!(bytes[at + 1] & 0x80, 0, "server frames are not masked");
+        let end = (at + head + len).min(bytes.len());
+        out.push((bytes[at], bytes[at + head..end].to_vec()));
+        at = end;
+    }
+    out
+}
+
+fn close_frame_code(frame: &(u8, Vec<u8>)) -> u16 {
+    assert_eq!(frame.0, 0x88, "not a close frame: {frame:?}");
+    u16::from_be_bytes([frame.1[0], frame.1[1]])
+}
+
+#[tokio::test]
+async fn a_reserved_opcode_closes_1002_once_however_it_arrives() {
+    let s = setup("ws-reserved", "").await;
+    for first in [0x83u8, 0x8b, 0x07] {
+        for bytewise in [false, true] {
+            let mut tls = raw_ws(&s).await;
+            // A valid message first, then the reserved opcode.
+            let mut bytes = client_frame(0x81, b"hello");
+            bytes.extend(client_frame(first, b"x"));
+            if bytewise {
+                for b in &bytes {
+                    tls.write_all(&[*b]).await.expect("write");
+                    tls.flush().await.expect("flush");
+                }
+            } else {
+                tls.write_all(&bytes).await.expect("write");
+            }
+            let (out, closed) = until_closed(&mut tls, Duration::from_secs(5)).await;
+            assert!(closed, "the gateway did not close the connection");
+            let frames = server_frames(&out);
+            let closes: Vec<_> = frames.iter().filter(|f| f.0 & 0x0f == 0x8).collect();
+            assert_eq!(
+                closes.len(),
+                1,
+                "{first:#x} bytewise={bytewise}: {frames:?}"
+            );
+            assert_eq!(
+                close_frame_code(closes[0]),
+                1002,
+                "{first:#x} bytewise={bytewise}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_and_the_edge_closes_tcp_first() {
+    let s = setup("ws-close", "").await;
+    for code in [1000u16, 1001, 3000, 4999] {
+        let mut tls = raw_ws(&s).await;
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        tls.write_all(&client_frame(0x88, &payload))
+            .await
+            .expect("write");
+        // The answer, then TCP closed by the gateway, well within the close timeout.
+        let (out, closed) = until_closed(&mut tls, Duration::from_secs(3)).await;
+        assert!(
+            closed,
+            "the gateway left the connection open after the close handshake"
+        );
+        let frames = server_frames(&out);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(close_frame_code(&frames[0]), code);
+    }
+    // An invalid close code is a protocol error, answered with 1002.
+    let mut tls = raw_ws(&s).await;
+    tls.write_all(&client_frame(0x88, &999u16.to_be_bytes()))
+        .await
+        .expect("write");
+    let (out, closed) = until_closed(&mut tls, Duration::from_secs(3)).await;
+    assert!(closed);
+    let frames = server_frames(&out);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(close_frame_code(&frames[0]), 1002);
+}
+
+#[tokio::test]
+async fn a_ping_flood_closes_1008_like_a_message_flood() {
+    let s = setup("ws-pings", "messages_per_second = 5").await;
+    let mut tls = raw_ws(&s).await;
+    let mut flood = Vec::new();
+    for _ in 0..50 {
+        flood.extend(client_frame(0x89, b"p"));
+    }
+    tls.write_all(&flood).await.expect("write");
+    let (out, closed) = until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert!(closed);
+    let frames = server_frames(&out);
+    let close_at = frames
+        .iter()
+        .position(|f| f.0 == 0x88)
+        .expect("a close frame");
+    assert_eq!(close_frame_code(&frames[close_at]), 1008);
+    // Pings the edge answered before it closed: no more than the limit allows.
+    let pongs = frames[..close_at].iter().filter(|f| f.0 == 0x8a).count();
+    assert!(pongs <= 6, "{pongs} pings answered under a limit of 5/s");
+    s.wait_metric("netwall_rejections_total{reason=\"rate\"}", 1.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_exactly_the_maximum_is_relayed() {
+    const MAX: usize = 16 * 1024 * 1024;
+    let s = setup(
+        "ws-max",
+        &format!("max_message_bytes = {MAX}\ncompression = false"),
+    )
+    .await;
+    let mut ws = wss(
+        s.gateway.https_addr,
+        &s.pki.ca_der,
+        "wss://app.test/ws",
+        &[],
+        Options::default()
+            .with_max_payload_read(MAX + 1)
+            .with_max_read_buffer(MAX + 1),
+    )
+    .await
+    .expect("accepted");
+    let message = Bytes::from(vec![7u8; MAX]);
+    ws.send(Frame::binary(message.clone())).await.expect("send");
+    let echo = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let f = ws.next_frame().await.expect("frame");
+            if matches!(f.opcode(), OpCode::Binary | OpCode::Close) {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("the echo in time");
+    assert_eq!(echo.opcode(), OpCode::Binary, "{:?}", echo.close_code());
+    assert_eq!(echo.payload().len(), MAX);
+    assert!(echo.payload().iter().all(|b| *b == 7));
+}

@@ -19,3 +19,4 @@ pub mod deflate;
 pub mod headers;
 pub mod path;
 pub mod rate_limit;
+pub mod ws_frames;
