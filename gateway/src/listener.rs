@@ -16,7 +16,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -84,21 +83,20 @@ pub async fn serve_https(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    // The protocol ALPN chose is the protocol spoken: no sniffing of the first bytes, so a
+    // bad HTTP/2 preface gets a GOAWAY, not an HTTP/1.1 400. No ALPN means HTTP/1.1.
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
+        // hyper's default of 100 header fields is `netwall_proto::MAX_CLIENT_HEADERS`; setting
+        // it explicitly would move the parse buffer to the heap on every request.
         .max_buf_size(cfg.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(cfg.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(H2_KEEP_ALIVE));
-    // The protocol ALPN chose is the protocol spoken: no sniffing of the first bytes, so a
-    // bad HTTP/2 preface gets a GOAWAY, not an HTTP/1.1 400. No ALPN means HTTP/1.1.
-    let builders = Arc::new((builder.clone().http1_only(), builder.http2_only()));
+    let builders = Arc::new((h1, h2));
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     while let Some((tcp, peer)) = accept(&listener, &shutdown).await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -187,22 +185,31 @@ pub async fn serve_https(
                     }
                 });
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let builder = if h2 { &builders.1 } else { &builders.0 };
                 let io = TokioIo::new(Lingering::new(tls, linger));
-                let conn = builder.serve_connection_with_upgrades(io, svc);
-                tokio::pin!(conn);
-                let res = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                let res = if h2 {
+                    let conn = builders.1.serve_connection(io, svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = shutdown.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                } else {
+                    let conn = builders.0.serve_connection(io, svc).with_upgrades();
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = shutdown.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
                     }
                 };
                 metrics.public_connections.dec();
                 if let Err(e) = res {
-                    if e.downcast_ref::<hyper::Error>()
-                        .is_some_and(hyper::Error::is_parse_too_large)
-                    {
+                    if e.is_parse_too_large() {
                         metrics.reject("header_too_large");
                     }
                     debug!(error = %e, "connection ended with an error");

@@ -395,10 +395,7 @@ async fn connector_exits_2_with_the_reason_on_a_bad_credential() {
     let code = block_in_place(|| c.wait_exit(Duration::from_secs(15)));
     assert_eq!(code, Some(2));
     let log = std::fs::read_to_string(&c.log).unwrap_or_default();
-    assert!(
-        log.contains("tunnel name or credential rejected"),
-        "{log}"
-    );
+    assert!(log.contains("tunnel name or credential rejected"), "{log}");
     // The gateway logged a security event as one JSON line under one target.
     let log_path = d.gateway.log.clone();
     wait_until(

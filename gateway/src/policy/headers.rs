@@ -164,7 +164,12 @@ mod tests {
         use HeaderError::*;
         let h1 = Version::HTTP_11;
         let h2 = Version::HTTP_2;
-        type Case<'a> = (Version, &'a str, &'a [&'a str], Result<&'a str, HeaderError>);
+        type Case<'a> = (
+            Version,
+            &'a str,
+            &'a [&'a str],
+            Result<&'a str, HeaderError>,
+        );
         let cases: &[Case] = &[
             (h1, "/", &["App.Test:8443"], Ok("app.test")),
             (h1, "/", &["app.test."], Ok("app.test")),
