@@ -481,7 +481,7 @@ impl Proxy {
                 match upgrade.finish().await {
                     // Boxed: an idle session then holds one allocation of its own size, not
                     // the larger layout of this wrapper with the session inside.
-                    Ok(ws) => Box::pin(session.run(Box::new(ws))).await,
+                    Ok((ws, close_sent)) => Box::pin(session.run(Box::new(ws), close_sent)).await,
                     Err(e) => debug!(error = %e, "client WebSocket upgrade failed"),
                 }
             }

@@ -462,7 +462,7 @@ fn message_frame(kind: WsKind, payload: Bytes) -> Frame {
 
 impl Session {
     /// Run until either side closes; then close the other side within the close timeout.
-    pub async fn run(mut self: Box<Self>, mut ws: Box<ClientWs>) {
+    pub async fn run(mut self: Box<Self>, mut ws: Box<ClientWs>, close_sent: CloseSent) {
         // Shared, not copied: every idle session holds this.
         let policy = self.policy.clone();
         let c = &policy.config;
@@ -572,7 +572,7 @@ impl Session {
             }
         };
         // The close handshake is boxed so that its state does not enlarge every idle session.
-        let close_code = Box::pin(self.close(&mut ws, end, c.close_timeout)).await;
+        let close_code = Box::pin(self.close(&mut ws, end, &close_sent, c.close_timeout)).await;
         let _ = self.writer.shutdown().await;
         debug!(route = %self.route, client = %self.peer, code = close_code, "websocket closed");
         self.metrics.ws_active.get_or_create(&label).dec();
@@ -590,13 +590,19 @@ impl Session {
     }
 
     /// Tell both sides the session is over; returns the close code the client saw.
-    async fn close(&mut self, ws: &mut ClientWs, end: End, close_timeout: Duration) -> u16 {
+    async fn close(
+        &mut self,
+        ws: &mut ClientWs,
+        end: End,
+        close_sent: &CloseSent,
+        close_timeout: Duration,
+    ) -> u16 {
         match end {
             End::ClientClosed(code, reason) => {
                 // The edge is the client's endpoint: it answers the Close at once (yawc has
                 // queued the echo) and, as the server, closes TCP first (RFC 6455 §5.5.1,
                 // §7.1.1), whatever the service does with its own close.
-                finish_close(ws, close_timeout).await;
+                finish_close(ws, code, "", close_sent, close_timeout).await;
                 let _ = self
                     .writer
                     .send(&TunnelFrame::WsClose { code, reason })
@@ -606,8 +612,9 @@ impl Session {
             End::Failed(code, reason, what) => {
                 self.metrics.reject(what);
                 debug!(target: "netwall::security", event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
-                // yawc has queued the Close for this failure: send it and close TCP.
-                finish_close(ws, close_timeout).await;
+                // yawc may have queued a Close for this failure: send it (or the edge's
+                // own) and close TCP.
+                finish_close(ws, code, reason, close_sent, close_timeout).await;
                 let _ = self
                     .writer
                     .send(&TunnelFrame::WsClose {
@@ -694,18 +701,29 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Send what yawc queued (the answer to the client's Close, or its own Close for a protocol
-/// error), then close the connection, within `timeout`.
-async fn finish_close(ws: &mut ClientWs, timeout: Duration) {
+/// error); if that was no Close, send one with `code`; then close the connection. All within
+/// `timeout`.
+async fn finish_close(
+    ws: &mut ClientWs,
+    code: u16,
+    reason: &str,
+    close_sent: &CloseSent,
+    timeout: Duration,
+) {
     let _ = tokio::time::timeout(timeout, async {
         // `poll_ready` writes yawc's queued frames; `close` flushes and shuts the stream down.
         if std::future::poll_fn(|cx| {
             futures_util::Sink::poll_ready(std::pin::Pin::new(&mut *ws), cx)
         })
         .await
-        .is_ok()
+        .is_err()
         {
-            let _ = ws.close().await;
+            return;
         }
+        if !close_sent.is_set() {
+            let _ = ws.send(Frame::close(CloseCode::from(code), reason)).await;
+        }
+        let _ = ws.close().await;
     })
     .await;
 }
@@ -738,10 +756,23 @@ async fn close_client(ws: &mut ClientWs, code: u16, reason: &str, timeout: Durat
 /// [`FrameScanner`](crate::policy::ws_frames::FrameScanner).
 pub type ClientWs = WebSocket<Scanned<TokioIo<hyper::upgrade::Upgraded>>>;
 
-/// A reader that passes what it reads through a frame scanner.
+/// Whether a Close frame has been written to the client (by yawc or by the edge).
+#[derive(Debug, Clone, Default)]
+pub struct CloseSent(Arc<std::sync::atomic::AtomicBool>);
+
+impl CloseSent {
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The client's connection, with what it reads and writes followed by frame scanners:
+/// reads are fixed where the codec must refuse them, writes only watched for a Close.
 pub struct Scanned<T> {
     io: T,
-    scanner: crate::policy::ws_frames::FrameScanner,
+    read: crate::policy::ws_frames::FrameScanner,
+    write: crate::policy::ws_frames::FrameScanner,
+    close_sent: CloseSent,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Scanned<T> {
@@ -753,7 +784,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Scanned<T> {
         let before = buf.filled().len();
         let this = &mut *self;
         let res = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
-        this.scanner.scan(&mut buf.filled_mut()[before..]);
+        this.read.scan(&mut buf.filled_mut()[before..]);
         res
     }
 }
@@ -764,7 +795,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Scanned<T> {
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, data)
+        let this = &mut *self;
+        let res = std::pin::Pin::new(&mut this.io).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &res
+            && this.write.observe(&data[..*n])
+        {
+            this.close_sent
+                .0
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        res
     }
 
     fn poll_flush(
@@ -793,19 +833,23 @@ pub struct PendingUpgrade {
 
 impl PendingUpgrade {
     /// Wait for hyper to hand over the connection after the `101`.
-    pub async fn finish(self) -> Result<ClientWs, String> {
+    pub async fn finish(self) -> Result<(ClientWs, CloseSent), String> {
         let upgraded = self.on_upgrade.await.map_err(|e| e.to_string())?;
+        let close_sent = CloseSent::default();
         let io = Scanned {
             io: TokioIo::new(upgraded),
-            scanner: Default::default(),
+            read: Default::default(),
+            write: Default::default(),
+            close_sent: close_sent.clone(),
         };
-        WebSocket::from_stream_with_extensions(
+        let ws = WebSocket::from_stream_with_extensions(
             io,
             yawc::Role::Server,
             self.extensions.as_deref(),
             self.options,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok((ws, close_sent))
     }
 }
 
