@@ -15,6 +15,7 @@ pub mod policy;
 pub mod proxy;
 pub mod respond;
 pub mod route;
+pub mod security_log;
 pub mod spike;
 pub mod tls;
 pub mod tunnel;

@@ -66,7 +66,7 @@ fn claim_slot(
         metrics.reject("per_ip_connections");
         // Per event at debug: a flood from one address must not flood the logs; the
         // counter carries the volume.
-        debug!(target: "netwall::security", event = "per_ip_connections", client = %ip, "connection closed at accept: too many from this address");
+        crate::security_event!(event = "per_ip_connections", client = %ip, "connection closed at accept: too many from this address");
     }
     slot
 }

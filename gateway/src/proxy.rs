@@ -27,7 +27,7 @@ use netwall_proto::{Codec, Frame, RequestHead, ResponseHead};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug};
 
 use crate::auth::{Auth, AuthError, Identity, Revocations};
 use crate::metrics::{Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
@@ -174,8 +174,8 @@ impl Proxy {
             HeaderError::TooLarge => EdgeError::HeadersTooLarge,
         })?;
         let path = normalize(req.uri().path()).map_err(|e| {
-            debug!(target: "netwall::security", event = "bad_path", client = %peer, reason = %e);
-            refused(EdgeError::BadPath, "bad_path", peer)
+            crate::security_event!(event = "bad_path", client = %peer, reason = %e, "request refused");
+            EdgeError::BadPath
         })?;
         if path != req.uri().path() {
             *req.uri_mut() = with_path(req.uri(), &path).ok_or(EdgeError::BadPath)?;
@@ -207,7 +207,7 @@ impl Proxy {
                 _ => crate::policy::rate_limit::ip_key(peer.ip()),
             };
             if let Decision::Deny { retry_after } = rl.limiter.check(&key).await {
-                warn!(target: "netwall::security", event = "rate_limited", route = %route.name, client = %peer, key = %key);
+                crate::security_event!(event = "rate_limited", route = %route.name, client = %peer, key = %key);
                 return Err(EdgeError::RateLimited {
                     retry_after: retry_after.as_secs_f64().ceil() as u64,
                     limit: rl.limit.requests.get(),
@@ -231,7 +231,7 @@ impl Proxy {
             Some(proto) => {
                 // Only upgrades the route allows cross the edge (h2c smuggling): the rest
                 // go on as plain requests without their upgrade headers.
-                debug!(target: "netwall::security", event = "upgrade_stripped", route = %route.name, client = %peer, protocol = %proto);
+                crate::security_event!(event = "upgrade_stripped", route = %route.name, client = %peer, protocol = %proto);
                 strip_upgrade(req.headers_mut());
                 false
             }
@@ -352,7 +352,7 @@ impl Proxy {
             .ok_or(AuthError::Missing)
             .and_then(|t| auth.verify(&t, &self.revocations));
         result.map_err(|e| {
-            warn!(target: "netwall::security", event = "auth_failed", route = %route.name, client = %peer, reason = %e);
+            crate::security_event!(event = "auth_failed", route = %route.name, client = %peer, reason = %e);
             EdgeError::Unauthorized
         })
     }
@@ -369,7 +369,7 @@ impl Proxy {
         if let Some(id) = &identity
             && let Err(retry_after) = policy.attempt(&id.sub).await
         {
-            warn!(target: "netwall::security", event = "connection_limit", limit = "attempts_per_user", route = %route.name, client = %peer, sub = %id.sub);
+            crate::security_event!(event = "connection_limit", limit = "attempts_per_user", route = %route.name, client = %peer, sub = %id.sub);
             return Err(EdgeError::TooManyAttempts(retry_after));
         }
         if !policy.origin_allowed(req.headers().get(header::ORIGIN)) {
@@ -380,7 +380,7 @@ impl Proxy {
                 .and_then(|o| o.to_str().ok())
                 .unwrap_or("<none>")
                 .to_owned();
-            warn!(target: "netwall::security", event = "origin_rejected", route = %route.name, client = %peer, %origin);
+            crate::security_event!(event = "origin_rejected", route = %route.name, client = %peer, %origin);
             return Ok(crate::ws::origin_rejected().map(Either::Left));
         }
         let route_name: Arc<str> = route.name.as_str().into();
@@ -389,7 +389,7 @@ impl Proxy {
             peer.ip(),
             policy.config.max_connections_per_ip,
         ) else {
-            warn!(target: "netwall::security", event = "connection_limit", limit = "per_ip", route = %route.name, client = %peer);
+            crate::security_event!(event = "connection_limit", limit = "per_ip", route = %route.name, client = %peer);
             return Err(EdgeError::TooManyConnections);
         };
         let tunnel = self
@@ -680,7 +680,7 @@ fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
 
 /// Log and count a request refused for what it is (not for load), and hand back the error.
 fn refused(err: EdgeError, event: &'static str, peer: SocketAddr) -> EdgeError {
-    debug!(target: "netwall::security", event, client = %peer, "request refused");
+    crate::security_event!(event, client = %peer, "request refused");
     err
 }
 

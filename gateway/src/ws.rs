@@ -37,7 +37,7 @@ use netwall_proto::{Frame as TunnelFrame, WsKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 use yawc::close::CloseCode;
 use yawc::{Frame, OpCode, Options, WebSocket};
 
@@ -611,7 +611,7 @@ impl Session {
             }
             End::Failed(code, reason, what) => {
                 self.metrics.reject(what);
-                debug!(target: "netwall::security", event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
+                crate::security_event!(event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
                 // yawc may have queued a Close for this failure: send it (or the edge's
                 // own) and close TCP.
                 finish_close(ws, code, reason, close_sent, close_timeout).await;
@@ -636,7 +636,7 @@ impl Session {
             End::Edge(code, reason, what) => {
                 if what != "shutdown" && what != "tunnel_lost" {
                     self.metrics.reject(what);
-                    warn!(target: "netwall::security", event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
+                    crate::security_event!(event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
                 }
                 let _ = self
                     .writer

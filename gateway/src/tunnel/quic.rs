@@ -16,7 +16,7 @@ use netwall_proto::{Codec, Frame, PROTOCOL_VERSION, Reject, RejectCode, Welcome}
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::{Registry, StreamRead, StreamWrite, Transport, Tunnel, TunnelConn};
 use crate::config::TunnelListenerConfig;
@@ -172,7 +172,7 @@ impl TunnelServer {
                     result: "locked_out",
                 })
                 .inc();
-            debug!(target: "netwall::security", event = "tunnel_locked_out", remote = %remote, "refusing tunnel handshake: too many failed authentications");
+            crate::security_event!(event = "tunnel_locked_out", remote = %remote, "refusing tunnel handshake: too many failed authentications");
             incoming.refuse();
             return;
         }
@@ -202,7 +202,7 @@ impl TunnelServer {
                     .tunnel_handshakes
                     .get_or_create(&ResultLabel { result })
                     .inc();
-                warn!(target: "netwall::security", event = "tunnel_auth_failed", remote = %remote, reason = %reason);
+                crate::security_event!(event = "tunnel_auth_failed", remote = %remote, reason = %reason);
                 return;
             }
             Ok(Err(HandshakeError::Transport(e))) => {
