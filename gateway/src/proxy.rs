@@ -373,7 +373,6 @@ impl Proxy {
             return Err(EdgeError::TooManyAttempts(retry_after));
         }
         if !policy.origin_allowed(req.headers().get(header::ORIGIN)) {
-            self.metrics.reject("origin");
             let origin = req
                 .headers()
                 .get(header::ORIGIN)
@@ -381,7 +380,7 @@ impl Proxy {
                 .unwrap_or("<none>")
                 .to_owned();
             crate::security_event!(event = "origin_rejected", route = %route.name, client = %peer, %origin);
-            return Ok(crate::ws::origin_rejected().map(Either::Left));
+            return Err(EdgeError::OriginNotAllowed);
         }
         let route_name: Arc<str> = route.name.as_str().into();
         let Some(slot) = self.ws_slots.claim(

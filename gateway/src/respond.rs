@@ -58,7 +58,13 @@ pub enum EdgeError {
     },
     /// The request body is not valid HTTP framing (a malformed chunk).
     BadRequestBody,
+    /// A WebSocket from an origin outside the route's allow-list.
+    OriginNotAllowed,
 }
+
+/// Body of the 403 sent for a disallowed WebSocket origin (a JSON close-code style answer
+/// that browser clients of the notes' design already parse).
+pub const ORIGIN_REJECTED_BODY: &str = r#"{"code":4009,"message":"Origin not allowed"}"#;
 
 impl EdgeError {
     /// What the client sees when the connector abandons a request before its response head.
@@ -95,6 +101,7 @@ impl EdgeError {
             EdgeError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             EdgeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            EdgeError::OriginNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 
@@ -120,6 +127,7 @@ impl EdgeError {
             EdgeError::MethodNotAllowed => "method_not_allowed",
             EdgeError::RateLimited { .. } => "rate_limited",
             EdgeError::BadRequestBody => "bad_body",
+            EdgeError::OriginNotAllowed => "origin",
         }
     }
 
@@ -149,6 +157,7 @@ impl EdgeError {
             EdgeError::MethodNotAllowed => "405 method not allowed\n",
             EdgeError::RateLimited { .. } => "429 too many requests: rate limit exceeded\n",
             EdgeError::BadRequestBody => "400 bad request: malformed request body\n",
+            EdgeError::OriginNotAllowed => ORIGIN_REJECTED_BODY,
         }
     }
 
@@ -172,7 +181,11 @@ pub fn respond(err: EdgeError, metrics: &Metrics) -> Response<Full<Bytes>> {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(if err == EdgeError::OriginNotAllowed {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        }),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match err {

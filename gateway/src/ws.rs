@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use netwall_proto::io::{FrameReader, FrameWriter};
@@ -196,8 +196,6 @@ pub struct SessionUser {
     /// How often to re-check.
     pub revalidate_interval: Duration,
 }
-/// Body of the 403 sent for a disallowed origin.
-pub const ORIGIN_REJECTED_BODY: &str = r#"{"code":4009,"message":"Origin not allowed"}"#;
 
 /// One entry of an origin allow-list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,19 +355,6 @@ pub fn is_websocket_request<B>(req: &Request<B>) -> bool {
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
-/// The 403 for a disallowed origin.
-pub fn origin_rejected() -> Response<http_body_util::Full<Bytes>> {
-    let mut r = Response::new(http_body_util::Full::new(Bytes::from_static(
-        ORIGIN_REJECTED_BODY.as_bytes(),
-    )));
-    *r.status_mut() = StatusCode::FORBIDDEN;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
 }
 
 /// Concurrent WebSockets per (route, client IP).
