@@ -132,8 +132,8 @@ fn default_ws_attempts_per_minute() -> u32 {
 fn default_ws_window_bits() -> u8 {
     DEFAULT_WS_DEFLATE_WINDOW_BITS
 }
-fn default_upgrades() -> Vec<String> {
-    vec!["websocket".to_owned()]
+fn default_upgrades() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, vec!["websocket".to_owned()])
 }
 fn default_rate_window() -> Duration {
     DEFAULT_RATE_WINDOW
@@ -360,7 +360,7 @@ pub struct RouteConfig {
     /// only one by default; any other upgrade request is forwarded as a plain request with
     /// its `Upgrade` removed, so `h2c` and the like never reach the service raw.
     #[serde(default = "default_upgrades")]
-    pub upgrades: Vec<String>,
+    pub upgrades: Spanned<Vec<String>>,
     /// Pass `TRACE` through to the service (refused with 405 at the edge by default: it
     /// echoes credentials back to scripts).
     #[serde(default)]
@@ -371,7 +371,7 @@ pub struct RouteConfig {
     pub allow_underscores_in_headers: bool,
     /// HTTP rate limit for this route (off by default).
     #[serde(default)]
-    pub rate_limit: Option<RateLimitConfig>,
+    pub rate_limit: Option<Spanned<RateLimitConfig>>,
 }
 
 /// `[route.rate_limit]`: requests per window, keyed by client IP or JWT subject.
@@ -717,14 +717,14 @@ impl GatewayConfig {
                     "cannot contain ';' (parameters are ignored when matching)",
                 ));
             }
-            for u in &r.upgrades {
+            for u in r.upgrades.get_ref() {
                 let ok = !u.is_empty()
                     && u.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
                     && !u.eq_ignore_ascii_case("h2c");
                 if !ok {
                     errs.push(at.error(
-                        Some(r.host.span()),
+                        Some(r.upgrades.span()).filter(|s| !s.is_empty()),
                         &format!("route[{i}].upgrades"),
                         &format!(
                             "`{u}` is not an upgrade protocol the edge can relay (h2c never is)"
@@ -732,10 +732,12 @@ impl GatewayConfig {
                     ));
                 }
             }
-            if let Some(rl) = &r.rate_limit {
+            if let Some(spanned) = &r.rate_limit {
+                let rl = spanned.get_ref();
+                let rl_at = Some(spanned.span());
                 if rl.requests == 0 || rl.window.is_zero() || rl.burst == Some(0) {
                     errs.push(at.error(
-                        Some(r.host.span()),
+                        rl_at.clone(),
                         &format!("route[{i}].rate_limit"),
                         "requests, window and burst must be positive",
                     ));
@@ -744,12 +746,12 @@ impl GatewayConfig {
                     "ip" => {}
                     "sub" if r.auth.is_some() => {}
                     "sub" => errs.push(at.error(
-                        Some(r.host.span()),
+                        rl_at.clone(),
                         &format!("route[{i}].rate_limit.key"),
                         "`sub` needs [route.auth] on the same route",
                     )),
                     other => errs.push(at.error(
-                        Some(r.host.span()),
+                        rl_at.clone(),
                         &format!("route[{i}].rate_limit.key"),
                         &format!("`{other}` is not `ip` or `sub`"),
                     )),

@@ -214,11 +214,16 @@ impl RouteTable {
                 ),
                 auth,
                 trusted_proxy_hops: r.trusted_proxy_hops,
-                upgrades: r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),
+                upgrades: r
+                    .upgrades
+                    .get_ref()
+                    .iter()
+                    .map(|u| u.to_ascii_lowercase())
+                    .collect(),
                 allow_trace: r.allow_trace,
                 allow_underscores_in_headers: r.allow_underscores_in_headers,
                 rate_limit: match &r.rate_limit {
-                    Some(rl) => Some(rate_limit(rl).ok_or(format!(
+                    Some(rl) => Some(rate_limit(rl.get_ref()).ok_or(format!(
                         "route[{i}].rate_limit: the limit cannot be expressed"
                     ))?),
                     None => None,
