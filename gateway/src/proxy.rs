@@ -173,16 +173,17 @@ impl Proxy {
             HeaderError::BadHost => refused(EdgeError::BadHost, "bad_host", peer),
             HeaderError::TooLarge => EdgeError::HeadersTooLarge,
         })?;
-        let path = normalize(req.uri().path()).map_err(|e| {
+        let normal = normalize(req.uri().path()).map_err(|e| {
             crate::security_event!(event = "bad_path", client = %peer, reason = %e, "request refused");
             EdgeError::BadPath
         })?;
-        if path != req.uri().path() {
+        // Forwarded as routed: a rewritten path replaces the client's in the request.
+        if let std::borrow::Cow::Owned(path) = normal {
             *req.uri_mut() = with_path(req.uri(), &path).ok_or(EdgeError::BadPath)?;
         }
         let route = self
             .routes
-            .find(&host, &path)
+            .find(&host, req.uri().path())
             .ok_or(EdgeError::UnknownHost)?
             .clone();
         if req.method() == Method::TRACE && !route.allow_trace {

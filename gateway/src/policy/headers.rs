@@ -114,8 +114,21 @@ const EDGE_OWNED: [&str; 6] = [
 /// mapping `_` to `-` (header names are already lower case), since several backends (CGI,
 /// PHP, WSGI, some frameworks) read `X-Netwall_Sub` as `X-Netwall-Sub`.
 pub fn is_edge_owned(name: &str) -> bool {
-    let folded = name.replace('_', "-");
-    folded.starts_with(crate::auth::IDENTITY_PREFIX) || EDGE_OWNED.contains(&folded.as_str())
+    let prefix = crate::auth::IDENTITY_PREFIX;
+    (name.len() >= prefix.len() && folded_eq(&name.as_bytes()[..prefix.len()], prefix))
+        || EDGE_OWNED
+            .iter()
+            .any(|owned| folded_eq(name.as_bytes(), owned))
+}
+
+/// `name == want` with `_` in `name` read as `-` (no allocation: this runs for every header
+/// of every request).
+fn folded_eq(name: &[u8], want: &str) -> bool {
+    name.len() == want.len()
+        && name
+            .iter()
+            .zip(want.as_bytes())
+            .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
 }
 
 /// Remove every client header that [`is_edge_owned`].
