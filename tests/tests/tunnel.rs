@@ -97,6 +97,36 @@ async fn unknown_tunnel_is_rejected_with_its_reason() {
 }
 
 #[tokio::test]
+async fn repeated_bad_credentials_from_one_address_are_answered_ever_later() {
+    let pki = Pki::new();
+    let gw = gateway(&pki).await;
+    let toml = pki.connector_toml(&[gw.tunnel_addr], "web = \"http://127.0.0.1:1\"", "");
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let c = start_connector(&toml, "guess");
+        let reason = expect_fatal(&c).await;
+        assert!(
+            reason.contains("tunnel name or credential rejected"),
+            "{reason}"
+        );
+        took.push(started.elapsed());
+    }
+    // 250 ms, 500 ms, 1 s before each answer (netwall_gateway::tunnel::throttle).
+    assert!(took[0] >= Duration::from_millis(250), "{took:?}");
+    assert!(took[2] >= Duration::from_secs(1), "{took:?}");
+    assert!(took[2] > took[0], "{took:?}");
+    // The right credential from the same address still gets in (no lockout yet), and clears
+    // the record.
+    let sample = start_sample("web").await;
+    let _ok = start_connector(
+        &pki.connector_toml(&[gw.tunnel_addr], &format!("web = \"http://{sample}\""), ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gw, 1).await;
+}
+
+#[tokio::test]
 async fn a_gateway_with_an_unexpected_certificate_is_refused() {
     let pki = Pki::new();
     let gw = gateway(&pki).await;
