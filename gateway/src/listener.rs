@@ -37,6 +37,22 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// HTTP/2 keep-alive ping interval on public connections.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
+/// Drive a hyper connection to its end; when `shutdown` fires, finish gracefully (HTTP/2
+/// GOAWAY, HTTP/1 close after the current response).
+macro_rules! until_shutdown {
+    ($conn:expr, $shutdown:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = $shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
 async fn accept(
     listener: &TcpListener,
     shutdown: &CancellationToken,
@@ -187,25 +203,12 @@ pub async fn serve_https(
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 let io = TokioIo::new(Lingering::new(tls, linger));
                 let res = if h2 {
-                    let conn = builders.1.serve_connection(io, svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = shutdown.cancelled() => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    }
+                    until_shutdown!(builders.1.serve_connection(io, svc), shutdown)
                 } else {
-                    let conn = builders.0.serve_connection(io, svc).with_upgrades();
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = shutdown.cancelled() => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    }
+                    until_shutdown!(
+                        builders.0.serve_connection(io, svc).with_upgrades(),
+                        shutdown
+                    )
                 };
                 metrics.public_connections.dec();
                 if let Err(e) = res {
@@ -293,15 +296,7 @@ pub async fn serve_plain(
                 let resp = handler(&req);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
-            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
-            tokio::pin!(conn);
-            let _ = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let _ = until_shutdown!(builder.serve_connection(TokioIo::new(tcp), svc), shutdown);
         });
     }
 }

@@ -595,18 +595,11 @@ impl Session {
                 code
             }
             End::Failed(code, reason, what) => {
-                self.metrics.reject(what);
-                crate::security_event!(event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
+                self.refused(what, code, reason);
                 // yawc may have queued a Close for this failure: send it (or the edge's
                 // own) and close TCP.
                 finish_close(ws, code, reason, close_sent, close_timeout).await;
-                let _ = self
-                    .writer
-                    .send(&TunnelFrame::WsClose {
-                        code: 1001,
-                        reason: "client closed by the edge".into(),
-                    })
-                    .await;
+                self.close_service("client closed by the edge").await;
                 code
             }
             End::ServiceClosed(code, reason) => {
@@ -620,30 +613,34 @@ impl Session {
             }
             End::Edge(code, reason, what) => {
                 if what != "shutdown" && what != "tunnel_lost" {
-                    self.metrics.reject(what);
-                    crate::security_event!(event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
+                    self.refused(what, code, reason);
                 }
-                let _ = self
-                    .writer
-                    .send(&TunnelFrame::WsClose {
-                        code: 1001,
-                        reason: "client closed by the edge".into(),
-                    })
-                    .await;
+                self.close_service("client closed by the edge").await;
                 close_client(ws, code, reason, close_timeout).await;
                 code
             }
             End::ClientGone => {
-                let _ = self
-                    .writer
-                    .send(&TunnelFrame::WsClose {
-                        code: 1001,
-                        reason: "client went away".into(),
-                    })
-                    .await;
+                self.close_service("client went away").await;
                 1006
             }
         }
+    }
+
+    /// Count and log a session the edge ends for what the client did.
+    fn refused(&self, what: &'static str, code: u16, reason: &str) {
+        self.metrics.reject(what);
+        crate::security_event!(event = "websocket_closed", route = %self.route, client = %self.peer, code, reason);
+    }
+
+    /// Tell the service the client side is gone (going away: 1001).
+    async fn close_service(&mut self, reason: &str) {
+        let _ = self
+            .writer
+            .send(&TunnelFrame::WsClose {
+                code: 1001,
+                reason: reason.into(),
+            })
+            .await;
     }
 
     /// What a read error from the client means. For protocol errors yawc has already queued
