@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// browser opens 6 to 8 per site, so 256 leaves room for some 30 users behind one NAT while
 /// one address can no longer hold thousands of idle TLS sessions.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Claims a route may forward as `x-netwall-claim-*` headers: what the tunnel head leaves for
+/// edge-added headers (`netwall_proto::EDGE_ADDED_HEADERS`) after `Host`, the forwarding
+/// headers and `x-netwall-sub`.
+pub const MAX_FORWARDED_CLAIMS: usize = netwall_proto::EDGE_ADDED_HEADERS - 8;
 /// Rate-limit window when a route sets only `requests` (the design's 100 requests / 60 s).
 pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(60);
 /// HTTP/2 streams per client connection (hyper's 200, rounded up).
@@ -756,6 +760,18 @@ impl GatewayConfig {
                         &format!("`{other}` is not `ip` or `sub`"),
                     )),
                 }
+            }
+            // The tunnel head is sized for what clients send plus what the edge adds; the
+            // claims a route forwards are part of the latter.
+            if r.auth
+                .as_ref()
+                .is_some_and(|a| a.forward_claims.len() > MAX_FORWARDED_CLAIMS)
+            {
+                errs.push(at.error(
+                    Some(r.host.span()),
+                    &format!("route[{i}].auth.forward_claims"),
+                    &format!("at most {MAX_FORWARDED_CLAIMS} claims can be forwarded"),
+                ));
             }
             if !names.contains(r.tunnel.get_ref().as_str()) {
                 errs.push(at.error(
