@@ -24,10 +24,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{Resolved, Trust};
 
-/// ALPN protocol of the tunnel.
-pub const TUNNEL_ALPN: &[u8] = b"netwall/1";
-/// Application close code the gateway uses for a rejected handshake (plus the reject code).
-pub const CLOSE_REJECTED: u32 = 0x100;
+pub use netwall_proto::wire::{CLOSE_REJECTED, TUNNEL_ALPN};
 
 /// Why a dial failed.
 #[derive(Debug, thiserror::Error)]

@@ -28,8 +28,7 @@ use crate::config::Resolved;
 use crate::dial::{Backoff, DialError, Session};
 use crate::replay::Services;
 
-/// Application close code with which a gateway ends a drained connection.
-pub const CLOSE_DRAINED: u32 = 0x3;
+pub use netwall_proto::wire::CLOSE_DRAINED;
 
 /// How long the endpoint may take to deliver final close frames.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);

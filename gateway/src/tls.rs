@@ -16,8 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::route::HostPattern;
 
-/// ALPN protocol of the tunnel; a peer that does not speak it fails the handshake.
-pub const TUNNEL_ALPN: &[u8] = b"netwall/1";
+pub use netwall_proto::wire::TUNNEL_ALPN;
 
 /// Failure to set up TLS.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@
 
 mod codec;
 mod frame;
+pub mod wire;
 
 #[cfg(all(feature = "http", feature = "tokio"))]
 pub mod body;

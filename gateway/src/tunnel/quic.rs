@@ -23,12 +23,7 @@ use crate::config::TunnelListenerConfig;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::tls::{CertPair, TlsError};
 
-/// Application close code for a rejected handshake; the reject code is added to it.
-pub const CLOSE_REJECTED: u32 = 0x100;
-/// Application close code when the gateway shuts down.
-pub const CLOSE_SHUTDOWN: u32 = 0x2;
-/// Application close code once a draining connection has no request left.
-pub const CLOSE_DRAINED: u32 = 0x3;
+pub use netwall_proto::wire::{CLOSE_DRAINED, CLOSE_REJECTED, CLOSE_SHUTDOWN};
 
 /// What a connector is told when its tunnel name or credential is wrong (the same for both).
 pub const REJECTED_CREDENTIAL: &str = "tunnel name or credential rejected";
