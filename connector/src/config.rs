@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use netwall_proto::Secret;
-pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, parse_duration};
+pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, duration, parse_duration};
 
 /// Environment variable that supplies (and overrides) the tunnel credential.
 pub const CREDENTIAL_ENV: &str = "NETWALL_CREDENTIAL";
@@ -70,11 +70,6 @@ fn d_pool() -> usize {
 }
 fn d_drain() -> Duration {
     DEFAULT_DRAIN_TIMEOUT
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// The whole connector configuration.

@@ -20,7 +20,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::config::parse_duration;
+use netwall_proto::config::duration;
 
 /// Default clock-skew allowance for `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -39,10 +39,6 @@ fn d_revalidate() -> Duration {
 }
 fn d_sources() -> Vec<String> {
     vec!["header".to_owned()]
-}
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// `[route.auth]`

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, parse_duration};
+pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, duration, parse_duration};
 
 /// Time allowed for a client to send a complete request head (slowloris guard).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,11 +159,6 @@ fn default_self_signed_names() -> Vec<String> {
 }
 fn default_admin_listen() -> Option<SocketAddr> {
     DEFAULT_ADMIN_LISTEN.parse().ok()
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// The whole gateway configuration.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::config::parse_duration;
+use netwall_proto::config::duration;
 
 /// Default multiple of the recent average that counts as a spike.
 pub const DEFAULT_MULTIPLE: f64 = 5.0;
@@ -29,10 +29,6 @@ fn d_min() -> u64 {
 }
 fn d_window() -> Duration {
     DEFAULT_WINDOW
-}
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// `[spike]`

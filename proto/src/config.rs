@@ -200,6 +200,12 @@ impl<'a> Located<'a> {
     }
 }
 
+/// serde `deserialize_with` for a duration written as text (`"500ms"`, `"10s"`, `"2m"`).
+pub fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
 /// Parse a duration such as `500ms`, `10s`, `2m`, `1h 30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
