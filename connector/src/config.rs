@@ -224,13 +224,8 @@ impl ConnectorConfig {
     ) -> Result<Resolved, ConfigErrors> {
         let at = Located::new(path, src);
         let config: ConnectorConfig = at.parse()?;
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
+        // Relative paths are relative to the config's folder; `join` keeps absolute ones.
+        let resolve = |p: &Path| base.join(p);
         let mut errs = Vec::new();
 
         if config.gateways.get_ref().is_empty() {

@@ -137,11 +137,8 @@ pub enum AuthError {
 }
 
 fn read(base: &Path, p: &Path) -> Result<Vec<u8>, String> {
-    let path = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    };
+    // `join` keeps an absolute `p` as it is.
+    let path = base.join(p);
     std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 

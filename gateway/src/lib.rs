@@ -151,13 +151,8 @@ fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartErro
 /// Load certificates, bind every listener and start serving.
 pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     let Loaded { config, base } = loaded;
-    let resolve = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            base.join(p)
-        }
-    };
+    // Relative paths in the config are relative to its folder; `join` keeps absolute ones.
+    let resolve = |p: &Path| base.join(p);
     let metrics = Arc::new(Metrics::new());
     let codec = Codec::default();
     let routes = RouteTable::new(&config.routes, &base).map_err(StartError::Config)?;

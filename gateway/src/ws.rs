@@ -265,11 +265,8 @@ impl WsPolicy {
     pub fn new(config: WsConfig, base: &std::path::Path) -> Result<WsPolicy, String> {
         let schema = match &config.json_schema {
             Some(p) => {
-                let path = if p.is_absolute() {
-                    p.clone()
-                } else {
-                    base.join(p)
-                };
+                // `join` keeps an absolute `p` as it is.
+                let path = base.join(p);
                 let failed =
                     |e: &dyn std::fmt::Display| format!("json_schema {}: {e}", path.display());
                 let text = std::fs::read(&path).map_err(|e| failed(&e))?;
