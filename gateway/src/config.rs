@@ -644,144 +644,8 @@ impl GatewayConfig {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
-            let ws = &r.websocket;
-            let ws_key = |k: &str| format!("route[{i}].websocket.{k}");
-            // WebSocket errors point at their route (the key names the field).
-            let ws_at = |_k: &str| Some(r.host.span());
-            if ws.max_message_bytes == 0
-                || ws.max_message_bytes > netwall_proto::DEFAULT_MAX_MESSAGE_LEN
-            {
-                errs.push(at.error(
-                    ws_at("max_message_bytes"),
-                    &ws_key("max_message_bytes"),
-                    "must be 1 byte to 16 MiB",
-                ));
-            }
-            if ws
-                .max_frame_bytes
-                .is_some_and(|f| f == 0 || f > ws.max_message_bytes)
-            {
-                errs.push(at.error(
-                    ws_at("max_frame_bytes"),
-                    &ws_key("max_frame_bytes"),
-                    "must be 1 byte to max_message_bytes",
-                ));
-            }
-            if !(9..=15).contains(&ws.compression_window_bits) {
-                errs.push(at.error(
-                    ws_at("compression_window_bits"),
-                    &ws_key("compression_window_bits"),
-                    "must be 9 to 15",
-                ));
-            }
-            if ws.heartbeat_timeout.is_zero() || ws.heartbeat_interval.is_zero() {
-                errs.push(at.error(
-                    ws_at("heartbeat_interval"),
-                    &ws_key("heartbeat_interval"),
-                    "heartbeat interval and timeout must be positive",
-                ));
-            }
-            for o in &ws.allowed_origins {
-                if let Err(e) = crate::ws::OriginPattern::parse(o) {
-                    errs.push(at.error(ws_at("allowed_origins"), &ws_key("allowed_origins"), &e));
-                }
-            }
-            if let Err(e) = crate::route::HostPattern::parse(r.host.get_ref()) {
-                errs.push(at.error(Some(r.host.span()), &format!("route[{i}].host"), &e));
-            }
-            match crate::policy::path::normalize(r.path.get_ref()) {
-                Ok(p) if p.trim_end_matches('/') == r.path.get_ref().trim_end_matches('/') => {}
-                Ok(p) => errs.push(at.error(
-                    Some(r.path.span()),
-                    &format!("route[{i}].path"),
-                    &format!(
-                        "must be in normal form (`{p}`): requests are matched after normalisation"
-                    ),
-                )),
-                Err(crate::policy::path::PathError::NotAbsolute) => errs.push(at.error(
-                    Some(r.path.span()),
-                    &format!("route[{i}].path"),
-                    "must start with '/'",
-                )),
-                Err(e) => errs.push(at.error(
-                    Some(r.path.span()),
-                    &format!("route[{i}].path"),
-                    &format!("must be a plain absolute path: {e}"),
-                )),
-            }
-            if r.path.get_ref().contains(';') {
-                errs.push(at.error(
-                    Some(r.path.span()),
-                    &format!("route[{i}].path"),
-                    "cannot contain ';' (parameters are ignored when matching)",
-                ));
-            }
-            for u in r.upgrades.get_ref() {
-                let ok = !u.is_empty()
-                    && u.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
-                    && !u.eq_ignore_ascii_case("h2c");
-                if !ok {
-                    errs.push(at.error(
-                        Some(r.upgrades.span()).filter(|s| !s.is_empty()),
-                        &format!("route[{i}].upgrades"),
-                        &format!(
-                            "`{u}` is not an upgrade protocol the edge can relay (h2c never is)"
-                        ),
-                    ));
-                }
-            }
-            if let Some(spanned) = &r.rate_limit {
-                let rl = spanned.get_ref();
-                let rl_at = Some(spanned.span());
-                if rl.requests == 0 || rl.window.is_zero() || rl.burst == Some(0) {
-                    errs.push(at.error(
-                        rl_at.clone(),
-                        &format!("route[{i}].rate_limit"),
-                        "requests, window and burst must be positive",
-                    ));
-                }
-                match rl.key.as_str() {
-                    "ip" => {}
-                    "sub" if r.auth.is_some() => {}
-                    "sub" => errs.push(at.error(
-                        rl_at.clone(),
-                        &format!("route[{i}].rate_limit.key"),
-                        "`sub` needs [route.auth] on the same route",
-                    )),
-                    other => errs.push(at.error(
-                        rl_at.clone(),
-                        &format!("route[{i}].rate_limit.key"),
-                        &format!("`{other}` is not `ip` or `sub`"),
-                    )),
-                }
-            }
-            // The tunnel head is sized for what clients send plus what the edge adds; the
-            // claims a route forwards are part of the latter.
-            if r.auth
-                .as_ref()
-                .is_some_and(|a| a.forward_claims.len() > MAX_FORWARDED_CLAIMS)
-            {
-                errs.push(at.error(
-                    Some(r.host.span()),
-                    &format!("route[{i}].auth.forward_claims"),
-                    &format!("at most {MAX_FORWARDED_CLAIMS} claims can be forwarded"),
-                ));
-            }
-            if !names.contains(r.tunnel.get_ref().as_str()) {
-                errs.push(at.error(
-                    Some(r.tunnel.span()),
-                    &format!("route[{i}].tunnel"),
-                    &format!("no [[tunnel]] named `{}`", r.tunnel.get_ref()),
-                ));
-            }
-            if !crate::route::valid_name(&r.service) {
-                errs.push(at.error(
-                    Some(r.host.span()),
-                    &format!("route[{i}].service"),
-                    "must be 1-64 characters of a-z, 0-9, '-', '_', '.'",
-                ));
-            }
+            validate_websocket(at, i, r, &mut errs);
+            validate_route(at, i, r, &names, &mut errs);
             let key = (
                 r.host.get_ref().to_ascii_lowercase(),
                 crate::route::normalize_prefix(r.path.get_ref()),
@@ -806,5 +670,151 @@ impl GatewayConfig {
             }
         }
         errs
+    }
+}
+
+/// A route's `[route.websocket]`; its errors point at the route (the key names the field).
+fn validate_websocket(at: &Located<'_>, i: usize, r: &RouteConfig, errs: &mut Vec<ConfigError>) {
+    let ws = &r.websocket;
+    let ws_key = |k: &str| format!("route[{i}].websocket.{k}");
+    // WebSocket errors point at their route (the key names the field).
+    let ws_at = |_k: &str| Some(r.host.span());
+    if ws.max_message_bytes == 0 || ws.max_message_bytes > netwall_proto::DEFAULT_MAX_MESSAGE_LEN {
+        errs.push(at.error(
+            ws_at("max_message_bytes"),
+            &ws_key("max_message_bytes"),
+            "must be 1 byte to 16 MiB",
+        ));
+    }
+    if ws
+        .max_frame_bytes
+        .is_some_and(|f| f == 0 || f > ws.max_message_bytes)
+    {
+        errs.push(at.error(
+            ws_at("max_frame_bytes"),
+            &ws_key("max_frame_bytes"),
+            "must be 1 byte to max_message_bytes",
+        ));
+    }
+    if !(9..=15).contains(&ws.compression_window_bits) {
+        errs.push(at.error(
+            ws_at("compression_window_bits"),
+            &ws_key("compression_window_bits"),
+            "must be 9 to 15",
+        ));
+    }
+    if ws.heartbeat_timeout.is_zero() || ws.heartbeat_interval.is_zero() {
+        errs.push(at.error(
+            ws_at("heartbeat_interval"),
+            &ws_key("heartbeat_interval"),
+            "heartbeat interval and timeout must be positive",
+        ));
+    }
+    for o in &ws.allowed_origins {
+        if let Err(e) = crate::ws::OriginPattern::parse(o) {
+            errs.push(at.error(ws_at("allowed_origins"), &ws_key("allowed_origins"), &e));
+        }
+    }
+}
+
+/// A route's host, path, policies and references.
+fn validate_route(
+    at: &Located<'_>,
+    i: usize,
+    r: &RouteConfig,
+    names: &std::collections::HashSet<&str>,
+    errs: &mut Vec<ConfigError>,
+) {
+    if let Err(e) = crate::route::HostPattern::parse(r.host.get_ref()) {
+        errs.push(at.error(Some(r.host.span()), &format!("route[{i}].host"), &e));
+    }
+    match crate::policy::path::normalize(r.path.get_ref()) {
+        Ok(p) if p.trim_end_matches('/') == r.path.get_ref().trim_end_matches('/') => {}
+        Ok(p) => errs.push(at.error(
+            Some(r.path.span()),
+            &format!("route[{i}].path"),
+            &format!("must be in normal form (`{p}`): requests are matched after normalisation"),
+        )),
+        Err(crate::policy::path::PathError::NotAbsolute) => errs.push(at.error(
+            Some(r.path.span()),
+            &format!("route[{i}].path"),
+            "must start with '/'",
+        )),
+        Err(e) => errs.push(at.error(
+            Some(r.path.span()),
+            &format!("route[{i}].path"),
+            &format!("must be a plain absolute path: {e}"),
+        )),
+    }
+    if r.path.get_ref().contains(';') {
+        errs.push(at.error(
+            Some(r.path.span()),
+            &format!("route[{i}].path"),
+            "cannot contain ';' (parameters are ignored when matching)",
+        ));
+    }
+    for u in r.upgrades.get_ref() {
+        let ok = !u.is_empty()
+            && u.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+            && !u.eq_ignore_ascii_case("h2c");
+        if !ok {
+            errs.push(at.error(
+                Some(r.upgrades.span()).filter(|s| !s.is_empty()),
+                &format!("route[{i}].upgrades"),
+                &format!("`{u}` is not an upgrade protocol the edge can relay (h2c never is)"),
+            ));
+        }
+    }
+    if let Some(spanned) = &r.rate_limit {
+        let rl = spanned.get_ref();
+        let rl_at = Some(spanned.span());
+        if rl.requests == 0 || rl.window.is_zero() || rl.burst == Some(0) {
+            errs.push(at.error(
+                rl_at.clone(),
+                &format!("route[{i}].rate_limit"),
+                "requests, window and burst must be positive",
+            ));
+        }
+        match rl.key.as_str() {
+            "ip" => {}
+            "sub" if r.auth.is_some() => {}
+            "sub" => errs.push(at.error(
+                rl_at.clone(),
+                &format!("route[{i}].rate_limit.key"),
+                "`sub` needs [route.auth] on the same route",
+            )),
+            other => errs.push(at.error(
+                rl_at.clone(),
+                &format!("route[{i}].rate_limit.key"),
+                &format!("`{other}` is not `ip` or `sub`"),
+            )),
+        }
+    }
+    // The tunnel head is sized for what clients send plus what the edge adds; the
+    // claims a route forwards are part of the latter.
+    if r.auth
+        .as_ref()
+        .is_some_and(|a| a.forward_claims.len() > MAX_FORWARDED_CLAIMS)
+    {
+        errs.push(at.error(
+            Some(r.host.span()),
+            &format!("route[{i}].auth.forward_claims"),
+            &format!("at most {MAX_FORWARDED_CLAIMS} claims can be forwarded"),
+        ));
+    }
+    if !names.contains(r.tunnel.get_ref().as_str()) {
+        errs.push(at.error(
+            Some(r.tunnel.span()),
+            &format!("route[{i}].tunnel"),
+            &format!("no [[tunnel]] named `{}`", r.tunnel.get_ref()),
+        ));
+    }
+    if !crate::route::valid_name(&r.service) {
+        errs.push(at.error(
+            Some(r.host.span()),
+            &format!("route[{i}].service"),
+            "must be 1-64 characters of a-z, 0-9, '-', '_', '.'",
+        ));
     }
 }
