@@ -188,7 +188,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         while l.tracked() > 1 {
             assert!(Instant::now() < deadline, "keys were not pruned");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::task::yield_now().await;
             l.next_prune.store(0, Ordering::Relaxed);
             l.check("fresh").await;
         }
