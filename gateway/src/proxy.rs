@@ -196,8 +196,8 @@ impl Proxy {
         check_limits(req.headers(), self.max_header_bytes)
             .map_err(|_| EdgeError::HeadersTooLarge)?;
         let peer = client_addr(req.headers(), peer, route.trusted_proxy_hops);
-        // Only the edge may say who the caller is.
-        strip_edge_owned(req.headers_mut());
+        // Client copies of edge-owned headers (identity, forwarding) are removed once, where
+        // the head is built (`request_head`); nothing before it reads them.
         let identity = match &route.auth {
             Some(auth) => Some(self.authenticate(auth, &req, &route, peer)?),
             None => None,
