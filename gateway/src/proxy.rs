@@ -385,8 +385,7 @@ impl Proxy {
         }
         let route_name: Arc<str> = route.name.as_str().into();
         let Some(slot) = self.ws_slots.claim(
-            route_name.clone(),
-            peer.ip(),
+            (route_name.clone(), peer.ip()),
             policy.config.max_connections_per_ip,
         ) else {
             crate::security_event!(event = "connection_limit", limit = "per_ip", route = %route.name, client = %peer);

@@ -355,46 +355,9 @@ pub fn is_websocket_request<B>(req: &Request<B>) -> bool {
 }
 
 /// Concurrent WebSockets per (route, client IP).
-#[derive(Default)]
-pub struct IpSlots {
-    counts: Mutex<HashMap<(Arc<str>, IpAddr), usize>>,
-}
-
-/// One claimed slot; released on drop.
-pub struct IpSlot {
-    slots: Arc<IpSlots>,
-    key: (Arc<str>, IpAddr),
-}
-
-impl IpSlots {
-    /// Claim a slot unless `ip` already has `max` on `route`.
-    pub fn claim(self: &Arc<Self>, route: Arc<str>, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let mut counts = self.counts.lock().ok()?;
-        let key = (route, ip);
-        let n = counts.entry(key.clone()).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
-            slots: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        if let Ok(mut counts) = self.slots.counts.lock()
-            && let Some(n) = counts.get_mut(&self.key)
-        {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
-}
+pub type IpSlots = crate::policy::conn_limit::SlotTable<(Arc<str>, IpAddr)>;
+/// One WebSocket's claim on its (route, client IP) budget; released on drop.
+pub type IpSlot = crate::policy::conn_limit::Slot<(Arc<str>, IpAddr)>;
 
 /// Everything a running WebSocket session holds.
 pub struct Session {

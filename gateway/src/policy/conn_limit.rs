@@ -1,77 +1,99 @@
-//! Concurrent connections per client IP, across every public listener.
+//! Concurrent connections per key: per client IP across every public listener, and per
+//! (route, client IP) for WebSockets.
 //!
-//! Checked at accept, before TLS (and just after the PROXY header when the gateway sits
-//! behind a TCP load balancer): one address cannot hold thousands of idle TLS sessions and
-//! crowd everyone else out of the global connection cap. The table holds one entry per
-//! address with an open connection, so it is bounded by the connections themselves.
+//! The per-IP connection cap is checked at accept, before TLS (and just after the PROXY
+//! header when the gateway sits behind a TCP load balancer): one address cannot hold
+//! thousands of idle TLS sessions and crowd everyone else out of the global connection cap.
+//! A table holds one entry per key with an open connection, so it is bounded by the
+//! connections themselves.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// Open connections by client address.
+/// Open connections by key, each claim released when its [`Slot`] drops.
 #[derive(Debug)]
-pub struct IpConnLimit {
-    max: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
+pub struct SlotTable<K: Hash + Eq + Clone> {
+    counts: Mutex<HashMap<K, usize>>,
 }
 
 /// One open connection's claim; released when dropped.
 #[derive(Debug)]
-pub struct IpConnSlot {
-    limit: Arc<IpConnLimit>,
-    ip: IpAddr,
+pub struct Slot<K: Hash + Eq + Clone> {
+    table: Arc<SlotTable<K>>,
+    key: K,
 }
+
+impl<K: Hash + Eq + Clone> Default for SlotTable<K> {
+    fn default() -> Self {
+        SlotTable {
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> SlotTable<K> {
+    /// Claim a slot for `key`, or `None` when it already holds `max`.
+    pub fn claim(self: &Arc<Self>, key: K, max: usize) -> Option<Slot<K>> {
+        let mut counts = self.counts.lock().ok()?;
+        let n = counts.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            table: self.clone(),
+            key,
+        })
+    }
+
+    /// Keys tracked now.
+    pub fn tracked(&self) -> usize {
+        self.counts.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Slot<K> {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.table.counts.lock()
+            && let Some(n) = counts.get_mut(&self.key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Open public connections by client address.
+#[derive(Debug)]
+pub struct IpConnLimit {
+    max: usize,
+    table: Arc<SlotTable<IpAddr>>,
+}
+
+/// A public connection's claim on its address's budget.
+pub type IpConnSlot = Slot<IpAddr>;
 
 impl IpConnLimit {
     /// At most `max` connections per address.
     pub fn new(max: usize) -> Arc<IpConnLimit> {
         Arc::new(IpConnLimit {
             max,
-            counts: Mutex::new(HashMap::new()),
+            table: Arc::default(),
         })
     }
 
     /// Claim a slot for `ip`, or `None` when it already holds `max`.
-    pub fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<IpConnSlot> {
-        let ip = canonical(ip);
-        let mut counts = self.counts.lock().ok()?;
-        let n = counts.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(IpConnSlot {
-            limit: self.clone(),
-            ip,
-        })
-    }
-
-    /// Connections `ip` holds now.
-    pub fn count(&self, ip: IpAddr) -> usize {
-        self.counts
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&canonical(ip)).copied())
-            .unwrap_or(0)
+    pub fn claim(&self, ip: IpAddr) -> Option<IpConnSlot> {
+        self.table.claim(canonical(ip), self.max)
     }
 
     /// Addresses tracked now.
     pub fn tracked(&self) -> usize {
-        self.counts.lock().map(|c| c.len()).unwrap_or(0)
-    }
-}
-
-impl Drop for IpConnSlot {
-    fn drop(&mut self) {
-        if let Ok(mut counts) = self.limit.counts.lock()
-            && let Some(n) = counts.get_mut(&self.ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
-        }
+        self.table.tracked()
     }
 }
 
