@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use netwall_config::{ConfigError, ConfigErrors, Located, duration, parse_duration};
 use netwall_proto::Secret;
-pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, duration, parse_duration};
 
 /// Environment variable that supplies (and overrides) the tunnel credential.
 pub const CREDENTIAL_ENV: &str = "NETWALL_CREDENTIAL";
@@ -40,6 +40,13 @@ pub const DEFAULT_SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
 /// How long shutdown waits for in-flight requests.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// With `transport = "auto"`, a QUIC handshake that has not completed within this falls back
+/// to TLS over TCP: a healthy path completes it in one or two round trips, and a blocked one
+/// never does, so waiting the whole dial timeout would only delay the fallback.
+pub const DEFAULT_QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(3);
+/// While on the TLS fallback, how often QUIC is tried again (jittered by up to a quarter
+/// either way, so a fleet does not probe in step).
+pub const DEFAULT_QUIC_PROBE_INTERVAL: Duration = Duration::from_secs(300);
 
 fn d_connections() -> usize {
     DEFAULT_CONNECTIONS_PER_GATEWAY
@@ -71,6 +78,51 @@ fn d_pool() -> usize {
 fn d_drain() -> Duration {
     DEFAULT_DRAIN_TIMEOUT
 }
+fn d_fallback() -> Duration {
+    DEFAULT_QUIC_FALLBACK_AFTER
+}
+fn d_probe() -> Duration {
+    DEFAULT_QUIC_PROBE_INTERVAL
+}
+
+/// Which transport carries the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportChoice {
+    /// QUIC, falling back to TLS over TCP when UDP does not get through, and back again.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only (to the gateway's HTTPS port).
+    Tls,
+    /// Unix socket only (every gateway address is `unix:/path`).
+    Unix,
+}
+
+/// One gateway to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayAddr {
+    /// `host:port`: QUIC to that UDP port, TLS to `tls_port` (or the same port) over TCP.
+    Net {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// `unix:/run/netwall/app.sock`
+    Unix(PathBuf),
+}
+
+impl GatewayAddr {
+    /// Parse one `gateways` entry; a relative socket path resolves against `base`.
+    pub fn parse(s: &str, base: &Path) -> Option<GatewayAddr> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            return (!p.is_empty()).then(|| GatewayAddr::Unix(base.join(p)));
+        }
+        crate::dial::split_host_port(s).map(|(host, port)| GatewayAddr::Net { host, port })
+    }
+}
 
 /// The whole connector configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,8 +136,22 @@ pub struct ConnectorConfig {
     /// File holding the credential (trailing whitespace ignored).
     #[serde(default)]
     pub credential_file: Option<Spanned<PathBuf>>,
-    /// Gateway tunnel addresses, `host:port`; the connector keeps connections to all of them.
+    /// Gateway tunnel addresses, `host:port` or `unix:/path`; the connector keeps
+    /// connections to all of them.
     pub gateways: Spanned<Vec<String>>,
+    /// `auto` (default), `quic`, `tls` or `unix`.
+    #[serde(default)]
+    pub transport: TransportChoice,
+    /// TCP port of the gateway's HTTPS listener for the TLS transport; defaults to the port
+    /// of each gateway address.
+    #[serde(default)]
+    pub tls_port: Option<u16>,
+    /// With `auto`: how long the QUIC handshake may take before falling back to TLS.
+    #[serde(default = "d_fallback", deserialize_with = "duration")]
+    pub quic_fallback_after: Duration,
+    /// With `auto`, while on TLS: how often QUIC is tried again.
+    #[serde(default = "d_probe", deserialize_with = "duration")]
+    pub quic_probe_interval: Duration,
     /// Connections per gateway address.
     #[serde(default = "d_connections")]
     pub connections_per_gateway: usize,
@@ -195,8 +261,10 @@ pub struct Resolved {
     pub credential: Secret,
     /// Services.
     pub services: BTreeMap<String, ServiceTarget>,
-    /// Certificate trust.
-    pub trust: Trust,
+    /// Gateways to dial.
+    pub gateways: Vec<GatewayAddr>,
+    /// Certificate trust; `None` when every gateway is a Unix socket.
+    pub trust: Option<Trust>,
     /// Connector identity.
     pub connector_id: String,
 }
@@ -231,14 +299,47 @@ impl ConnectorConfig {
         if config.gateways.get_ref().is_empty() {
             errs.push(at.error(Some(config.gateways.span()), "gateways", "lists no gateway"));
         }
+        let mut gateways = Vec::new();
         for g in config.gateways.get_ref() {
-            if crate::dial::split_host_port(g).is_none() {
-                errs.push(at.error(
+            match GatewayAddr::parse(g, base) {
+                Some(a) => {
+                    let unix = matches!(a, GatewayAddr::Unix(_));
+                    let fits = match config.transport {
+                        TransportChoice::Unix => unix,
+                        TransportChoice::Quic | TransportChoice::Tls => !unix,
+                        TransportChoice::Auto => true,
+                    };
+                    if !fits {
+                        errs.push(at.error(
+                            Some(config.gateways.span()),
+                            "gateways",
+                            &format!(
+                                "`{g}` cannot be dialed with transport = \"{}\"",
+                                format!("{:?}", config.transport).to_lowercase()
+                            ),
+                        ));
+                    }
+                    gateways.push(a);
+                }
+                None => errs.push(at.error(
                     Some(config.gateways.span()),
                     "gateways",
-                    &format!("`{g}` is not host:port"),
-                ));
+                    &format!("`{g}` is not host:port or unix:/path"),
+                )),
             }
+        }
+        let networked = gateways
+            .iter()
+            .any(|g| matches!(g, GatewayAddr::Net { .. }));
+        if config.quic_fallback_after.is_zero() || config.quic_probe_interval.is_zero() {
+            errs.push(
+                at.error(
+                    at.find("", Some("quic_probe_interval"))
+                        .or_else(|| at.find("", Some("quic_fallback_after"))),
+                    "quic_probe_interval",
+                    "quic_fallback_after and quic_probe_interval must be positive",
+                ),
+            );
         }
         if config.connections_per_gateway == 0 || config.connections_per_gateway > 64 {
             errs.push(at.error(
@@ -307,6 +408,8 @@ impl ConnectorConfig {
                     }
                 }
             }
+            // A Unix socket needs no TLS: its permissions are the authentication.
+            (None, true, None) if !networked => None,
             (None, true, None) => {
                 errs.push(at.error(None, "ca_file", "set one of ca_file, pin_sha256 or pin_cert_file: the gateway's certificate is always verified"));
                 None
@@ -341,6 +444,8 @@ impl ConnectorConfig {
                     None
                 }
             },
+            // A tunnel reached only through its socket may go without a credential.
+            _ if !networked => Some(String::new()),
             _ => {
                 errs.push(at.error(None, "credential_file", &format!("no credential: set credential_file or the {CREDENTIAL_ENV} environment variable")));
                 None
@@ -348,12 +453,13 @@ impl ConnectorConfig {
         };
 
         match (credential, trust) {
-            (Some(c), Some(trust)) if errs.is_empty() => {
+            (Some(c), trust) if errs.is_empty() && (trust.is_some() || !networked) => {
                 let connector_id = config.connector_id.clone().unwrap_or_else(host_name);
                 Ok(Resolved {
                     config,
                     credential: Secret(c.into_bytes().into()),
                     services,
+                    gateways,
                     trust,
                     connector_id,
                 })

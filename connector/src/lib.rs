@@ -19,29 +19,37 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use netwall_proto::{Codec, Frame};
+use netwall_tunnel::handshake::Session;
+use netwall_tunnel::{Closed, TransportKind};
+use rand::Rng;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::config::Resolved;
-use crate::dial::{Backoff, DialError, Session};
+use crate::config::{GatewayAddr, Resolved};
+use crate::dial::{Backoff, DialError, Dialer};
 use crate::replay::Services;
 
 pub use netwall_proto::wire::CLOSE_DRAINED;
 
-/// How long the endpoint may take to deliver final close frames.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// How long connections may take to deliver their final close frames at shutdown.
+const CLOSE_LINGER: Duration = Duration::from_millis(300);
+
+/// Application close code when the connector shuts down.
+const CLOSE_SHUTDOWN: u32 = netwall_proto::wire::CLOSE_SHUTDOWN;
 
 struct Ctx {
     resolved: Resolved,
-    endpoint: quinn::Endpoint,
-    codec: Codec,
+    dialer: Dialer,
     services: Arc<Services>,
     drain: CancellationToken,
+    /// Cancelled when the drain deadline has passed: every connection closes at once.
+    stop: CancellationToken,
     sessions: TaskTracker,
     live: watch::Sender<usize>,
     live_count: AtomicUsize,
+    transports: watch::Sender<Vec<TransportKind>>,
 }
 
 /// A started connector.
@@ -69,6 +77,12 @@ impl RunningConnector {
         }
     }
 
+    /// The transport of every live connection (for tests and status): changes on every
+    /// connect, fallback and return to QUIC.
+    pub fn transports(&self) -> watch::Receiver<Vec<TransportKind>> {
+        self.ctx.transports.subscribe()
+    }
+
     /// Drain every connection (no new requests, finish the ones sent) up to the drain
     /// deadline, then close. Returns whether everything drained in time.
     pub async fn shutdown(self) -> bool {
@@ -85,37 +99,44 @@ impl RunningConnector {
                 "drain deadline passed; closing with requests in flight"
             );
         }
-        self.ctx
-            .endpoint
-            .close(0u32.into(), b"connector shutting down");
-        let _ = tokio::time::timeout(CLOSE_LINGER, self.ctx.endpoint.wait_idle()).await;
+        self.ctx.stop.cancel();
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.ctx.sessions.wait()).await;
         drained
     }
 }
 
 /// Start dialing every gateway.
 pub fn start(resolved: Resolved) -> Result<RunningConnector, String> {
-    let endpoint = dial::endpoint(&resolved)?;
     let codec = Codec::default();
+    let dialer = Dialer::new(&resolved, codec)?;
     let services = Arc::new(Services::new(&resolved, codec));
     let (live, _) = watch::channel(0);
+    let (transports, _) = watch::channel(Vec::new());
     let ctx = Arc::new(Ctx {
-        endpoint,
-        codec,
+        dialer,
         services,
         drain: CancellationToken::new(),
+        stop: CancellationToken::new(),
         sessions: TaskTracker::new(),
         live,
         live_count: AtomicUsize::new(0),
+        transports,
         resolved,
     });
     let (fatal_tx, fatal) = watch::channel(None);
     let mut supervisors = Vec::new();
-    for addr in ctx.resolved.config.gateways.get_ref() {
+    for (addr, gw) in ctx
+        .resolved
+        .config
+        .gateways
+        .get_ref()
+        .iter()
+        .zip(ctx.resolved.gateways.clone())
+    {
         for slot in 0..ctx.resolved.config.connections_per_gateway {
             let span = info_span!("tunnel", gateway = %addr, slot);
             supervisors.push(tokio::spawn(
-                supervise(ctx.clone(), addr.clone()).instrument(span),
+                supervise(ctx.clone(), gw.clone()).instrument(span),
             ));
         }
     }
@@ -133,34 +154,54 @@ pub fn start(resolved: Resolved) -> Result<RunningConnector, String> {
     Ok(RunningConnector { ctx, fatal })
 }
 
-/// Keep one connection to `addr` up until drained; returns the error if the gateway rejected
+/// Keep one connection to `gw` up until drained; returns the error if the gateway rejected
 /// this connector for good.
-async fn supervise(ctx: Arc<Ctx>, addr: String) -> Option<DialError> {
+///
+/// With `transport = "auto"` a QUIC dial that does not complete within `quic_fallback_after`
+/// falls back to TLS over TCP, and later reconnects go straight to TLS until a background
+/// probe finds QUIC working again.
+async fn supervise(ctx: Arc<Ctx>, gw: GatewayAddr) -> Option<DialError> {
     let cfg = &ctx.resolved.config;
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
+    let auto = ctx.dialer.falls_back(&gw);
+    let mut on_fallback = false;
     loop {
         if ctx.drain.is_cancelled() {
             return None;
         }
-        match dial::connect(&ctx.endpoint, &ctx.resolved, &addr, ctx.codec).await {
+        let result = if auto && !on_fallback {
+            match ctx
+                .dialer
+                .dial(&gw, TransportKind::Quic, Some(ctx.dialer.fallback_after()))
+                .await
+            {
+                // Only silence means UDP is blocked: a QUIC answer that fails (a wrong
+                // certificate, a refusal) would fail over TLS just the same.
+                Err(e @ DialError::Timeout(_)) => {
+                    warn!(error = %e, after = ?ctx.dialer.fallback_after(), "QUIC handshake did not complete; falling back to TLS over TCP and probing QUIC in the background");
+                    ctx.dialer.dial(&gw, TransportKind::Tls, None).await
+                }
+                r => r,
+            }
+        } else if on_fallback {
+            ctx.dialer.dial(&gw, TransportKind::Tls, None).await
+        } else {
+            ctx.dialer.dial(&gw, ctx.dialer.primary(&gw), None).await
+        };
+        match result {
             Ok(session) => {
                 backoff.reset();
-                info!(gateway_id = %session.gateway_id, tunnel = %cfg.tunnel, "tunnel connected");
-                let (went_away_tx, went_away_rx) = oneshot::channel();
-                let serving = ctx
-                    .sessions
-                    .spawn(serve(ctx.clone(), session, went_away_tx).in_current_span());
-                // A go-away means "reconnect now"; the old connection finishes its requests.
-                tokio::select! {
-                    _ = went_away_rx => {}
-                    _ = serving => {}
-                }
+                on_fallback = run(&ctx, &gw, session, auto).await;
             }
             Err(e) if e.is_permanent() => {
                 error!(error = %e, "gateway rejected this connector; not retrying");
                 return Some(e);
             }
-            Err(e) => warn!(error = %e, "dial failed"),
+            Err(e) => {
+                warn!(error = %e, "dial failed");
+                // Nothing got through: the next attempt starts from QUIC again.
+                on_fallback = false;
+            }
         }
         let delay = backoff.next_delay();
         debug!(?delay, "reconnecting after delay");
@@ -171,72 +212,163 @@ async fn supervise(ctx: Arc<Ctx>, addr: String) -> Option<DialError> {
     }
 }
 
-fn set_live(ctx: &Ctx, delta: isize) {
-    let n = if delta > 0 {
+/// A probe delay: `interval` jittered by up to a quarter either way.
+fn jittered(interval: Duration) -> Duration {
+    let spread = interval / 4;
+    let low = interval.saturating_sub(spread);
+    rand::rng().random_range(low..=interval.saturating_add(spread))
+}
+
+/// Serve `session` until it ends or the gateway goes away. While it runs over the TLS
+/// fallback, probe QUIC and, once it works, move over: the new connection is serving before
+/// the old one is drained, so no request is lost in the switch. Returns whether the
+/// connection in use at the end was the fallback.
+async fn run(ctx: &Arc<Ctx>, gw: &GatewayAddr, mut session: Session, auto: bool) -> bool {
+    let probe_every = ctx.resolved.config.quic_probe_interval;
+    loop {
+        let kind = session.conn.kind();
+        info!(gateway_id = %session.gateway_id, tunnel = %ctx.resolved.config.tunnel, transport = %kind, "tunnel connected");
+        let drain = ctx.drain.child_token();
+        let (went_away_tx, went_away_rx) = oneshot::channel();
+        let mut serving = ctx
+            .sessions
+            .spawn(serve(ctx.clone(), session, went_away_tx, drain.clone()).in_current_span());
+        tokio::pin!(went_away_rx);
+        let probing = auto && kind == TransportKind::Tls;
+        let probe = tokio::time::sleep(jittered(probe_every));
+        tokio::pin!(probe);
+        loop {
+            tokio::select! {
+                // A go-away means "reconnect now"; the old connection finishes its requests.
+                _ = &mut went_away_rx => return kind == TransportKind::Tls,
+                _ = &mut serving => return kind == TransportKind::Tls,
+                _ = &mut probe, if probing => {
+                    match ctx.dialer.dial(gw, TransportKind::Quic, Some(ctx.dialer.fallback_after())).await {
+                        Ok(new) => {
+                            info!("QUIC gets through again; moving back from TLS and draining the TLS connection");
+                            session = new;
+                            // The QUIC connection is registered at the gateway (it welcomed
+                            // it); only now does the old one stop taking requests.
+                            drain.cancel();
+                            break;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "QUIC probe failed; staying on TLS");
+                            probe.as_mut().reset(tokio::time::Instant::now() + jittered(probe_every));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn set_live(ctx: &Ctx, kind: TransportKind, up: bool) {
+    let n = if up {
         ctx.live_count.fetch_add(1, Ordering::SeqCst) + 1
     } else {
         ctx.live_count.fetch_sub(1, Ordering::SeqCst) - 1
     };
+    ctx.transports.send_modify(|v| {
+        if up {
+            v.push(kind);
+        } else if let Some(i) = v.iter().position(|k| *k == kind) {
+            v.remove(i);
+        }
+    });
     ctx.live.send_replace(n);
 }
 
-/// Serve one connection: accept streams, answer control frames, drain on request.
+/// Serve one connection: accept streams, keep the control stream alive, drain on request.
 ///
 /// A drain asks the gateway for no new requests; the gateway closes the connection once it
 /// has received the last response in full, so nothing is cut short here by closing early.
-async fn serve(ctx: Arc<Ctx>, mut s: Session, went_away: oneshot::Sender<()>) {
-    set_live(&ctx, 1);
+async fn serve(
+    ctx: Arc<Ctx>,
+    mut s: Session,
+    went_away: oneshot::Sender<()>,
+    drain: CancellationToken,
+) {
+    let kind = s.conn.kind();
+    set_live(&ctx, kind, true);
+    let cfg = &ctx.resolved.config;
     let mut went_away = Some(went_away);
     let mut accepted: u64 = 0;
     let mut drain_sent = false;
     let mut control_open = true;
-    let end = loop {
+    let mut ping = tokio::time::interval(cfg.keep_alive);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let silence = tokio::time::sleep(cfg.idle_timeout);
+    tokio::pin!(silence);
+    let mut ping_id: u64 = 0;
+    let end: Closed = loop {
         tokio::select! {
             biased;
-            _ = ctx.drain.cancelled(), if !drain_sent => {
+            _ = ctx.stop.cancelled() => {
+                s.conn.close(CLOSE_SHUTDOWN, b"connector shutting down");
+                break Closed::Locally;
+            }
+            _ = drain.cancelled(), if !drain_sent => {
                 drain_sent = true;
                 if s.control_w.send(&Frame::Drain).await.is_err() || s.control_w.flush().await.is_err() {
                     // No control stream: nothing can be drained cleanly; wait for the deadline.
                     debug!("cannot send drain");
                 }
             }
-            stream = s.conn.accept_bi() => match stream {
-                Ok((send, recv)) => {
+            stream = s.conn.accept() => match stream {
+                Ok(stream) => {
                     accepted += 1;
-                    tokio::spawn(ctx.services.clone().replay(send, recv).in_current_span());
+                    tokio::spawn(ctx.services.clone().replay(stream).in_current_span());
                 }
                 Err(e) => break e,
             },
-            frame = s.control_r.next(), if control_open => match frame {
-                Ok(Some(Frame::GoAway { reason })) => {
-                    info!(%reason, "gateway going away");
-                    if let Some(tx) = went_away.take() {
-                        let _ = tx.send(());
+            // Pings keep the control stream provably alive whatever the transport: a
+            // multiplexed TCP connection can look open long after its peer vanished.
+            _ = ping.tick(), if control_open => {
+                ping_id = ping_id.wrapping_add(1);
+                if s.control_w.send(&Frame::Ping(ping_id)).await.is_err() || s.control_w.flush().await.is_err() {
+                    debug!("cannot send ping");
+                }
+            }
+            _ = &mut silence, if control_open => {
+                warn!(timeout = ?cfg.idle_timeout, %kind, "gateway silent on the control stream; closing the connection");
+                s.conn.close(0, b"gateway silent");
+                break Closed::Lost("gateway silent".into());
+            }
+            frame = s.control_r.next(), if control_open => {
+                silence.as_mut().reset(tokio::time::Instant::now() + cfg.idle_timeout);
+                match frame {
+                    Ok(Some(Frame::GoAway { reason })) => {
+                        info!(%reason, "gateway going away");
+                        if let Some(tx) = went_away.take() {
+                            let _ = tx.send(());
+                        }
                     }
-                }
-                Ok(Some(Frame::DrainAck { streams_opened })) => {
-                    debug!(streams_opened, accepted, "drain acknowledged; the gateway closes when done");
-                }
-                Ok(Some(Frame::Ping(v))) => {
-                    let _ = s.control_w.send(&Frame::Pong(v)).await;
-                }
-                Ok(Some(other)) => debug!(kind = other.kind(), "ignoring control frame"),
-                Ok(None) | Err(_) => {
-                    control_open = false;
-                    if let Some(tx) = went_away.take() {
-                        let _ = tx.send(());
+                    Ok(Some(Frame::DrainAck { streams_opened })) => {
+                        debug!(streams_opened, accepted, "drain acknowledged; the gateway closes when done");
+                    }
+                    Ok(Some(Frame::Ping(v))) => {
+                        let _ = s.control_w.send(&Frame::Pong(v)).await;
+                        let _ = s.control_w.flush().await;
+                    }
+                    Ok(Some(Frame::Pong(_))) => {}
+                    Ok(Some(other)) => debug!(kind = other.kind(), "ignoring control frame"),
+                    Ok(None) | Err(_) => {
+                        control_open = false;
+                        if let Some(tx) = went_away.take() {
+                            let _ = tx.send(());
+                        }
                     }
                 }
             },
         }
     };
-    set_live(&ctx, -1);
+    set_live(&ctx, kind, false);
     match end {
-        quinn::ConnectionError::ApplicationClosed(c)
-            if c.error_code == quinn::VarInt::from_u32(CLOSE_DRAINED) =>
-        {
-            info!(requests = accepted, "drained");
+        Closed::ByPeer { code, .. } if code == CLOSE_DRAINED => {
+            info!(requests = accepted, %kind, "drained");
         }
-        e => info!(reason = %e, requests = accepted, "tunnel connection closed"),
+        _ if drain_sent => info!(requests = accepted, %kind, "drained"),
+        e => info!(reason = %e, requests = accepted, %kind, "tunnel connection closed"),
     }
 }

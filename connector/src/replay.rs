@@ -15,10 +15,11 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use netwall_proto::body::{TunnelBody, pipe_upgraded, send_body};
-use netwall_proto::http::{from_header_map, strip_hop_by_hop, to_header_map};
-use netwall_proto::io::{FrameReader, FrameWriter};
 use netwall_proto::{Codec, Frame, Reset, ResetCode, ResponseHead};
+use netwall_tunnel::body::{TunnelBody, pipe_upgraded, send_body};
+use netwall_tunnel::http::{from_header_map, strip_hop_by_hop, to_header_map};
+use netwall_tunnel::io::{FrameReader, FrameWriter};
+use netwall_tunnel::{Stream, StreamRead, StreamWrite};
 use tracing::debug;
 
 use crate::config::{Resolved, ServiceTarget};
@@ -27,7 +28,7 @@ use crate::local::LocalConnector;
 /// Response bodies up to this size (known in advance) are sent with their head in one write.
 const SMALL_BODY: u64 = 16 * 1024;
 
-type ReqBody = Either<TunnelBody<quinn::RecvStream>, Empty<Bytes>>;
+type ReqBody = Either<TunnelBody<StreamRead>, Empty<Bytes>>;
 
 /// A local service and its pooled client.
 pub struct Service {
@@ -75,7 +76,8 @@ impl Services {
     }
 
     /// Serve one stream the gateway opened.
-    pub async fn replay(self: Arc<Self>, send: quinn::SendStream, recv: quinn::RecvStream) {
+    pub async fn replay(self: Arc<Self>, stream: Stream) {
+        let Stream { send, recv } = stream;
         let mut writer = FrameWriter::new(send, self.codec);
         let mut reader = FrameReader::new(recv, self.codec);
         let head = match reader.next().await {
@@ -253,7 +255,7 @@ impl Services {
     }
 }
 
-async fn reset(writer: &mut FrameWriter<quinn::SendStream>, code: ResetCode, reason: String) {
+async fn reset(writer: &mut FrameWriter<StreamWrite>, code: ResetCode, reason: String) {
     debug!(?code, %reason, "resetting tunnel stream");
     let _ = writer.send(&Frame::Reset(Reset { code, reason })).await;
     let _ = writer.shutdown().await;

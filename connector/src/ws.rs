@@ -7,10 +7,11 @@
 
 use bytes::Bytes;
 use http::header;
-use netwall_proto::io::{FrameReader, FrameWriter};
 use netwall_proto::{
     DEFAULT_MAX_MESSAGE_LEN, Frame as TunnelFrame, RequestHead, ResetCode, ResponseHead, WsKind,
 };
+use netwall_tunnel::io::{FrameReader, FrameWriter};
+use netwall_tunnel::{StreamRead, StreamWrite};
 use tracing::debug;
 use yawc::close::CloseCode;
 use yawc::{Frame, HttpRequest, OpCode, Options, WebSocket};
@@ -32,8 +33,8 @@ pub async fn relay(
     connector: &LocalConnector,
     authority: &str,
     head: RequestHead,
-    writer: &mut FrameWriter<quinn::SendStream>,
-    reader: &mut FrameReader<quinn::RecvStream>,
+    writer: &mut FrameWriter<StreamWrite>,
+    reader: &mut FrameReader<StreamRead>,
 ) -> Result<(), (ResetCode, String)> {
     use futures_util::SinkExt;
     let io = connector.connect().await.map_err(|e| {

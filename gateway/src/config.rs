@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use netwall_proto::config::{ConfigError, ConfigErrors, Located, duration, parse_duration};
+pub use netwall_config::{ConfigError, ConfigErrors, Located, duration, parse_duration};
 
 /// Time allowed for a client to send a complete request head (slowloris guard).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +45,10 @@ pub const DEFAULT_TUNNEL_KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// real connectors).
 pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP: usize = 16;
 /// Time a route waits for the service's response head before answering 504.
+/// Mode of a tunnel's Unix socket: only its owner may attach, so granting a container access
+/// is a deliberate `unix_socket_owner` (or a looser mode), never an accident.
+pub const DEFAULT_UNIX_SOCKET_MODE: u32 = 0o600;
+/// Time to wait for a response head, per route.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request body limit per route (DESIGN.md: 10 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
@@ -297,6 +301,10 @@ pub struct TunnelListenerConfig {
     /// Unfinished handshakes allowed per source IP.
     #[serde(default = "default_max_pending_per_ip")]
     pub max_pending_handshakes_per_ip: usize,
+    /// Also accept tunnels over TLS/TCP on the public HTTPS listener, told apart from
+    /// browsers by ALPN, for connectors whose network blocks UDP.
+    #[serde(default = "default_true")]
+    pub tls_on_https: bool,
 }
 
 /// `[admin]`
@@ -323,7 +331,56 @@ pub struct TunnelConfig {
     /// Name connectors present in their hello.
     pub name: Spanned<String>,
     /// SHA-256 of the tunnel credential, hex (`netwall-gateway credential` prints one).
-    pub credential_sha256: Spanned<String>,
+    /// May be left out only for a tunnel with a `unix_socket`, whose permissions then
+    /// authenticate; when set, Unix-socket connections must present it too.
+    #[serde(default)]
+    pub credential_sha256: Option<Spanned<String>>,
+    /// A Unix socket that is this tunnel's own listener (for containers without a network).
+    #[serde(default)]
+    pub unix_socket: Option<Spanned<PathBuf>>,
+    /// Octal mode of the socket file, e.g. `"0660"`.
+    #[serde(default)]
+    pub unix_socket_mode: Option<Spanned<String>>,
+    /// Owner of the socket file, numeric: `"uid"`, `"uid:gid"` or `":gid"`.
+    #[serde(default)]
+    pub unix_socket_owner: Option<Spanned<String>>,
+}
+
+impl TunnelConfig {
+    /// The socket file's mode (validated).
+    pub fn socket_mode(&self) -> u32 {
+        self.unix_socket_mode
+            .as_ref()
+            .and_then(|m| parse_mode(m.get_ref()))
+            .unwrap_or(DEFAULT_UNIX_SOCKET_MODE)
+    }
+
+    /// The socket file's owner (validated): `(uid, gid)`.
+    pub fn socket_owner(&self) -> (Option<u32>, Option<u32>) {
+        self.unix_socket_owner
+            .as_ref()
+            .and_then(|o| parse_owner(o.get_ref()))
+            .unwrap_or((None, None))
+    }
+}
+
+/// `"0660"` → `0o660`; at most `0o777`.
+fn parse_mode(s: &str) -> Option<u32> {
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o777)
+}
+
+/// `"uid"`, `"uid:gid"`, `":gid"`, numeric.
+fn parse_owner(s: &str) -> Option<(Option<u32>, Option<u32>)> {
+    let (u, g) = s.split_once(':').unwrap_or((s, ""));
+    let num = |p: &str| -> Option<Option<u32>> {
+        if p.is_empty() {
+            Some(None)
+        } else {
+            p.parse().ok().map(Some)
+        }
+    };
+    let (u, g) = (num(u)?, num(g)?);
+    (u.is_some() || g.is_some()).then_some((u, g))
 }
 
 /// `[[route]]`
@@ -638,8 +695,18 @@ impl GatewayConfig {
                     &format!("tunnel `{}` is declared twice", t.name.get_ref()),
                 ));
             }
-            if crate::tunnel::parse_credential_hash(t.credential_sha256.get_ref()).is_none() {
-                errs.push(at.error(Some(t.credential_sha256.span()), &format!("tunnel[{i}].credential_sha256"), "must be 64 hex digits (the SHA-256 of the credential, never the credential itself)"));
+            validate_tunnel(at, i, t, &mut errs);
+        }
+        let mut sockets = std::collections::HashSet::new();
+        for (i, t) in self.tunnels.iter().enumerate() {
+            if let Some(p) = &t.unix_socket
+                && !sockets.insert(p.get_ref())
+            {
+                errs.push(at.error(
+                    Some(p.span()),
+                    &format!("tunnel[{i}].unix_socket"),
+                    "another tunnel already listens on this socket",
+                ));
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -713,6 +780,71 @@ fn validate_websocket(at: &Located<'_>, i: usize, r: &RouteConfig, errs: &mut Ve
     for o in &ws.allowed_origins {
         if let Err(e) = crate::ws::OriginPattern::parse(o) {
             errs.push(at.error(ws_at("allowed_origins"), &ws_key("allowed_origins"), &e));
+        }
+    }
+}
+
+/// A tunnel's credential and Unix socket.
+fn validate_tunnel(at: &Located<'_>, i: usize, t: &TunnelConfig, errs: &mut Vec<ConfigError>) {
+    match (&t.credential_sha256, &t.unix_socket) {
+        (Some(c), _) => {
+            if crate::tunnel::parse_credential_hash(c.get_ref()).is_none() {
+                errs.push(at.error(
+                    Some(c.span()),
+                    &format!("tunnel[{i}].credential_sha256"),
+                    "must be 64 hex digits (the SHA-256 of the credential, never the credential itself)",
+                ));
+            }
+        }
+        (None, Some(_)) => {}
+        (None, None) => errs.push(at.error(
+            Some(t.name.span()),
+            &format!("tunnel[{i}].credential_sha256"),
+            "is required (only a tunnel with a `unix_socket` may go without a credential)",
+        )),
+    }
+    if let Some(p) = &t.unix_socket
+        && p.get_ref().as_os_str().is_empty()
+    {
+        errs.push(at.error(
+            Some(p.span()),
+            &format!("tunnel[{i}].unix_socket"),
+            "must be a path",
+        ));
+    }
+    for (key, value, ok) in [
+        (
+            "unix_socket_mode",
+            &t.unix_socket_mode,
+            t.unix_socket_mode
+                .as_ref()
+                .is_none_or(|m| parse_mode(m.get_ref()).is_some()),
+        ),
+        (
+            "unix_socket_owner",
+            &t.unix_socket_owner,
+            t.unix_socket_owner
+                .as_ref()
+                .is_none_or(|o| parse_owner(o.get_ref()).is_some()),
+        ),
+    ] {
+        let Some(v) = value else { continue };
+        if t.unix_socket.is_none() {
+            errs.push(at.error(
+                Some(v.span()),
+                &format!("tunnel[{i}].{key}"),
+                "needs `unix_socket`",
+            ));
+        } else if !ok {
+            errs.push(at.error(
+                Some(v.span()),
+                &format!("tunnel[{i}].{key}"),
+                if key == "unix_socket_mode" {
+                    "must be an octal mode such as \"0660\""
+                } else {
+                    "must be numeric: \"uid\", \"uid:gid\" or \":gid\""
+                },
+            ));
         }
     }
 }

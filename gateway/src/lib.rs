@@ -2,7 +2,7 @@
 //!
 //! It terminates HTTPS (HTTP/1.1 and HTTP/2) and plain HTTP (redirected), routes each request
 //! by host and path to a tunnel, and relays it over a connection that a connector dialed out
-//! to the [tunnel listener](tunnel::quic). [`start`] binds everything and returns a
+//! to a [tunnel listener](tunnel::listen) (QUIC, TLS on the HTTPS port, or a Unix socket). [`start`] binds everything and returns a
 //! [`RunningGateway`] whose [`shutdown`](RunningGateway::shutdown) drains gracefully; the
 //! binary and the end-to-end tests both use it.
 
@@ -38,9 +38,12 @@ use crate::metrics::Metrics;
 use crate::route::{HostPattern, RouteTable};
 use crate::tls::{CertPair, SniResolver};
 use crate::tunnel::Registry;
-use crate::tunnel::quic::{CLOSE_SHUTDOWN, TunnelServer};
+use crate::tunnel::listen::{Listeners, MUX_MAX_STREAMS, SocketOwner};
+use crate::tunnel::server::{CLOSE_SHUTDOWN, TunnelServer};
+use netwall_tunnel::mux::MuxParams;
+use netwall_tunnel::quic::{QuicListener, QuicParams};
 
-/// How long the QUIC endpoint may take to deliver its final close frames at shutdown.
+/// How long tunnel connections may take to deliver their final close frames at shutdown.
 const TUNNEL_CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Failure to start.
@@ -60,6 +63,14 @@ pub enum StartError {
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A tunnel's Unix socket could not be bound.
+    #[error("cannot listen on unix:{path}")]
+    Socket {
+        /// The socket file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A file could not be written.
     #[error("cannot write {path}")]
     Write {
@@ -78,6 +89,8 @@ pub struct RunningGateway {
     pub http_addr: Option<SocketAddr>,
     /// Bound QUIC tunnel address.
     pub tunnel_addr: SocketAddr,
+    /// Unix sockets bound for tunnels: `(tunnel, path)`.
+    pub tunnel_sockets: Vec<(String, std::path::PathBuf)>,
     /// Bound admin address.
     pub admin_addr: Option<SocketAddr>,
     /// PEM of the tunnel certificate when it was generated at start.
@@ -95,7 +108,8 @@ pub struct RunningGateway {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     tunnel_tasks: TaskTracker,
-    endpoint: quinn::Endpoint,
+    endpoint: QuicListener,
+    tunnel_server: Arc<TunnelServer>,
     drain_timeout: Duration,
 }
 
@@ -112,14 +126,18 @@ impl RunningGateway {
         if !drained {
             warn!(deadline = ?self.drain_timeout, "drain deadline passed; closing remaining connections");
         }
-        self.endpoint.close(
-            quinn::VarInt::from_u32(CLOSE_SHUTDOWN),
-            b"gateway shutting down",
-        );
+        self.tunnel_server
+            .close_all(CLOSE_SHUTDOWN, b"gateway shutting down");
         self.tunnel_tasks.close();
         let _ = tokio::time::timeout(TUNNEL_CLOSE_LINGER, async {
             self.tunnel_tasks.wait().await;
-            self.endpoint.wait_idle().await;
+            self.endpoint
+                .close(
+                    CLOSE_SHUTDOWN,
+                    b"gateway shutting down",
+                    TUNNEL_CLOSE_LINGER,
+                )
+                .await;
         })
         .await;
         drained
@@ -186,14 +204,17 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         https_cert_pem = pair.generated_pem.clone();
         entries.push((vec![HostPattern::Any], pair));
     }
-    let acceptor = TlsAcceptor::from(tls::public_server_config(SniResolver::new(entries)?)?);
-
     // Tunnel certificate.
     let tl = &config.tunnel_listener;
     let tunnel_pair = match (&tl.cert, &tl.key) {
         (Some(c), Some(k)) => CertPair::load(&resolve(c.get_ref()), &resolve(k.get_ref()))?,
         _ => CertPair::self_signed(&tl.self_signed_names)?,
     };
+    let mut resolver = SniResolver::new(entries)?;
+    if tl.tls_on_https {
+        resolver = resolver.with_tunnel(&tunnel_pair)?;
+    }
+    let acceptor = TlsAcceptor::from(tls::public_server_config(resolver)?);
     let tunnel_fingerprint = tunnel_pair.fingerprint();
     if let (Some(out), Some(pem)) = (&tl.self_signed_cert_out, &tunnel_pair.generated_pem) {
         let out = resolve(out);
@@ -209,15 +230,26 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     let users = Arc::new(ws::UserSessions::default());
     let revocations = Arc::new(auth::Revocations::default());
 
-    let tunnels = config.tunnels.iter().filter_map(|t| {
-        tunnel::parse_credential_hash(t.credential_sha256.get_ref())
-            .map(|h| (t.name.get_ref().clone(), h))
+    let tunnels = config.tunnels.iter().map(|t| {
+        let hash = t
+            .credential_sha256
+            .as_ref()
+            .and_then(|c| tunnel::parse_credential_hash(c.get_ref()));
+        (t.name.get_ref().clone(), hash)
     });
     let registry = Arc::new(Registry::new(tunnels, metrics.clone()));
-    let endpoint = tunnel::quic::bind(tl, &tunnel_pair).map_err(|source| StartError::Bind {
-        addr: tl.listen,
-        source,
-    })?;
+    let quic_params = QuicParams {
+        idle_timeout: tl.idle_timeout,
+        keep_alive: tl.keep_alive,
+        max_peer_streams: 0,
+    };
+    let endpoint = tls::tunnel_server_config(&tunnel_pair)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|tls| QuicListener::bind(tl.listen, tls, &quic_params))
+        .map_err(|source| StartError::Bind {
+            addr: tl.listen,
+            source,
+        })?;
     let tunnel_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
         addr: tl.listen,
         source,
@@ -230,12 +262,42 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         tl,
     ));
     // Tunnel connections are not part of the public drain: they must outlive it so in-flight
-    // requests can finish; the endpoint is closed once the drain is over.
+    // requests can finish; they are closed once the drain is over.
+    let listeners = Listeners {
+        server: server.clone(),
+        mux: MuxParams {
+            max_streams: MUX_MAX_STREAMS,
+            keep_alive: tl.keep_alive,
+        },
+        tasks: tunnel_tasks.clone(),
+        shutdown: shutdown.clone(),
+    };
     tokio::spawn(
-        server
-            .serve(endpoint.clone(), shutdown.clone(), tunnel_tasks.clone())
-            .instrument(info_span!("tunnel_listener")),
+        listeners
+            .clone()
+            .serve_quic(endpoint.clone())
+            .instrument(info_span!("tunnel_listener", transport = "quic")),
     );
+    let mut tunnel_sockets = Vec::new();
+    for t in &config.tunnels {
+        let Some(path) = &t.unix_socket else { continue };
+        let path = resolve(path.get_ref());
+        let (uid, gid) = t.socket_owner();
+        let l = tunnel::listen::bind_unix(&path, t.socket_mode(), SocketOwner { uid, gid })
+            .map_err(|source| StartError::Socket {
+                path: path.display().to_string(),
+                source,
+            })?;
+        tunnel_sockets.push((t.name.get_ref().clone(), path.clone()));
+        tokio::spawn(
+            listeners
+                .clone()
+                .serve_unix(l, path.clone(), t.name.get_ref().clone())
+                .instrument(
+                    info_span!("tunnel_listener", transport = "unix", socket = %path.display()),
+                ),
+        );
+    }
 
     let https_listener = bind_tcp(config.https.listen).await?;
     let https_addr = local_addr(&https_listener, config.https.listen)?;
@@ -261,6 +323,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         config.https.clone(),
         per_ip.clone(),
         metrics.clone(),
+        tl.tls_on_https.then(|| listeners.clone()),
         shutdown.clone(),
         tasks.clone(),
     ));
@@ -307,6 +370,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         https_addr,
         http_addr,
         tunnel_addr,
+        tunnel_sockets,
         admin_addr,
         tunnel_cert_pem: tunnel_pair.generated_pem,
         tunnel_fingerprint,
@@ -318,6 +382,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         tasks,
         tunnel_tasks,
         endpoint,
+        tunnel_server: server,
         drain_timeout: config.shutdown.drain_timeout,
     })
 }

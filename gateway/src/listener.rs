@@ -30,6 +30,8 @@ use crate::metrics::Metrics;
 use crate::policy::conn_limit::IpConnLimit;
 use crate::policy::headers::request_host;
 use crate::proxy::Proxy;
+use crate::tls::TUNNEL_ALPN;
+use crate::tunnel::listen::Listeners;
 use crate::ws::UserSessions;
 
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin.
@@ -96,6 +98,7 @@ pub async fn serve_https(
     cfg: HttpsConfig,
     per_ip: Arc<IpConnLimit>,
     metrics: Arc<Metrics>,
+    tunnels: Option<Listeners>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -130,13 +133,14 @@ pub async fn serve_https(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, proxy, metrics, builders, shutdown, per_ip) = (
+        let (acceptor, proxy, metrics, builders, shutdown, per_ip, tunnels) = (
             acceptor.clone(),
             proxy.clone(),
             metrics.clone(),
             builders.clone(),
             shutdown.clone(),
             per_ip.clone(),
+            tunnels.clone(),
         );
         let handshake_timeout = cfg.tls_handshake_timeout;
         let proxy_protocol = cfg.proxy_protocol;
@@ -182,6 +186,21 @@ pub async fn serve_https(
                         return;
                     }
                 };
+                let (_, session) = tls.get_ref();
+                if session.alpn_protocol() == Some(TUNNEL_ALPN) {
+                    // A connector whose network allows only outbound TCP: the tunnel server
+                    // takes the connection over, with its own limits and deadline.
+                    match &tunnels {
+                        Some(t)
+                            if session.protocol_version()
+                                == Some(rustls::ProtocolVersion::TLSv1_3) =>
+                        {
+                            t.hand_over_tls(tls, peer)
+                        }
+                        _ => metrics.reject("tunnel_alpn_refused"),
+                    }
+                    return;
+                }
                 metrics.public_connections.inc();
                 let linger = LingerFlag::default();
                 let flag = linger.clone();

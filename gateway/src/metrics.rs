@@ -33,6 +33,15 @@ pub struct TunnelDirLabel {
     pub direction: &'static str,
 }
 
+/// Label: a tunnel and the transport of a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// Tunnel name.
+    pub tunnel: String,
+    /// `quic`, `tls` or `unix`.
+    pub transport: &'static str,
+}
+
 /// Label: outcome of a tunnel handshake.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -83,6 +92,8 @@ pub struct Metrics {
     pub public_connections: Gauge,
     /// Live tunnel connections per tunnel.
     pub tunnel_connections: Family<TunnelLabel, Gauge>,
+    /// Live tunnel connections by transport.
+    pub tunnel_transport_connections: Family<TransportLabel, Gauge>,
     /// Requests in flight per tunnel (from stream open to response end).
     pub tunnel_in_flight: Family<TunnelLabel, Gauge>,
     /// Tunnel handshakes by outcome.
@@ -121,6 +132,7 @@ impl Metrics {
             response_head_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             public_connections: Gauge::default(),
             tunnel_connections: Family::default(),
+            tunnel_transport_connections: Family::default(),
             tunnel_in_flight: Family::default(),
             tunnel_handshakes: Family::default(),
             tunnel_bytes: Family::default(),
@@ -157,6 +169,11 @@ impl Metrics {
             "tunnel_connections",
             "Live tunnel connections per tunnel",
             m.tunnel_connections.clone(),
+        );
+        registry.register(
+            "tunnel_transport_connections",
+            "Live tunnel connections per tunnel and transport",
+            m.tunnel_transport_connections.clone(),
         );
         registry.register(
             "tunnel_requests_in_flight",

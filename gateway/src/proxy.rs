@@ -20,10 +20,10 @@ use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use netwall_proto::body::{BodyError, BodyGuard, TunnelBody, pipe_upgraded, send_body};
-use netwall_proto::http::{from_header_map, strip_hop_by_hop, to_header_map};
-use netwall_proto::io::{FrameReader, FrameWriter};
 use netwall_proto::{Codec, Frame, RequestHead, ResponseHead};
+use netwall_tunnel::body::{BodyError, BodyGuard, TunnelBody, pipe_upgraded, send_body};
+use netwall_tunnel::http::{from_header_map, strip_hop_by_hop, to_header_map};
+use netwall_tunnel::io::{FrameReader, FrameWriter};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -288,7 +288,7 @@ impl Proxy {
             match outcome {
                 Ok(h) => break (h, lease, reader, upgrade_writer),
                 Err(EdgeError::TunnelLost) if replayable && attempt < OPEN_ATTEMPTS => {
-                    if lease.conn().transport.is_closed() {
+                    if lease.conn().is_closed() {
                         tunnel.remove(lease.conn().id);
                     }
                     debug!(
@@ -553,7 +553,7 @@ impl Proxy {
         for _ in 0..OPEN_ATTEMPTS {
             let lease = tunnel.pick().ok_or(EdgeError::TunnelOffline)?;
             let attempt = async {
-                let (send, recv) = lease.conn().transport.open_stream().await?;
+                let (send, recv) = lease.conn().open_stream().await?;
                 let mut writer = FrameWriter::new(send, self.codec);
                 writer
                     .send_encoded(head)
@@ -564,7 +564,7 @@ impl Proxy {
             match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok((w, r))) => return Ok((lease, w, r)),
                 Ok(Err(e)) => {
-                    let closed = lease.conn().transport.is_closed();
+                    let closed = lease.conn().is_closed();
                     debug!(error = %e, conn_id = lease.conn().id, closed, "tunnel stream could not be opened; trying another connection");
                     if closed {
                         tunnel.remove(lease.conn().id);

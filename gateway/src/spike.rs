@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tracing::warn;
 
-use netwall_proto::config::duration;
+use netwall_config::duration;
 
 /// Default multiple of the recent average that counts as a spike.
 pub const DEFAULT_MULTIPLE: f64 = 5.0;

@@ -102,6 +102,9 @@ impl CertPair {
 pub struct SniResolver {
     entries: Vec<(HostPattern, Arc<CertifiedKey>)>,
     default: Arc<CertifiedKey>,
+    /// Served to clients that offer only the tunnel ALPN (connectors on the HTTPS port), so
+    /// they verify the same certificate as over QUIC.
+    tunnel: Option<Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
@@ -129,12 +132,31 @@ impl SniResolver {
         Ok(SniResolver {
             entries: out,
             default,
+            tunnel: None,
         })
+    }
+
+    /// Also answer tunnel connections (ALPN `netwall/1`) with the tunnel certificate.
+    pub fn with_tunnel(mut self, pair: &CertPair) -> Result<SniResolver, TlsError> {
+        self.tunnel = Some(pair.certified()?);
+        Ok(self)
+    }
+
+    /// Whether tunnel connections are accepted.
+    pub fn accepts_tunnels(&self) -> bool {
+        self.tunnel.is_some()
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(t) = &self.tunnel
+            && hello
+                .alpn()
+                .is_some_and(|mut a| a.any(|p| p == TUNNEL_ALPN))
+        {
+            return Some(t.clone());
+        }
         let Some(name) = hello.server_name() else {
             return Some(self.default.clone());
         };
@@ -156,16 +178,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-/// Public listener TLS: 1.2 and 1.3, ALPN h2 then http/1.1. The server's cipher-suite order
+/// Public listener TLS: 1.2 and 1.3, ALPN h2 then http/1.1 (and `netwall/1` when the
+/// resolver accepts tunnels; no browser offers it). The server's cipher-suite order
 /// (rustls's: AEADs with forward secrecy, strongest first) wins over the client's, so a
 /// client cannot steer the handshake to the weakest suite both support.
 pub fn public_server_config(resolver: SniResolver) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let tunnels = resolver.accepts_tunnels();
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     cfg.ignore_client_order = true;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if tunnels {
+        cfg.alpn_protocols.push(TUNNEL_ALPN.to_vec());
+    }
     Ok(Arc::new(cfg))
 }
 

@@ -6,23 +6,12 @@
 //! and no clock, so it can be unit-tested and fuzzed exhaustively. Every length is checked
 //! against [`Limits`] before anything is allocated.
 //!
-//! Optional modules hold the glue both ends share: [`io`] (feature `tokio`) reads and
-//! writes frames on async byte streams, and [`http`] (feature `http`) converts heads to and
-//! from the `http` crate's types, [`body`] streams HTTP bodies over tunnel streams, and
-//! [`config`] (feature `config`) reports configuration errors by file, line and key.
+//! [`wire`] holds the constants both ends must agree on besides frames (ALPN, close codes).
+//! Reading frames from sockets is the tunnel crate's job, not this one's.
 
 mod codec;
 mod frame;
 pub mod wire;
-
-#[cfg(all(feature = "http", feature = "tokio"))]
-pub mod body;
-#[cfg(feature = "config")]
-pub mod config;
-#[cfg(feature = "http")]
-pub mod http;
-#[cfg(feature = "tokio")]
-pub mod io;
 
 pub use codec::{
     Codec, DEFAULT_MAX_CONTROL_LEN, DEFAULT_MAX_DATA_LEN, DEFAULT_MAX_HEAD_LEN,

@@ -3,33 +3,28 @@
 //! A [`Tunnel`] is declared in the config; connectors authenticate to it and each of their
 //! connections becomes a [`TunnelConn`]. Requests [`Tunnel::pick`] the least-loaded live
 //! connection (ties rotate, so idle replicas share load) and hold a [`Lease`] until the
-//! response body is done. The relay code sees only [`Transport::open_stream`], never which
-//! transport carries it.
+//! response body is done. The relay code sees only [`TunnelConn::open_stream`], never which
+//! transport carries it: [`listen`] accepts QUIC, TLS and Unix-socket connections and hands
+//! each to the one [`server`] that runs the handshake and the control loop.
 
-pub mod quic;
+pub mod listen;
+pub mod server;
 pub mod throttle;
 
 use std::collections::HashMap;
-use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use netwall_proto::Frame;
-use netwall_proto::io::FrameWriter;
+use netwall_tunnel::io::FrameWriter;
+pub use netwall_tunnel::{Conn, Peer, StreamRead, StreamWrite, TransportKind};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, Notify};
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::metrics::{Metrics, TunnelLabel};
-
-/// Receiving half of a tunnel stream, whatever the transport.
-pub type StreamRead = Box<dyn AsyncRead + Send + Unpin>;
-/// Sending half of a tunnel stream, whatever the transport.
-pub type StreamWrite = Box<dyn AsyncWrite + Send + Unpin>;
+use crate::metrics::{Metrics, TransportLabel, TunnelLabel};
 
 /// Parse a hex SHA-256 credential hash.
 pub fn parse_credential_hash(hex_str: &str) -> Option<[u8; 32]> {
@@ -42,39 +37,6 @@ pub fn credential_hash(credential: &[u8]) -> String {
     hex::encode(Sha256::digest(credential))
 }
 
-/// A connection carrying tunnel streams.
-#[derive(Clone)]
-pub enum Transport {
-    /// QUIC: one bidirectional stream per request.
-    Quic(quinn::Connection),
-}
-
-impl Transport {
-    /// Open a new stream to the connector.
-    pub async fn open_stream(&self) -> io::Result<(StreamWrite, StreamRead)> {
-        match self {
-            Transport::Quic(c) => {
-                let (s, r) = c.open_bi().await.map_err(io::Error::other)?;
-                Ok((Box::new(s), Box::new(r)))
-            }
-        }
-    }
-
-    /// Whether the connection has closed (or been declared dead).
-    pub fn is_closed(&self) -> bool {
-        match self {
-            Transport::Quic(c) => c.close_reason().is_some(),
-        }
-    }
-
-    /// Close the connection at once.
-    pub fn close(&self, reason: &str) {
-        match self {
-            Transport::Quic(c) => c.close(quinn::VarInt::from_u32(0), reason.as_bytes()),
-        }
-    }
-}
-
 /// One authenticated connector connection.
 pub struct TunnelConn {
     /// Unique within this gateway process.
@@ -82,9 +44,9 @@ pub struct TunnelConn {
     /// Identity the connector gave.
     pub connector_id: String,
     /// Connector's address as seen here.
-    pub remote: SocketAddr,
-    /// The transport.
-    pub transport: Transport,
+    pub remote: Peer,
+    /// The connection; relay code opens request streams on it.
+    pub transport: Conn,
     /// Control stream writer (go-away, drain-ack).
     pub control: Mutex<FrameWriter<StreamWrite>>,
     in_flight: AtomicUsize,
@@ -98,8 +60,8 @@ impl TunnelConn {
     pub fn new(
         id: u64,
         connector_id: String,
-        remote: SocketAddr,
-        transport: Transport,
+        remote: Peer,
+        transport: Conn,
         control: FrameWriter<StreamWrite>,
     ) -> Self {
         TunnelConn {
@@ -123,6 +85,17 @@ impl TunnelConn {
     /// Request streams ever opened on this connection.
     pub fn streams_opened(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Open a request stream to the connector.
+    pub async fn open_stream(&self) -> std::io::Result<(StreamWrite, StreamRead)> {
+        let s = self.transport.open().await?;
+        Ok((s.send, s.recv))
+    }
+
+    /// Whether the connection has closed (or been declared dead).
+    pub fn is_closed(&self) -> bool {
+        self.transport.close_reason().is_some()
     }
 
     /// Whether the connector asked for no new requests on this connection.
@@ -179,16 +152,17 @@ impl Drop for Lease {
 pub struct Tunnel {
     /// Name from the config.
     pub name: String,
-    credential_hash: [u8; 32],
+    credential_hash: Option<[u8; 32]>,
     in_flight: Gauge,
     live: RwLock<Vec<Arc<TunnelConn>>>,
     rotate: AtomicUsize,
 }
 
 impl Tunnel {
-    /// A tunnel accepting the credential whose SHA-256 is `credential_hash`; `in_flight`
-    /// counts its leased requests.
-    pub fn new(name: String, credential_hash: [u8; 32], in_flight: Gauge) -> Self {
+    /// A tunnel accepting the credential whose SHA-256 is `credential_hash` (none: only
+    /// its Unix socket, whose permissions authenticate, reaches it); `in_flight` counts its
+    /// leased requests.
+    pub fn new(name: String, credential_hash: Option<[u8; 32]>, in_flight: Gauge) -> Self {
         Tunnel {
             name,
             credential_hash,
@@ -198,10 +172,21 @@ impl Tunnel {
         }
     }
 
-    /// Constant-time check of a presented credential.
+    /// Constant-time check of a presented credential; a tunnel without one accepts none.
     pub fn verify(&self, credential: &[u8]) -> bool {
         let presented: [u8; 32] = Sha256::digest(credential).into();
-        presented.ct_eq(&self.credential_hash).into()
+        match &self.credential_hash {
+            Some(h) => presented.ct_eq(h).into(),
+            None => {
+                let _ = std::hint::black_box(presented.ct_eq(&[0u8; 32]));
+                false
+            }
+        }
+    }
+
+    /// Whether a connection must present a credential (one is configured).
+    pub fn requires_credential(&self) -> bool {
+        self.credential_hash.is_some()
     }
 
     /// The same work as [`Tunnel::verify`], for a tunnel name that does not exist.
@@ -279,7 +264,7 @@ pub struct Registry {
 impl Registry {
     /// Tunnels from `(name, credential hash)` pairs.
     pub fn new(
-        tunnels: impl IntoIterator<Item = (String, [u8; 32])>,
+        tunnels: impl IntoIterator<Item = (String, Option<[u8; 32]>)>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let tunnels = tunnels
@@ -318,6 +303,13 @@ impl Registry {
 
     /// Make an authenticated connection available to requests.
     pub fn register(&self, tunnel: &Tunnel, conn: Arc<TunnelConn>) {
+        self.metrics
+            .tunnel_transport_connections
+            .get_or_create(&TransportLabel {
+                tunnel: tunnel.name.clone(),
+                transport: conn.transport.kind().as_str(),
+            })
+            .inc();
         tunnel.add(conn);
         self.metrics
             .tunnel_connections
@@ -330,6 +322,13 @@ impl Registry {
     /// Forget a closed connection.
     pub fn unregister(&self, tunnel: &Tunnel, conn: &TunnelConn) {
         tunnel.remove(conn.id);
+        self.metrics
+            .tunnel_transport_connections
+            .get_or_create(&TransportLabel {
+                tunnel: tunnel.name.clone(),
+                transport: conn.transport.kind().as_str(),
+            })
+            .dec();
         self.metrics
             .tunnel_connections
             .get_or_create(&TunnelLabel {

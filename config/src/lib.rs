@@ -1,4 +1,4 @@
-//! Configuration error reporting shared by the gateway and the connector (feature `config`).
+//! Configuration error reporting shared by the gateway and the connector.
 //!
 //! Both ends read strict TOML. This module turns a parse or validation failure into
 //! `file:line:column: key: message`, so an operator goes straight to the offending line.

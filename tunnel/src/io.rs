@@ -1,7 +1,7 @@
-//! Frame reading and writing over any tokio byte stream (feature `tokio`).
+//! Frame reading and writing over any tokio byte stream.
 //!
 //! This is the only place bytes from a tunnel stream become frames. The read buffer grows to
-//! at most one frame (bounded by the codec's [`Limits`](crate::Limits)) plus one read chunk, so a
+//! at most one frame (bounded by the codec's [`Limits`](netwall_proto::Limits)) plus one read chunk, so a
 //! peer cannot make a reader hold more than that however it slices its writes.
 
 use std::future::poll_fn;
@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::codec::{Codec, DecodeError, EncodeError};
-use crate::frame::Frame;
+use netwall_proto::Frame;
+use netwall_proto::{Codec, DecodeError, EncodeError};
 
 /// Bytes asked of the transport per read.
 const READ_CHUNK: usize = 16 * 1024;

@@ -1,4 +1,4 @@
-//! Conversions between protocol heads and the `http` crate's types (feature `http`).
+//! Conversions between protocol heads and the `http` crate's types.
 //!
 //! Both ends of a tunnel turn frames into `http` values here, so header validation and
 //! hop-by-hop handling are written once.
@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::frame::Header;
+use netwall_proto::Header;
 
 /// A header from the tunnel that is not valid HTTP.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

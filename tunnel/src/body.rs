@@ -1,4 +1,4 @@
-//! HTTP bodies over tunnel streams (features `tokio` and `http`).
+//! HTTP bodies over tunnel streams.
 //!
 //! [`TunnelBody`] is the receiving half: an `http_body::Body` that yields `Data` frames as body
 //! chunks and `End` trailers as trailers, pulling the next frame only when the consumer polls,
@@ -14,9 +14,9 @@ use http_body::{Body, Frame as BodyFrame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::frame::{Frame, Reset, ResetCode};
 use crate::http::{HeaderError, from_header_map, to_header_map};
 use crate::io::{FrameReader, FrameWriter, ReadError, WriteError};
+use netwall_proto::{Frame, Reset, ResetCode};
 
 /// Why a body relayed over a tunnel stream did not complete.
 #[derive(Debug, thiserror::Error)]

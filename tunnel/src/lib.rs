@@ -1,0 +1,24 @@
+//! The tunnel seam shared by the gateway and the connector.
+//!
+//! A [`Connection`] carries bidirectional [`Stream`]s, whatever the transport: [`quic`]
+//! (default), [`tls`] over TCP (accepted on the gateway's HTTPS port), a [`unix`] socket (for
+//! containers with no network), or the in-memory [`duplex`] pipe tests use; the latter three
+//! multiplex with [`mux`]. On top of any of them, [`handshake`] runs the hello exchange, and
+//! [`io`], [`body`] and [`http`] move frames, HTTP bodies and heads over streams. Relay code
+//! in both ends sees only [`Conn`] and [`Stream`].
+
+pub mod body;
+pub mod duplex;
+pub mod handshake;
+pub mod http;
+pub mod io;
+pub mod mux;
+pub mod quic;
+pub mod tls;
+mod transport;
+pub mod unix;
+
+pub use transport::{
+    BoxFuture, Closed, Conn, Connection, Peer, SendHalf, Stream, StreamRead, StreamWrite,
+    TransportKind,
+};

@@ -1,0 +1,253 @@
+//! QUIC (quinn over UDP): the default transport, one bidirectional QUIC stream per tunnel
+//! stream. This is the only file of netwall that names quinn.
+//!
+//! A connector dials from a UDP socket *connected* to its gateway: the kernel then delivers
+//! nothing but the gateway's datagrams, so a stranger probing the connector's port gets what
+//! any closed port gives (ICMP port unreachable), never a QUIC Stateless Reset that would tell
+//! a scanner a QUIC endpoint lives there.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use crate::transport::{BoxFuture, Closed, Conn, Connection, Peer, Stream, TransportKind};
+
+/// Streams a connector may open toward the gateway: the control stream, with room to spare.
+/// Requests flow on gateway-opened streams only.
+const GATEWAY_MAX_PEER_STREAMS: u32 = 4;
+
+/// Liveness and stream settings of QUIC connections.
+#[derive(Debug, Clone, Copy)]
+pub struct QuicParams {
+    /// Silence after which a connection is dead.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval, well under the idle timeout.
+    pub keep_alive: Duration,
+    /// Streams the peer may have open toward this side at once (connector side: the
+    /// gateway's request streams).
+    pub max_peer_streams: u32,
+}
+
+fn transport_config(p: &QuicParams) -> Result<quinn::TransportConfig, String> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        p.idle_timeout
+            .try_into()
+            .map_err(|e| format!("idle_timeout: {e}"))?,
+    ))
+    .keep_alive_interval(Some(p.keep_alive))
+    .max_concurrent_bidi_streams(p.max_peer_streams.into())
+    .max_concurrent_uni_streams(0u32.into());
+    Ok(t)
+}
+
+/// A QUIC connection as a tunnel [`Connection`].
+struct QuicConn {
+    conn: quinn::Connection,
+    /// A dialed connection owns its endpoint (its connected socket).
+    endpoint: Option<quinn::Endpoint>,
+}
+
+fn closed_of(e: &quinn::ConnectionError) -> Closed {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => Closed::ByPeer {
+            code: u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX),
+            reason: String::from_utf8_lossy(&c.reason).into_owned(),
+        },
+        quinn::ConnectionError::LocallyClosed => Closed::Locally,
+        other => Closed::Lost(other.to_string()),
+    }
+}
+
+fn stream(s: quinn::SendStream, r: quinn::RecvStream) -> Stream {
+    Stream {
+        send: Box::new(s),
+        recv: Box::new(r),
+    }
+}
+
+impl crate::transport::SendHalf for quinn::SendStream {
+    fn stopped(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = quinn::SendStream::stopped(self).await;
+        })
+    }
+}
+
+impl Connection for QuicConn {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Quic
+    }
+
+    fn peer(&self) -> Peer {
+        Peer::Addr(self.conn.remote_address())
+    }
+
+    fn open(&self) -> BoxFuture<'_, Result<Stream, Closed>> {
+        Box::pin(async move {
+            let (s, r) = self.conn.open_bi().await.map_err(|e| closed_of(&e))?;
+            Ok(stream(s, r))
+        })
+    }
+
+    fn accept(&self) -> BoxFuture<'_, Result<Stream, Closed>> {
+        Box::pin(async move {
+            let (s, r) = self.conn.accept_bi().await.map_err(|e| closed_of(&e))?;
+            Ok(stream(s, r))
+        })
+    }
+
+    fn close(&self, code: u32, reason: &[u8]) {
+        self.conn.close(quinn::VarInt::from_u32(code), reason);
+    }
+
+    fn closed(&self) -> BoxFuture<'_, Closed> {
+        Box::pin(async move { closed_of(&self.conn.closed().await) })
+    }
+
+    fn close_reason(&self) -> Option<Closed> {
+        self.conn.close_reason().map(|e| closed_of(&e))
+    }
+}
+
+impl Drop for QuicConn {
+    fn drop(&mut self) {
+        // A dialed endpoint lingers just long enough to deliver the close, off this task.
+        if let Some(ep) = self.endpoint.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+            });
+        }
+    }
+}
+
+// === Gateway side ===
+
+/// The gateway's QUIC tunnel listener.
+pub struct QuicListener {
+    endpoint: quinn::Endpoint,
+}
+
+/// A connection attempt not yet accepted.
+pub struct QuicIncoming(quinn::Incoming);
+
+impl QuicListener {
+    /// Bind `listen` with `tls` (whose ALPN must be the tunnel's).
+    pub fn bind(
+        listen: SocketAddr,
+        tls: rustls::ServerConfig,
+        params: &QuicParams,
+    ) -> io::Result<QuicListener> {
+        let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let params = QuicParams {
+            max_peer_streams: GATEWAY_MAX_PEER_STREAMS,
+            ..*params
+        };
+        server.transport_config(Arc::new(
+            transport_config(&params).map_err(io::Error::other)?,
+        ));
+        server.migration(true);
+        Ok(QuicListener {
+            endpoint: quinn::Endpoint::server(server, listen)?,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The next connection attempt; `None` once the listener is closed.
+    pub async fn accept(&self) -> Option<QuicIncoming> {
+        self.endpoint.accept().await.map(QuicIncoming)
+    }
+
+    /// Close every connection with `code`, then wait up to `linger` for the closes to go out.
+    pub async fn close(&self, code: u32, reason: &[u8], linger: Duration) {
+        self.endpoint.close(quinn::VarInt::from_u32(code), reason);
+        let _ = tokio::time::timeout(linger, self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Clone for QuicListener {
+    fn clone(&self) -> Self {
+        QuicListener {
+            endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+impl QuicIncoming {
+    /// Where the attempt comes from.
+    pub fn remote(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+
+    /// Refuse it (CONNECTION_REFUSED), before any TLS work.
+    pub fn refuse(self) {
+        self.0.refuse();
+    }
+
+    /// Complete the QUIC and TLS handshake.
+    pub async fn establish(self) -> Result<Conn, String> {
+        let conn = self.0.await.map_err(|e| e.to_string())?;
+        Ok(Arc::new(QuicConn {
+            conn,
+            endpoint: None,
+        }))
+    }
+}
+
+// === Connector side ===
+
+/// Dials QUIC connections to gateways.
+#[derive(Clone)]
+pub struct QuicDialer {
+    config: quinn::ClientConfig,
+}
+
+impl QuicDialer {
+    /// A dialer with `tls` (ALPN set by the caller) and `params`.
+    pub fn new(tls: rustls::ClientConfig, params: &QuicParams) -> Result<QuicDialer, String> {
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(params)?));
+        Ok(QuicDialer { config })
+    }
+
+    /// Connect to `target`, checking its certificate for `server_name`, from a fresh UDP
+    /// socket connected to `target`.
+    pub async fn dial(&self, target: SocketAddr, server_name: &str) -> Result<Conn, String> {
+        let bind: SocketAddr = if target.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(bind).map_err(|e| format!("udp bind: {e}"))?;
+        socket
+            .connect(target)
+            .map_err(|e| format!("udp connect {target}: {e}"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| format!("udp socket: {e}"))?;
+        let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(|e| format!("udp endpoint: {e}"))?;
+        let conn = endpoint
+            .connect_with(self.config.clone(), target, server_name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(QuicConn {
+            conn,
+            endpoint: Some(endpoint),
+        }))
+    }
+}
