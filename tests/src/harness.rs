@@ -166,8 +166,10 @@ drain_timeout = "10s"
 [[tunnel]]
 name = "app"
 credential_sha256 = "{hash}"
+unix_socket = "{sock}"
 {extra}
 "#,
+            sock = self.dir.path().join("app.sock").display(),
             hc = self.https_cert.display(),
             hk = self.https_key.display(),
             tc = self.tunnel_cert.display(),
@@ -176,14 +178,45 @@ credential_sha256 = "{hash}"
         )
     }
 
-    /// A connector config for tunnel `app` dialing `gateways`, trusting the test CA, with
-    /// `services` lines (`name = "url"`).
+    /// A connector config for tunnel `app` dialing `gateways` over QUIC, trusting the test
+    /// CA, with `services` lines (`name = "url"`).
     pub fn connector_toml(&self, gateways: &[SocketAddr], services: &str, extra: &str) -> String {
         let list = gateways
             .iter()
             .map(|g| format!("\"{g}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        self.connector_toml_raw(&list, &format!("transport = \"quic\"\n{extra}"), services)
+    }
+
+    /// A connector config reaching `gateway` over the transport of the running test
+    /// ([`via`]).
+    pub fn connector_toml_for(
+        &self,
+        gateway: &netwall_gateway::RunningGateway,
+        services: &str,
+        extra: &str,
+    ) -> String {
+        let (list, transport) = match via() {
+            Via::Quic => (format!("\"{}\"", gateway.tunnel_addr), "quic"),
+            Via::Tls => (format!("\"{}\"", gateway.https_addr), "tls"),
+            Via::Unix => {
+                let path = &gateway
+                    .tunnel_sockets
+                    .first()
+                    .expect("the test gateway binds a tunnel socket")
+                    .1;
+                (format!("\"unix:{}\"", path.display()), "unix")
+            }
+        };
+        self.connector_toml_raw(
+            &list,
+            &format!("transport = \"{transport}\"\n{extra}"),
+            services,
+        )
+    }
+
+    fn connector_toml_raw(&self, list: &str, extra: &str, services: &str) -> String {
         format!(
             r#"
 connector_id = "test-connector"
@@ -213,6 +246,53 @@ impl Default for Pki {
 
 fn rand_bytes() -> [u8; 32] {
     rand::random()
+}
+
+/// A tunnel transport end-to-end tests run over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// QUIC to the tunnel listener.
+    Quic,
+    /// TLS over TCP to the public HTTPS port.
+    Tls,
+    /// The tunnel's Unix socket.
+    Unix,
+}
+
+tokio::task_local! {
+    /// The transport of the running test (set by [`over_every_transport!`]).
+    pub static VIA: Via;
+}
+
+/// The transport of the running test; QUIC outside [`over_every_transport!`].
+pub fn via() -> Via {
+    VIA.try_with(|v| *v).unwrap_or(Via::Quic)
+}
+
+/// Run a test body once per transport: `over_every_transport! { #[tokio::test] async fn
+/// name() { ... } }` becomes tests `name::quic`, `name::tls` and `name::unix`, each with the
+/// harness dialing over that transport.
+#[macro_export]
+macro_rules! over_every_transport {
+    ($($(#[$m:meta])* async fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn the_test() $body
+            $(#[$m])*
+            async fn quic() {
+                $crate::harness::VIA.scope($crate::harness::Via::Quic, the_test()).await
+            }
+            $(#[$m])*
+            async fn tls() {
+                $crate::harness::VIA.scope($crate::harness::Via::Tls, the_test()).await
+            }
+            $(#[$m])*
+            async fn unix() {
+                $crate::harness::VIA.scope($crate::harness::Via::Unix, the_test()).await
+            }
+        }
+    )*};
 }
 
 /// Start a gateway in this process from TOML text (relative paths resolve against `base`).
@@ -251,7 +331,7 @@ pub async fn start_stack(
 ) {
     let gateway = start_gateway(&pki.gateway_toml(routes)).await;
     let connector = start_connector(
-        &pki.connector_toml(&[gateway.tunnel_addr], services, ""),
+        &pki.connector_toml_for(&gateway, services, ""),
         &pki.credential,
     );
     wait_tunnel(&gateway, 1).await;

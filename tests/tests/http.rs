@@ -23,10 +23,7 @@ impl Setup {
         let gateway = start_gateway(&pki.gateway_toml(routes)).await;
         let connector = match services {
             Some(s) => {
-                let c = start_connector(
-                    &pki.connector_toml(&[gateway.tunnel_addr], s, ""),
-                    &pki.credential,
-                );
+                let c = start_connector(&pki.connector_toml_for(&gateway, s, ""), &pki.credential);
                 wait_tunnel(&gateway, 1).await;
                 Some(c)
             }
@@ -63,36 +60,235 @@ async fn one_service() -> Setup {
     .await
 }
 
-#[tokio::test]
-async fn get_post_and_streamed_bodies_over_h1_and_h2() {
-    let s = one_service().await;
-    for h2 in [false, true] {
-        let c = s.client(h2);
-        let proto = if h2 { "h2" } else { "h1" };
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn get_post_and_streamed_bodies_over_h1_and_h2() {
+        let s = one_service().await;
+        for h2 in [false, true] {
+            let c = s.client(h2);
+            let proto = if h2 { "h2" } else { "h1" };
 
-        let r = c.get("https://app.test/hello?x=1").await;
-        assert_eq!(r.status, StatusCode::OK, "{proto}");
-        assert_eq!(
-            r.text(),
-            "hello from web via netwall: GET /hello?x=1 (host app.test, client 127.0.0.1)\n",
-            "{proto}"
+            let r = c.get("https://app.test/hello?x=1").await;
+            assert_eq!(r.status, StatusCode::OK, "{proto}");
+            assert_eq!(
+                r.text(),
+                "hello from web via netwall: GET /hello?x=1 (host app.test, client 127.0.0.1)\n",
+                "{proto}"
+            );
+
+            let r = c.post("https://app.test/echo", "some posted bytes").await;
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (StatusCode::OK, "some posted bytes"),
+                "{proto}"
+            );
+
+            // 8 MiB down, streamed by the service in 64 KiB chunks.
+            let r = c.get("https://app.test/bytes?n=8388608").await;
+            assert_eq!(r.body.len(), 8 << 20, "{proto}");
+            assert!(r.body.iter().all(|b| *b == b'x'), "{proto}");
+
+            // 8 MiB up as a streamed (chunked / DATA-framed) body of many pieces.
+            let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..128)
+                .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![7u8; 64 * 1024]))))
+                .collect();
+            let streamed = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
+                futures_util::stream::iter(chunks),
+            ));
+            let r = c
+                .send(
+                    Request::post("https://app.test/upload")
+                        .body(streamed)
+                        .expect("req"),
+                )
+                .await
+                .expect("upload");
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (StatusCode::OK, "8388608\n"),
+                "{proto}"
+            );
+        }
+        // Both directions are counted per tunnel: two 8 MiB bodies each way plus the small ones.
+        let m = s.metrics().await;
+        let down = metric(
+            &m,
+            "netwall_tunnel_body_bytes_total{tunnel=\"app\",direction=\"to_client\"}",
         );
+        let up = metric(
+            &m,
+            "netwall_tunnel_body_bytes_total{tunnel=\"app\",direction=\"to_service\"}",
+        );
+        assert!(
+            (16.0 * 1048576.0..17.0 * 1048576.0).contains(&down),
+            "to_client {down}\n{m}"
+        );
+        assert!(
+            (16.0 * 1048576.0..17.0 * 1048576.0).contains(&up),
+            "to_service {up}\n{m}"
+        );
+    }
+}
 
-        let r = c.post("https://app.test/echo", "some posted bytes").await;
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn forwarded_headers_are_set_by_the_edge_and_hop_by_hop_headers_dropped() {
+        let s = one_service().await;
+        let req = Request::get("https://app.test/headers")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6")
+            .header("x-real-ip", "6.6.6.6")
+            .header("connection", "x-secret")
+            .header("x-secret", "hop")
+            .header("keep-alive", "timeout=5")
+            .header("x-custom", "kept")
+            .body(body(Bytes::new()))
+            .expect("req");
+        let r = s.client(false).send(req).await.expect("request");
+        let text = r.text();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has("x-forwarded-for: 127.0.0.1"), "{text}");
+        assert!(has("x-forwarded-proto: https"), "{text}");
+        assert!(has("x-forwarded-host: app.test"), "{text}");
+        assert!(
+            has("forwarded: for=127.0.0.1;host=\"app.test\";proto=https"),
+            "{text}"
+        );
+        assert!(has("host: app.test"), "{text}");
+        assert!(has("x-custom: kept"), "{text}");
+        for gone in ["6.6.6.6", "x-secret", "keep-alive", "x-real-ip"] {
+            assert!(!text.contains(gone), "{gone} leaked to the service: {text}");
+        }
+    }
+}
+
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn routes_by_host_wildcard_and_longest_prefix() {
+        let (root, api, v2, wild) = (
+            start_sample("root").await,
+            start_sample("api").await,
+            start_sample("v2").await,
+            start_sample("wild").await,
+        );
+        let routes = [
+            route("app.test", "/", "root", ""),
+            route("app.test", "/api", "api", ""),
+            route("app.test", "/api/v2", "v2", ""),
+            route("*.app.test", "/", "wild", ""),
+        ]
+        .concat();
+        let services = format!(
+            "root = \"http://{root}\"\napi = \"http://{api}\"\nv2 = \"http://{v2}\"\nwild = \"http://{wild}\""
+        );
+        let s = Setup::new(&routes, Some(&services)).await;
+        let c = s.client(true);
+        for (url, want) in [
+            ("https://app.test/", "root"),
+            ("https://app.test/apix", "root"),
+            ("https://app.test/api", "api"),
+            ("https://app.test/api/users/1", "api"),
+            ("https://app.test/api/v2/x", "v2"),
+            ("https://tenant.app.test/", "wild"),
+            ("https://a.b.app.test/api", "wild"),
+        ] {
+            let r = c.get(url).await;
+            assert_eq!(r.status, StatusCode::OK, "{url}");
+            assert!(
+                r.text().starts_with(&format!("hello from {want} ")),
+                "{url} went to {:?}",
+                r.text()
+            );
+        }
+        let r = c.get("https://localhost/").await;
         assert_eq!(
             (r.status, r.text().as_str()),
-            (StatusCode::OK, "some posted bytes"),
-            "{proto}"
+            (
+                StatusCode::NOT_FOUND,
+                "404 not found: no route for this host\n"
+            )
         );
+    }
+}
 
-        // 8 MiB down, streamed by the service in 64 KiB chunks.
-        let r = c.get("https://app.test/bytes?n=8388608").await;
-        assert_eq!(r.body.len(), 8 << 20, "{proto}");
-        assert!(r.body.iter().all(|b| *b == b'x'), "{proto}");
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn every_error_status_has_its_body_and_counter() {
+        let sample = start_sample("web").await;
+        // A port that refuses: bind, learn the port, close.
+        let refused: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let routes = [
+            route("app.test", "/", "web", "max_body_bytes = 1000"),
+            route("app.test", "/slow", "web", "timeout = \"300ms\""),
+            route("app.test", "/refused", "down", ""),
+            route("app.test", "/missing", "nosuch", ""),
+        ]
+        .concat();
+        let s = Setup::new(
+            &routes,
+            Some(&format!(
+                "web = \"http://{sample}\"\ndown = \"http://{refused}\""
+            )),
+        )
+        .await;
+        let c = s.client(false);
 
-        // 8 MiB up as a streamed (chunked / DATA-framed) body of many pieces.
-        let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..128)
-            .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![7u8; 64 * 1024]))))
+        let cases: Vec<(Request<ClientBody>, StatusCode, &str)> = vec![
+            (
+                Request::get("https://app.test/")
+                    .header("host", "nope.example")
+                    .body(body(Bytes::new()))
+                    .expect("r"),
+                StatusCode::NOT_FOUND,
+                "404 not found: no route for this host\n",
+            ),
+            (
+                Request::get("https://app.test/refused")
+                    .body(body(Bytes::new()))
+                    .expect("r"),
+                StatusCode::BAD_GATEWAY,
+                "502 bad gateway: service unavailable\n",
+            ),
+            (
+                Request::get("https://app.test/missing")
+                    .body(body(Bytes::new()))
+                    .expect("r"),
+                StatusCode::BAD_GATEWAY,
+                "502 bad gateway: service not offered by the connector\n",
+            ),
+            (
+                Request::get("https://app.test/slow?ms=3000")
+                    .body(body(Bytes::new()))
+                    .expect("r"),
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 gateway timeout: service did not answer in time\n",
+            ),
+            (
+                Request::post("https://app.test/echo")
+                    .body(body(vec![0u8; 1001]))
+                    .expect("r"),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "413 payload too large\n",
+            ),
+        ];
+        for (req, status, text) in cases {
+            let what = format!("{} {}", req.method(), req.uri());
+            let started = std::time::Instant::now();
+            let r = c.send(req).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!((r.status, r.text().as_str()), (status, text), "{what}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{what} took {:?}",
+                started.elapsed()
+            );
+        }
+
+        // Over the limit without a Content-Length: detected while streaming.
+        let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..8)
+            .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![1u8; 400]))))
             .collect();
         let streamed = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
             futures_util::stream::iter(chunks),
@@ -101,232 +297,41 @@ async fn get_post_and_streamed_bodies_over_h1_and_h2() {
             .send(
                 Request::post("https://app.test/upload")
                     .body(streamed)
-                    .expect("req"),
+                    .expect("r"),
             )
             .await
-            .expect("upload");
+            .expect("streamed");
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+
+        // A tunnel with no connector.
+        let mut s = s;
+        let connector = s._connector.take().expect("connector");
+        assert!(connector.shutdown().await, "connector drained in time");
+        wait_tunnel(&s.gateway, 0).await;
+        let r = s.client(true).get("https://app.test/").await;
         assert_eq!(
             (r.status, r.text().as_str()),
-            (StatusCode::OK, "8388608\n"),
-            "{proto}"
+            (StatusCode::BAD_GATEWAY, "502 bad gateway: tunnel offline\n")
         );
-    }
-    // Both directions are counted per tunnel: two 8 MiB bodies each way plus the small ones.
-    let m = s.metrics().await;
-    let down = metric(
-        &m,
-        "netwall_tunnel_body_bytes_total{tunnel=\"app\",direction=\"to_client\"}",
-    );
-    let up = metric(
-        &m,
-        "netwall_tunnel_body_bytes_total{tunnel=\"app\",direction=\"to_service\"}",
-    );
-    assert!(
-        (16.0 * 1048576.0..17.0 * 1048576.0).contains(&down),
-        "to_client {down}\n{m}"
-    );
-    assert!(
-        (16.0 * 1048576.0..17.0 * 1048576.0).contains(&up),
-        "to_service {up}\n{m}"
-    );
-}
 
-#[tokio::test]
-async fn forwarded_headers_are_set_by_the_edge_and_hop_by_hop_headers_dropped() {
-    let s = one_service().await;
-    let req = Request::get("https://app.test/headers")
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("forwarded", "for=6.6.6.6")
-        .header("x-real-ip", "6.6.6.6")
-        .header("connection", "x-secret")
-        .header("x-secret", "hop")
-        .header("keep-alive", "timeout=5")
-        .header("x-custom", "kept")
-        .body(body(Bytes::new()))
-        .expect("req");
-    let r = s.client(false).send(req).await.expect("request");
-    let text = r.text();
-    let has = |line: &str| text.lines().any(|l| l == line);
-    assert!(has("x-forwarded-for: 127.0.0.1"), "{text}");
-    assert!(has("x-forwarded-proto: https"), "{text}");
-    assert!(has("x-forwarded-host: app.test"), "{text}");
-    assert!(
-        has("forwarded: for=127.0.0.1;host=\"app.test\";proto=https"),
-        "{text}"
-    );
-    assert!(has("host: app.test"), "{text}");
-    assert!(has("x-custom: kept"), "{text}");
-    for gone in ["6.6.6.6", "x-secret", "keep-alive", "x-real-ip"] {
-        assert!(!text.contains(gone), "{gone} leaked to the service: {text}");
-    }
-}
-
-#[tokio::test]
-async fn routes_by_host_wildcard_and_longest_prefix() {
-    let (root, api, v2, wild) = (
-        start_sample("root").await,
-        start_sample("api").await,
-        start_sample("v2").await,
-        start_sample("wild").await,
-    );
-    let routes = [
-        route("app.test", "/", "root", ""),
-        route("app.test", "/api", "api", ""),
-        route("app.test", "/api/v2", "v2", ""),
-        route("*.app.test", "/", "wild", ""),
-    ]
-    .concat();
-    let services = format!(
-        "root = \"http://{root}\"\napi = \"http://{api}\"\nv2 = \"http://{v2}\"\nwild = \"http://{wild}\""
-    );
-    let s = Setup::new(&routes, Some(&services)).await;
-    let c = s.client(true);
-    for (url, want) in [
-        ("https://app.test/", "root"),
-        ("https://app.test/apix", "root"),
-        ("https://app.test/api", "api"),
-        ("https://app.test/api/users/1", "api"),
-        ("https://app.test/api/v2/x", "v2"),
-        ("https://tenant.app.test/", "wild"),
-        ("https://a.b.app.test/api", "wild"),
-    ] {
-        let r = c.get(url).await;
-        assert_eq!(r.status, StatusCode::OK, "{url}");
-        assert!(
-            r.text().starts_with(&format!("hello from {want} ")),
-            "{url} went to {:?}",
-            r.text()
-        );
-    }
-    let r = c.get("https://localhost/").await;
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (
-            StatusCode::NOT_FOUND,
-            "404 not found: no route for this host\n"
-        )
-    );
-}
-
-#[tokio::test]
-async fn every_error_status_has_its_body_and_counter() {
-    let sample = start_sample("web").await;
-    // A port that refuses: bind, learn the port, close.
-    let refused: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
-    let routes = [
-        route("app.test", "/", "web", "max_body_bytes = 1000"),
-        route("app.test", "/slow", "web", "timeout = \"300ms\""),
-        route("app.test", "/refused", "down", ""),
-        route("app.test", "/missing", "nosuch", ""),
-    ]
-    .concat();
-    let s = Setup::new(
-        &routes,
-        Some(&format!(
-            "web = \"http://{sample}\"\ndown = \"http://{refused}\""
-        )),
-    )
-    .await;
-    let c = s.client(false);
-
-    let cases: Vec<(Request<ClientBody>, StatusCode, &str)> = vec![
-        (
-            Request::get("https://app.test/")
-                .header("host", "nope.example")
-                .body(body(Bytes::new()))
-                .expect("r"),
-            StatusCode::NOT_FOUND,
-            "404 not found: no route for this host\n",
-        ),
-        (
-            Request::get("https://app.test/refused")
-                .body(body(Bytes::new()))
-                .expect("r"),
-            StatusCode::BAD_GATEWAY,
-            "502 bad gateway: service unavailable\n",
-        ),
-        (
-            Request::get("https://app.test/missing")
-                .body(body(Bytes::new()))
-                .expect("r"),
-            StatusCode::BAD_GATEWAY,
-            "502 bad gateway: service not offered by the connector\n",
-        ),
-        (
-            Request::get("https://app.test/slow?ms=3000")
-                .body(body(Bytes::new()))
-                .expect("r"),
-            StatusCode::GATEWAY_TIMEOUT,
-            "504 gateway timeout: service did not answer in time\n",
-        ),
-        (
-            Request::post("https://app.test/echo")
-                .body(body(vec![0u8; 1001]))
-                .expect("r"),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "413 payload too large\n",
-        ),
-    ];
-    for (req, status, text) in cases {
-        let what = format!("{} {}", req.method(), req.uri());
-        let started = std::time::Instant::now();
-        let r = c.send(req).await.unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!((r.status, r.text().as_str()), (status, text), "{what}");
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{what} took {:?}",
-            started.elapsed()
-        );
-    }
-
-    // Over the limit without a Content-Length: detected while streaming.
-    let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..8)
-        .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![1u8; 400]))))
-        .collect();
-    let streamed = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
-        futures_util::stream::iter(chunks),
-    ));
-    let r = c
-        .send(
-            Request::post("https://app.test/upload")
-                .body(streamed)
-                .expect("r"),
-        )
-        .await
-        .expect("streamed");
-    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
-
-    // A tunnel with no connector.
-    let mut s = s;
-    let connector = s._connector.take().expect("connector");
-    assert!(connector.shutdown().await, "connector drained in time");
-    wait_tunnel(&s.gateway, 0).await;
-    let r = s.client(true).get("https://app.test/").await;
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (StatusCode::BAD_GATEWAY, "502 bad gateway: tunnel offline\n")
-    );
-
-    let m = s.metrics().await;
-    for (reason, n) in [
-        ("unknown_host", 1.0),
-        ("service_unavailable", 1.0),
-        ("unknown_service", 1.0),
-        ("service_timeout", 1.0),
-        ("body_too_large", 2.0),
-        ("tunnel_offline", 1.0),
-    ] {
-        assert_eq!(
-            metric(
-                &m,
-                &format!("netwall_rejections_total{{reason=\"{reason}\"}}")
-            ),
-            n,
-            "{reason}\n{m}"
-        );
+        let m = s.metrics().await;
+        for (reason, n) in [
+            ("unknown_host", 1.0),
+            ("service_unavailable", 1.0),
+            ("unknown_service", 1.0),
+            ("service_timeout", 1.0),
+            ("body_too_large", 2.0),
+            ("tunnel_offline", 1.0),
+        ] {
+            assert_eq!(
+                metric(
+                    &m,
+                    &format!("netwall_rejections_total{{reason=\"{reason}\"}}")
+                ),
+                n,
+                "{reason}\n{m}"
+            );
+        }
     }
 }
 
@@ -406,54 +411,56 @@ async fn plain_http_redirects_with_308() {
     );
 }
 
-#[tokio::test]
-async fn upgrade_is_relayed_only_after_a_real_101() {
-    // Only upgrades a route names are relayed raw.
-    let sample = start_sample("web").await;
-    let s = Setup::new(
-        &route(
-            "app.test",
-            "/",
-            "web",
-            "upgrades = [\"websocket\", \"rawecho\"]",
-        ),
-        Some(&format!("web = \"http://{sample}\"")),
-    )
-    .await;
-    let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
-    tls.write_all(
-        b"GET /raw HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: rawecho\r\n\r\n",
-    )
-    .await
-    .expect("write");
-    let mut buf = vec![0u8; 4096];
-    let n = tls.read(&mut buf).await.expect("read 101");
-    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(
-        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
-        "{head}"
-    );
-    assert!(
-        head.to_ascii_lowercase().contains("upgrade: rawecho"),
-        "{head}"
-    );
-    for msg in [&b"first message"[..], &vec![9u8; 100_000]] {
-        tls.write_all(msg).await.expect("write through upgrade");
-        let mut got = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut got))
-            .await
-            .expect("echo in time")
-            .expect("echo");
-        assert_eq!(&got, msg);
-    }
-
-    // A service that answers 200 to an upgrade request: no bytes are passed through afterwards.
-    let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn upgrade_is_relayed_only_after_a_real_101() {
+        // Only upgrades a route names are relayed raw.
+        let sample = start_sample("web").await;
+        let s = Setup::new(
+            &route(
+                "app.test",
+                "/",
+                "web",
+                "upgrades = [\"websocket\", \"rawecho\"]",
+            ),
+            Some(&format!("web = \"http://{sample}\"")),
+        )
+        .await;
+        let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
+        tls.write_all(
+            b"GET /raw HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: rawecho\r\n\r\n",
+        )
         .await
         .expect("write");
-    let answer = read_all(tls, Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        let mut buf = vec![0u8; 4096];
+        let n = tls.read(&mut buf).await.expect("read 101");
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("upgrade: rawecho"),
+            "{head}"
+        );
+        for msg in [&b"first message"[..], &vec![9u8; 100_000]] {
+            tls.write_all(msg).await.expect("write through upgrade");
+            let mut got = vec![0u8; msg.len()];
+            tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut got))
+                .await
+                .expect("echo in time")
+                .expect("echo");
+            assert_eq!(&got, msg);
+        }
+
+        // A service that answers 200 to an upgrade request: no bytes are passed through afterwards.
+        let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_all(tls, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    }
 }
 
 #[tokio::test]
@@ -486,62 +493,64 @@ async fn request_smuggling_forms_are_refused() {
     assert!(answer.matches("HTTP/1.1 ").count() <= 1, "{answer}");
 }
 
-#[tokio::test]
-async fn one_thousand_concurrent_requests_through_one_tunnel() {
-    const N: usize = 1000;
-    init_logs();
-    // A service that answers nobody until all N requests are inside it at once.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(N));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let barrier = barrier.clone();
-                    async move {
-                        barrier.wait().await;
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(Bytes::from_static(b"ok")),
-                        ))
-                    }
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn one_thousand_concurrent_requests_through_one_tunnel() {
+        const N: usize = 1000;
+        init_logs();
+        // A service that answers nobody until all N requests are inside it at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(N));
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let barrier = barrier.clone();
+                        async move {
+                            barrier.wait().await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
+            }
+        });
+        let s = Setup::new(
+            &route("app.test", "/", "web", ""),
+            Some(&format!("web = \"http://{addr}\"")),
+        )
+        .await;
+        // Four HTTP/2 connections of 250 streams each (under the 256-stream default).
+        let clients: Vec<HttpsClient> = (0..4).map(|_| s.client(true)).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..N {
+            let c = clients[i % clients.len()].clone();
+            tasks.spawn(async move { c.get(&format!("https://app.test/{i}")).await });
         }
-    });
-    let s = Setup::new(
-        &route("app.test", "/", "web", ""),
-        Some(&format!("web = \"http://{addr}\"")),
-    )
-    .await;
-    // Four HTTP/2 connections of 250 streams each (under the 256-stream default).
-    let clients: Vec<HttpsClient> = (0..4).map(|_| s.client(true)).collect();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..N {
-        let c = clients[i % clients.len()].clone();
-        tasks.spawn(async move { c.get(&format!("https://app.test/{i}")).await });
+        let all = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut ok = 0;
+            while let Some(r) = tasks.join_next().await {
+                let r = r.expect("task");
+                assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
+                ok += 1;
+            }
+            ok
+        })
+        .await
+        .expect("all 1000 requests were in flight together and completed");
+        assert_eq!(all, N);
     }
-    let all = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut ok = 0;
-        while let Some(r) = tasks.join_next().await {
-            let r = r.expect("task");
-            assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
-            ok += 1;
-        }
-        ok
-    })
-    .await
-    .expect("all 1000 requests were in flight together and completed");
-    assert_eq!(all, N);
 }
 
 #[tokio::test]
@@ -631,53 +640,55 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
-#[tokio::test]
-async fn unix_socket_services_are_reached_and_connections_are_pooled() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    init_logs();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("app.sock");
-    let listener = tokio::net::UnixListener::bind(&path).expect("bind unix socket");
-    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req| {
-                    netwall_tests::sample::handle(req, "unix".into())
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn unix_socket_services_are_reached_and_connections_are_pooled() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        init_logs();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("app.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind unix socket");
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req| {
+                        netwall_tests::sample::handle(req, "unix".into())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+            }
+        });
+        let s = Setup::new(
+            &route("app.test", "/", "web", ""),
+            Some(&format!("web = \"unix:{}\"", path.display())),
+        )
+        .await;
+        let c = s.client(false);
+        for i in 0..50 {
+            let r = c.get(&format!("https://app.test/n/{i}")).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert!(
+                r.text()
+                    .starts_with(&format!("hello from unix via netwall: GET /n/{i} ")),
+                "{}",
+                r.text()
+            );
         }
-    });
-    let s = Setup::new(
-        &route("app.test", "/", "web", ""),
-        Some(&format!("web = \"unix:{}\"", path.display())),
-    )
-    .await;
-    let c = s.client(false);
-    for i in 0..50 {
-        let r = c.get(&format!("https://app.test/n/{i}")).await;
-        assert_eq!(r.status, StatusCode::OK);
-        assert!(
-            r.text()
-                .starts_with(&format!("hello from unix via netwall: GET /n/{i} ")),
-            "{}",
-            r.text()
+        // Sequential requests reuse one keep-alive connection to the service.
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the connector's client did not pool connections"
         );
     }
-    // Sequential requests reuse one keep-alive connection to the service.
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        1,
-        "the connector's client did not pool connections"
-    );
 }
 
 #[tokio::test]

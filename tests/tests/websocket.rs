@@ -21,6 +21,12 @@ struct Setup {
 /// connector in front of a sample service named `name`.
 async fn setup(name: &str, ws_policy: &str) -> Setup {
     init_logs();
+    // Per-service statistics are kept by name: one name per transport keeps the runs of a
+    // test over each transport apart.
+    let name = &match via() {
+        Via::Quic => name.to_owned(),
+        other => format!("{name}-{other:?}"),
+    };
     let pki = Pki::new();
     let sample = start_sample(name).await;
     let route = format!(
@@ -76,82 +82,86 @@ async fn next_message(ws: &mut Wss) -> Frame {
     .expect("a message in time")
 }
 
-#[tokio::test]
-async fn messages_are_echoed_through_the_tunnel_and_counted() {
-    let s = setup("ws-echo", "").await;
-    let mut ws = s.open(&[]).await.expect("accepted");
-    ws.send(Frame::text("hello through the tunnel"))
-        .await
-        .expect("send");
-    let f = next_message(&mut ws).await;
-    assert_eq!(
-        (f.opcode(), f.payload().as_ref()),
-        (OpCode::Text, &b"hello through the tunnel"[..])
-    );
-    let blob = Bytes::from((0..60_000u32).map(|i| i as u8).collect::<Vec<u8>>());
-    ws.send(Frame::binary(blob.clone())).await.expect("send");
-    let f = next_message(&mut ws).await;
-    assert_eq!((f.opcode(), f.payload()), (OpCode::Binary, &blob));
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn messages_are_echoed_through_the_tunnel_and_counted() {
+        let s = setup("ws-echo", "").await;
+        let mut ws = s.open(&[]).await.expect("accepted");
+        ws.send(Frame::text("hello through the tunnel"))
+            .await
+            .expect("send");
+        let f = next_message(&mut ws).await;
+        assert_eq!(
+            (f.opcode(), f.payload().as_ref()),
+            (OpCode::Text, &b"hello through the tunnel"[..])
+        );
+        let blob = Bytes::from((0..60_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        ws.send(Frame::binary(blob.clone())).await.expect("send");
+        let f = next_message(&mut ws).await;
+        assert_eq!((f.opcode(), f.payload()), (OpCode::Binary, &blob));
 
-    let m = s.metrics().await;
-    assert_eq!(
-        metric(&m, "netwall_websocket_connections{route=\"app.test/\"}"),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(&m, "netwall_websocket_opened_total{route=\"app.test/\"}"),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "netwall_websocket_messages_total{direction=\"to_service\"}"
-        ),
-        2.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "netwall_websocket_messages_total{direction=\"to_client\"}"
-        ),
-        2.0,
-        "{m}"
-    );
+        let m = s.metrics().await;
+        assert_eq!(
+            metric(&m, "netwall_websocket_connections{route=\"app.test/\"}"),
+            1.0,
+            "{m}"
+        );
+        assert_eq!(
+            metric(&m, "netwall_websocket_opened_total{route=\"app.test/\"}"),
+            1.0,
+            "{m}"
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "netwall_websocket_messages_total{direction=\"to_service\"}"
+            ),
+            2.0,
+            "{m}"
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "netwall_websocket_messages_total{direction=\"to_client\"}"
+            ),
+            2.0,
+            "{m}"
+        );
 
-    ws.send(Frame::close(yawc::close::CloseCode::Normal, "bye"))
-        .await
-        .expect("close");
-    s.wait_metric(
-        "netwall_websocket_closed_total{route=\"app.test/\",code=\"1000\"}",
-        1.0,
-    )
-    .await;
-    s.wait_metric("netwall_websocket_connections{route=\"app.test/\"}", 0.0)
+        ws.send(Frame::close(yawc::close::CloseCode::Normal, "bye"))
+            .await
+            .expect("close");
+        s.wait_metric(
+            "netwall_websocket_closed_total{route=\"app.test/\",code=\"1000\"}",
+            1.0,
+        )
         .await;
+        s.wait_metric("netwall_websocket_connections{route=\"app.test/\"}", 0.0)
+            .await;
+    }
 }
 
-#[tokio::test]
-async fn a_message_over_the_limit_closes_1009_and_never_reaches_the_service() {
-    let s = setup("ws-size", "max_message_bytes = 10240").await;
-    let mut ws = s.open(&[]).await.expect("accepted");
-    ws.send(Frame::binary(vec![1u8; 5 * 1024]))
-        .await
-        .expect("send");
-    assert_eq!(next_message(&mut ws).await.payload().len(), 5 * 1024);
-    ws.send(Frame::binary(vec![2u8; 20 * 1024]))
-        .await
-        .expect("send");
-    assert_eq!(
-        close_code(&mut ws, Duration::from_secs(5)).await,
-        Some(1009)
-    );
-    // The service saw only the first message.
-    assert_eq!(netwall_tests::sample::ws_stats(&s.name), (1, 5 * 1024));
-    s.wait_metric("netwall_rejections_total{reason=\"size\"}", 1.0)
-        .await;
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn a_message_over_the_limit_closes_1009_and_never_reaches_the_service() {
+        let s = setup("ws-size", "max_message_bytes = 10240").await;
+        let mut ws = s.open(&[]).await.expect("accepted");
+        ws.send(Frame::binary(vec![1u8; 5 * 1024]))
+            .await
+            .expect("send");
+        assert_eq!(next_message(&mut ws).await.payload().len(), 5 * 1024);
+        ws.send(Frame::binary(vec![2u8; 20 * 1024]))
+            .await
+            .expect("send");
+        assert_eq!(
+            close_code(&mut ws, Duration::from_secs(5)).await,
+            Some(1009)
+        );
+        // The service saw only the first message.
+        assert_eq!(netwall_tests::sample::ws_stats(&s.name), (1, 5 * 1024));
+        s.wait_metric("netwall_rejections_total{reason=\"size\"}", 1.0)
+            .await;
+    }
 }
 
 #[tokio::test]
@@ -336,103 +346,109 @@ async fn a_silent_client_is_closed_by_the_heartbeat_and_a_live_one_is_not() {
         .await;
 }
 
-#[tokio::test]
-async fn closes_travel_both_ways_and_refusals_keep_their_status() {
-    let s = setup("ws-close", "").await;
-    let mut ws = s.open(&[]).await.expect("accepted");
-    ws.send(Frame::text("close 4321")).await.expect("send");
-    assert_eq!(
-        close_code(&mut ws, Duration::from_secs(5)).await,
-        Some(4321)
-    );
-
-    let refused = wss(
-        s.gateway.https_addr,
-        &s.pki.ca_der,
-        "wss://app.test/ws/refuse",
-        &[],
-        Options::default(),
-    )
-    .await;
-    assert_eq!(refused.err(), Some(403));
-}
-
-#[tokio::test]
-async fn shutdown_closes_every_websocket_with_1001() {
-    let s = setup("ws-shutdown", "").await;
-    let mut sockets = Vec::new();
-    for _ in 0..5 {
-        sockets.push(s.open(&[]).await.expect("accepted"));
-    }
-    let Setup { gateway, .. } = s;
-    let drained = tokio::spawn(gateway.shutdown());
-    for ws in &mut sockets {
-        assert_eq!(close_code(ws, Duration::from_secs(5)).await, Some(1001));
-    }
-    assert!(
-        drained.await.expect("shutdown task"),
-        "the gateway drained within its deadline"
-    );
-}
-
-#[tokio::test]
-async fn permessage_deflate_is_negotiated_with_a_bounded_window() {
-    let s = setup("ws-deflate", "compression_window_bits = 10").await;
-    // RFC 7692: the answer carries only parameters the accepted offer allows; of several
-    // offers, the first acceptable one wins.
-    let cases: &[(&str, Option<&str>)] = &[
-        (
-            "permessage-deflate; client_max_window_bits",
-            Some("permessage-deflate; client_max_window_bits=10"),
-        ),
-        ("permessage-deflate", Some("permessage-deflate")),
-        (
-            "permessage-deflate; server_max_window_bits=15",
-            Some("permessage-deflate; server_max_window_bits=10"),
-        ),
-        ("permessage-deflate; server_max_window_bits=8", None),
-        (
-            "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_no_context_takeover",
-            Some("permessage-deflate; server_no_context_takeover"),
-        ),
-        ("permessage-deflate; bogus", None),
-    ];
-    for (offer, want) in cases {
-        let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
-        tls.write_all(format!("GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n").as_bytes()).await.expect("write");
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
-            .await
-            .expect("answer")
-            .expect("read");
-        let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-        assert!(
-            head.starts_with("http/1.1 101 switching protocols\r\n"),
-            "{offer}: {head}"
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn closes_travel_both_ways_and_refusals_keep_their_status() {
+        let s = setup("ws-close", "").await;
+        let mut ws = s.open(&[]).await.expect("accepted");
+        ws.send(Frame::text("close 4321")).await.expect("send");
+        assert_eq!(
+            close_code(&mut ws, Duration::from_secs(5)).await,
+            Some(4321)
         );
-        let ext = head
-            .lines()
-            .find_map(|l| l.strip_prefix("sec-websocket-extensions: "))
-            .map(str::trim);
-        assert_eq!(ext, *want, "{offer}: {head}");
-    }
 
-    // And compressed messages round-trip.
-    let mut ws = wss(
-        s.gateway.https_addr,
-        &s.pki.ca_der,
-        "wss://app.test/ws",
-        &[],
-        Options::default().with_low_latency_compression(),
-    )
-    .await
-    .expect("accepted");
-    let text = "compressible ".repeat(2000);
-    ws.send(Frame::text(text.clone())).await.expect("send");
-    assert_eq!(
-        next_message(&mut ws).await.payload().as_ref(),
-        text.as_bytes()
-    );
+        let refused = wss(
+            s.gateway.https_addr,
+            &s.pki.ca_der,
+            "wss://app.test/ws/refuse",
+            &[],
+            Options::default(),
+        )
+        .await;
+        assert_eq!(refused.err(), Some(403));
+    }
+}
+
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn shutdown_closes_every_websocket_with_1001() {
+        let s = setup("ws-shutdown", "").await;
+        let mut sockets = Vec::new();
+        for _ in 0..5 {
+            sockets.push(s.open(&[]).await.expect("accepted"));
+        }
+        let Setup { gateway, .. } = s;
+        let drained = tokio::spawn(gateway.shutdown());
+        for ws in &mut sockets {
+            assert_eq!(close_code(ws, Duration::from_secs(5)).await, Some(1001));
+        }
+        assert!(
+            drained.await.expect("shutdown task"),
+            "the gateway drained within its deadline"
+        );
+    }
+}
+
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn permessage_deflate_is_negotiated_with_a_bounded_window() {
+        let s = setup("ws-deflate", "compression_window_bits = 10").await;
+        // RFC 7692: the answer carries only parameters the accepted offer allows; of several
+        // offers, the first acceptable one wins.
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "permessage-deflate; client_max_window_bits",
+                Some("permessage-deflate; client_max_window_bits=10"),
+            ),
+            ("permessage-deflate", Some("permessage-deflate")),
+            (
+                "permessage-deflate; server_max_window_bits=15",
+                Some("permessage-deflate; server_max_window_bits=10"),
+            ),
+            ("permessage-deflate; server_max_window_bits=8", None),
+            (
+                "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_no_context_takeover",
+                Some("permessage-deflate; server_no_context_takeover"),
+            ),
+            ("permessage-deflate; bogus", None),
+        ];
+        for (offer, want) in cases {
+            let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
+            tls.write_all(format!("GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n").as_bytes()).await.expect("write");
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                .await
+                .expect("answer")
+                .expect("read");
+            let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            assert!(
+                head.starts_with("http/1.1 101 switching protocols\r\n"),
+                "{offer}: {head}"
+            );
+            let ext = head
+                .lines()
+                .find_map(|l| l.strip_prefix("sec-websocket-extensions: "))
+                .map(str::trim);
+            assert_eq!(ext, *want, "{offer}: {head}");
+        }
+
+        // And compressed messages round-trip.
+        let mut ws = wss(
+            s.gateway.https_addr,
+            &s.pki.ca_der,
+            "wss://app.test/ws",
+            &[],
+            Options::default().with_low_latency_compression(),
+        )
+        .await
+        .expect("accepted");
+        let text = "compressible ".repeat(2000);
+        ws.send(Frame::text(text.clone())).await.expect("send");
+        assert_eq!(
+            next_message(&mut ws).await.payload().as_ref(),
+            text.as_bytes()
+        );
+    }
 }
 
 #[tokio::test]
@@ -514,38 +530,40 @@ async fn client_pings_are_answered_at_the_edge() {
     );
 }
 
-#[tokio::test]
-async fn a_service_that_never_accepts_the_websocket_gets_504_in_time() {
-    init_logs();
-    let pki = Pki::new();
-    // A "service" that accepts TCP connections and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = silent.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = silent.accept().await {
-            held.push(tcp);
-        }
-    });
-    let route = "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\nopen_timeout = \"400ms\"\n";
-    let (gateway, _c) = start_stack(&pki, route, &format!("web = \"http://{addr}\"")).await;
-    let started = std::time::Instant::now();
-    let refused = wss(
-        gateway.https_addr,
-        &pki.ca_der,
-        "wss://app.test/ws",
-        &[],
-        Options::default(),
-    )
-    .await;
-    assert_eq!(refused.err(), Some(504));
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn a_service_that_never_accepts_the_websocket_gets_504_in_time() {
+        init_logs();
+        let pki = Pki::new();
+        // A "service" that accepts TCP connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = silent.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let route = "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\nopen_timeout = \"400ms\"\n";
+        let (gateway, _c) = start_stack(&pki, route, &format!("web = \"http://{addr}\"")).await;
+        let started = std::time::Instant::now();
+        let refused = wss(
+            gateway.https_addr,
+            &pki.ca_der,
+            "wss://app.test/ws",
+            &[],
+            Options::default(),
+        )
+        .await;
+        assert_eq!(refused.err(), Some(504));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
 }
 
 /// Open a WebSocket by hand over raw TLS: the bytes after the `101` are frames.
@@ -711,38 +729,40 @@ async fn a_ping_flood_closes_1008_like_a_message_flood() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_of_exactly_the_maximum_is_relayed() {
-    const MAX: usize = 16 * 1024 * 1024;
-    let s = setup(
-        "ws-max",
-        &format!("max_message_bytes = {MAX}\ncompression = false"),
-    )
-    .await;
-    let mut ws = wss(
-        s.gateway.https_addr,
-        &s.pki.ca_der,
-        "wss://app.test/ws",
-        &[],
-        Options::default()
-            .with_max_payload_read(MAX + 1)
-            .with_max_read_buffer(MAX + 1),
-    )
-    .await
-    .expect("accepted");
-    let message = Bytes::from(vec![7u8; MAX]);
-    ws.send(Frame::binary(message.clone())).await.expect("send");
-    let echo = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let f = ws.next_frame().await.expect("frame");
-            if matches!(f.opcode(), OpCode::Binary | OpCode::Close) {
-                return f;
+netwall_tests::over_every_transport! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_of_exactly_the_maximum_is_relayed() {
+        const MAX: usize = 16 * 1024 * 1024;
+        let s = setup(
+            "ws-max",
+            &format!("max_message_bytes = {MAX}\ncompression = false"),
+        )
+        .await;
+        let mut ws = wss(
+            s.gateway.https_addr,
+            &s.pki.ca_der,
+            "wss://app.test/ws",
+            &[],
+            Options::default()
+                .with_max_payload_read(MAX + 1)
+                .with_max_read_buffer(MAX + 1),
+        )
+        .await
+        .expect("accepted");
+        let message = Bytes::from(vec![7u8; MAX]);
+        ws.send(Frame::binary(message.clone())).await.expect("send");
+        let echo = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let f = ws.next_frame().await.expect("frame");
+                if matches!(f.opcode(), OpCode::Binary | OpCode::Close) {
+                    return f;
+                }
             }
-        }
-    })
-    .await
-    .expect("the echo in time");
-    assert_eq!(echo.opcode(), OpCode::Binary, "{:?}", echo.close_code());
-    assert_eq!(echo.payload().len(), MAX);
-    assert!(echo.payload().iter().all(|b| *b == 7));
+        })
+        .await
+        .expect("the echo in time");
+        assert_eq!(echo.opcode(), OpCode::Binary, "{:?}", echo.close_code());
+        assert_eq!(echo.payload().len(), MAX);
+        assert!(echo.payload().iter().all(|b| *b == 7));
+    }
 }

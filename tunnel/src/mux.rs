@@ -1,34 +1,41 @@
 //! Streams multiplexed over one ordered byte stream with yamux: the carrier of the TLS/TCP and
 //! Unix-socket transports, and of the in-memory pipe the tunnel tests use.
 //!
-//! A driver task owns the yamux session: it reads and writes the byte stream, hands streams
-//! the peer opened to [`Connection::accept`], and opens streams for [`Connection::open`]
-//! through the session's control handle. The connection is gone when the byte stream ends,
-//! fails, or [`Connection::close`] is called. yamux has no application close code: a peer sees
-//! [`Closed::Lost`], and anything it must learn before the end (a reject, a drain) travels on
-//! the control stream first.
+//! A driver task owns the yamux connection: polling it moves bytes both ways, hands streams
+//! the peer opened to [`Connection::accept`], and opens streams for [`Connection::open`]. Each
+//! stream's window is flow-controlled by yamux itself (256 KiB to start, tuned to the round
+//! trip), so a slow reader holds back only its own stream. The connection is gone when the
+//! byte stream ends, fails, or [`Connection::close`] is called. yamux has no application
+//! close code: a peer sees [`Closed::Lost`], and anything it must learn before the end (a
+//! reject, a drain) travels on the control stream first.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
-use tokio_yamux::{Config, Control, Session, StreamHandle};
-use tracing::debug;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::sync::{CancellationToken, PollSender};
 
-use crate::transport::{BoxFuture, Closed, Conn, Connection, Peer, Stream, TransportKind};
+use crate::transport::{
+    BoxFuture, Closed, Conn, Connection, Peer, SendHalf, Stream, TransportKind,
+};
 
-/// Streams the peer may have opened that nobody accepted yet. Tunnel peers open one control
-/// stream and, from the gateway, one stream per request that the connector accepts at once.
+/// Streams the peer may have opened that nobody accepted yet; beyond this the connection
+/// waits for the accepting side.
+/// Tunnel peers open one control stream and, from the gateway, one stream per request that
+/// the connector accepts at once.
 const ACCEPT_BACKLOG: usize = 256;
 
-/// Per-stream receive window. yamux's 256 KiB minimum keeps a 1 Gbit/s stream moving at up
-/// to about 2 ms of round trip; more would let one slow reader pin more gateway memory.
-const STREAM_WINDOW: u32 = 256 * 1024;
+/// yamux's initial per-stream window: what each stream may have in flight before its reader
+/// catches up; yamux grows it toward the bandwidth-delay product of a busy stream.
+const STREAM_WINDOW: usize = 256 * 1024;
 
-/// A write the byte stream does not accept within this is a dead connection (yamux's own
-/// default, kept: TCP retransmits long before).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a local close waits to tell the peer before the byte stream is dropped.
+const CLOSE_LINGER: Duration = Duration::from_millis(100);
 
 /// Which end of the byte stream this is: yamux numbers streams by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,18 +49,21 @@ pub enum Role {
 /// Settings for one multiplexed connection.
 #[derive(Debug, Clone, Copy)]
 pub struct MuxParams {
-    /// Streams open at once, both directions together.
+    /// Streams open at once, both directions together; yamux refuses more.
     pub max_streams: usize,
-    /// yamux ping interval (liveness of the byte stream itself).
+    /// Interval of the tunnel's control-stream pings (liveness is checked there).
     pub keep_alive: Duration,
 }
+
+type Opened = oneshot::Sender<Result<yamux::Stream, String>>;
 
 struct MuxConn {
     kind: TransportKind,
     peer: Peer,
-    control: Control,
-    inbound: tokio::sync::Mutex<mpsc::Receiver<StreamHandle>>,
+    opens: mpsc::UnboundedSender<Opened>,
+    inbound: tokio::sync::Mutex<mpsc::Receiver<yamux::Stream>>,
     state: watch::Sender<Option<Closed>>,
+    close: CancellationToken,
 }
 
 /// Multiplex `io` and return the connection; the driver task runs until it ends.
@@ -61,63 +71,101 @@ pub fn connect<T>(io: T, role: Role, kind: TransportKind, peer: Peer, params: Mu
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let config = Config {
-        accept_backlog: ACCEPT_BACKLOG,
-        enable_keepalive: true,
-        keepalive_interval: params.keep_alive,
-        connection_write_timeout: WRITE_TIMEOUT,
-        max_stream_count: params.max_streams,
-        max_stream_window_size: STREAM_WINDOW,
+    let mut config = yamux::Config::default();
+    // yamux requires room for every stream's initial window in the connection's total.
+    config.set_max_connection_receive_window(Some(
+        params.max_streams.max(512).saturating_mul(STREAM_WINDOW),
+    ));
+    config.set_max_num_streams(params.max_streams);
+    let mode = match role {
+        Role::Client => yamux::Mode::Client,
+        Role::Server => yamux::Mode::Server,
     };
-    let session = match role {
-        Role::Client => Session::new_client(io, config),
-        Role::Server => Session::new_server(io, config),
-    };
-    let control = session.control();
+    let connection = yamux::Connection::new(io.compat(), config, mode);
+    let (opens, opens_rx) = mpsc::unbounded_channel();
     let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
     let (state, _) = watch::channel(None);
-    let conn = std::sync::Arc::new(MuxConn {
+    let close = CancellationToken::new();
+    let conn = Arc::new(MuxConn {
         kind,
         peer,
-        control,
+        opens,
         inbound: tokio::sync::Mutex::new(rx),
-        state,
+        state: state.clone(),
+        close: close.clone(),
     });
-    tokio::spawn(drive(session, tx, conn.state.clone()));
+    tokio::spawn(drive(connection, opens_rx, tx, state, close));
     conn
 }
 
 async fn drive<T>(
-    mut session: Session<T>,
-    inbound: mpsc::Sender<StreamHandle>,
+    mut connection: yamux::Connection<Compat<T>>,
+    mut opens: mpsc::UnboundedReceiver<Opened>,
+    inbound: mpsc::Sender<yamux::Stream>,
     state: watch::Sender<Option<Closed>>,
+    close: CancellationToken,
 ) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut closing = state.subscribe();
-    let end = loop {
-        tokio::select! {
-            s = session.next() => match s {
-                Some(Ok(stream)) => {
-                    // A full backlog refuses the stream (dropping it resets it) rather
-                    // than buffering without bound.
-                    if inbound.try_send(stream).is_err() {
-                        debug!("inbound stream refused: accept backlog full");
+    let mut waiting: VecDeque<Opened> = VecDeque::new();
+    let mut inbound = PollSender::new(inbound);
+    let closing = close.cancelled();
+    tokio::pin!(closing);
+    let end = std::future::poll_fn(|cx| {
+        if closing.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Closed::Locally);
+        }
+        while let Poll::Ready(Some(tx)) = opens.poll_recv(cx) {
+            waiting.push_back(tx);
+        }
+        while !waiting.is_empty() {
+            match connection.poll_new_outbound(cx) {
+                Poll::Ready(r) => {
+                    if let Some(tx) = waiting.pop_front() {
+                        let _ = tx.send(r.map_err(|e| e.to_string()));
                     }
                 }
-                Some(Err(e)) => break Closed::Lost(e.to_string()),
-                None => break Closed::Lost("the peer ended the connection".into()),
-            },
-            _ = closing.changed() => {
-                // Closed locally: say goodbye to the peer, then drop the byte stream.
-                let _ = std::future::poll_fn(|cx| std::task::Poll::Ready(session.shutdown(cx))).await;
-                let _ = tokio::time::timeout(Duration::from_millis(100), async {
-                    while session.next().await.is_some() {}
-                }).await;
-                return;
+                Poll::Pending => break,
             }
         }
-    };
+        // Polling for inbound streams is also what drives every stream's I/O. A stream the
+        // peer opens waits for room in the accept backlog: a burst of a thousand requests
+        // pauses the connection for a moment instead of losing any of them, and a peer that
+        // opens streams nobody accepts stalls only its own connection.
+        loop {
+            match inbound.poll_reserve(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Closed::Locally),
+                Poll::Pending => return Poll::Pending,
+            }
+            match connection.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(s))) => {
+                    if inbound.send_item(s).is_err() {
+                        return Poll::Ready(Closed::Locally);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Closed::Lost(e.to_string())),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Closed::Lost("the peer ended the connection".into()));
+                }
+                Poll::Pending => {
+                    inbound.abort_send();
+                    return Poll::Pending;
+                }
+            }
+        }
+    })
+    .await;
+    if end == Closed::Locally {
+        let _ = tokio::time::timeout(
+            CLOSE_LINGER,
+            std::future::poll_fn(|cx| connection.poll_close(cx)),
+        )
+        .await;
+    }
+    for tx in waiting {
+        let _ = tx.send(Err(end.to_string()));
+    }
     state.send_if_modified(|s| {
         if s.is_none() {
             *s = Some(end);
@@ -130,40 +178,40 @@ async fn drive<T>(
 
 /// The sending half of a yamux stream. yamux tells a reset only to a reader, so this never
 /// reports the peer stopping.
-struct MuxSend(tokio::io::WriteHalf<StreamHandle>);
+struct MuxSend(tokio::io::WriteHalf<Compat<yamux::Stream>>);
 
-impl tokio::io::AsyncWrite for MuxSend {
+impl AsyncWrite for MuxSend {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
+    ) -> Poll<std::io::Result<usize>> {
         std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    ) -> Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    ) -> Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
-impl crate::transport::SendHalf for MuxSend {
+impl SendHalf for MuxSend {
     fn stopped(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::pending())
     }
 }
 
-fn split(h: StreamHandle) -> Stream {
-    let (r, w) = tokio::io::split(h);
+fn split(s: Compat<yamux::Stream>) -> Stream {
+    let (r, w) = tokio::io::split(s);
     Stream {
         send: Box::new(MuxSend(w)),
         recv: Box::new(r),
@@ -175,7 +223,7 @@ impl MuxConn {
         self.state
             .borrow()
             .clone()
-            .unwrap_or_else(|| Closed::Lost("session ended".into()))
+            .unwrap_or_else(|| Closed::Lost("connection ended".into()))
     }
 }
 
@@ -193,12 +241,14 @@ impl Connection for MuxConn {
             if let Some(c) = self.close_reason() {
                 return Err(c);
             }
-            let mut control = self.control.clone();
-            match control.open_stream().await {
-                Ok(h) => Ok(split(h)),
-                Err(e) => Err(self
+            let (tx, rx) = oneshot::channel();
+            self.opens.send(tx).map_err(|_| self.ended())?;
+            match rx.await {
+                Ok(Ok(s)) => Ok(split(s.compat())),
+                Ok(Err(e)) => Err(self
                     .close_reason()
-                    .unwrap_or_else(|| Closed::Lost(format!("cannot open a stream: {e:?}")))),
+                    .unwrap_or(Closed::Lost(format!("cannot open a stream: {e}")))),
+                Err(_) => Err(self.ended()),
             }
         })
     }
@@ -206,22 +256,21 @@ impl Connection for MuxConn {
     fn accept(&self) -> BoxFuture<'_, Result<Stream, Closed>> {
         Box::pin(async move {
             let mut rx = self.inbound.lock().await;
-            match rx.recv().await {
-                Some(h) => Ok(split(h)),
-                None => Err(self.ended()),
-            }
+            let s = rx.recv().await.ok_or_else(|| self.ended())?;
+            drop(rx);
+            // Acknowledge at once (an empty frame carries the ACK): yamux lets a peer have
+            // only 256 streams unacknowledged, and a request is otherwise acknowledged only
+            // by its response, so a thousand slow requests would stall at the 257th.
+            let mut s = s.compat();
+            tokio::io::AsyncWriteExt::write(&mut s, &[])
+                .await
+                .map_err(|e| Closed::Lost(e.to_string()))?;
+            Ok(split(s))
         })
     }
 
     fn close(&self, _code: u32, _reason: &[u8]) {
-        self.state.send_if_modified(|s| {
-            if s.is_none() {
-                *s = Some(Closed::Locally);
-                true
-            } else {
-                false
-            }
-        });
+        self.close.cancel();
     }
 
     fn closed(&self) -> BoxFuture<'_, Closed> {

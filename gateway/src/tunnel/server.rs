@@ -194,7 +194,15 @@ impl TunnelServer {
         if let Ok(mut live) = self.live.lock() {
             live.insert(conn.id, conn.transport.clone());
         }
+        // Registered before the welcome: a connector moving its traffic to this connection
+        // drains the old one as soon as it is welcomed, and requests must find this one.
         self.registry.register(&tunnel, conn.clone());
+        {
+            let mut w = conn.control.lock().await;
+            if let Err(e) = handshake::welcome(&mut w, &self.gateway_id).await {
+                debug!(error = %e, "welcome not delivered");
+            }
+        }
         self.control_loop(&tunnel, &conn, reader, shutdown).await;
         self.registry.unregister(&tunnel, &conn);
         if let Ok(mut live) = self.live.lock() {
@@ -226,6 +234,7 @@ impl TunnelServer {
             mut control_w,
             control_r,
         } = greeting;
+        // The welcome goes out once the connection is registered (see `run`).
         // An unknown name and a wrong credential get the same answer after the same work
         // and the same delay, so a stranger cannot learn which tunnel names exist. The
         // gateway's own metrics and logs still tell them apart.
@@ -275,7 +284,6 @@ impl TunnelServer {
         if let Some(ip) = ip {
             self.throttle.succeeded(ip);
         }
-        handshake::welcome(&mut control_w, &self.gateway_id).await?;
         let conn = Arc::new(TunnelConn::new(
             self.registry.next_id(),
             hello.connector_id,
