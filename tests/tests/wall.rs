@@ -7,7 +7,11 @@
 //! The edge forwards packets, so the container's address is reachable from the internet host
 //! at the network level: the proof is that every one of its 65,535 TCP ports answers with a
 //! reset (nothing listening, nothing silently filtered) while HTTPS from the internet host
-//! reaches the service through the tunnel. Needs root and `ip` (iproute2), as CI has.
+//! reaches the service through the tunnel, over QUIC and over TLS/TCP. The connector's UDP
+//! socket answers strangers nothing at all. With UDP to the gateway dropped inside the
+//! container (nftables), `transport = "auto"` falls back to TLS and returns to QUIC once UDP
+//! passes, losing no request. A container with no network but loopback reaches the gateway
+//! through a Unix socket. Needs root, `ip` (iproute2) and `nft`, as CI has.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -49,7 +53,13 @@ impl Topology {
             nix::unistd::geteuid().is_root(),
             "the wall test builds network namespaces and must run as root (CI does)"
         );
-        let id = std::process::id();
+        // Unique per topology: the tests of this file build theirs in parallel.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let t = Topology {
             inet: format!("nwi{id}"),
             edge: format!("nwe{id}"),
@@ -234,20 +244,8 @@ async fn scan(ip: IpAddr) -> Scan {
     total
 }
 
-#[test]
-fn the_container_accepts_no_inbound_connection_yet_serves_through_the_tunnel() {
-    init_logs();
-    let topo = Topology::new();
-    let pki = Pki::new();
-    let dir = pki.dir.path().to_path_buf();
-
-    // The service inside the container, on the container's loopback only.
-    let mut sample_cmd = topo.exec(&topo.ctr, &bin("netwall-sample"));
-    sample_cmd.args(["--listen", "127.0.0.1:3000", "--name", "walled"]);
-    let _sample = Proc::spawn(sample_cmd, dir.join("sample.log"));
-    _sample.wait_line("listening on", Duration::from_secs(10));
-
-    // The gateway on the edge, public on every edge address.
+/// The gateway on the edge, public on every edge address; its tunnel socket in `dir`.
+fn edge_gateway(topo: &Topology, pki: &Pki, dir: &Path) -> (Proc, GatewayAddrs) {
     let gw_toml = pki
         .gateway_toml("[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n")
         .replacen("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"", 1)
@@ -256,17 +254,22 @@ fn the_container_accepts_no_inbound_connection_yet_serves_through_the_tunnel() {
             "[tunnel_listener]\nlisten = \"0.0.0.0:0\"",
         );
     std::fs::write(dir.join("gateway.toml"), gw_toml).expect("write");
-    let (_gateway, addrs) = spawn_gateway_with(
+    spawn_gateway_with(
         topo.exec(&topo.edge, &bin("netwall-gateway")),
         &dir.join("gateway.toml"),
         dir.join("gateway.log"),
-    );
+    )
+}
 
-    // The connector in the container dials out to the edge's private address.
-    let tunnel: SocketAddr = format!("{EDGE_PRIVATE}:{}", addrs.tunnel.port())
-        .parse()
-        .expect("addr");
-    let c_toml = pki.connector_toml(&[tunnel], "web = \"http://127.0.0.1:3000\"", "");
+/// The connector in the container, dialing `gateway` with `extra` settings.
+fn container_connector(topo: &Topology, pki: &Pki, dir: &Path, gateway: &str, extra: &str) -> Proc {
+    let c_toml = pki
+        .connector_toml(&[], "web = \"http://127.0.0.1:3000\"", "")
+        .replace(
+            "gateways = []",
+            &format!("gateways = [\"{gateway}\"]\n{extra}"),
+        )
+        .replace("transport = \"quic\"\n", "");
     std::fs::write(dir.join("connector.toml"), c_toml).expect("write");
     let mut c_cmd = topo.exec(&topo.ctr, &bin("netwall-connector"));
     c_cmd
@@ -274,24 +277,165 @@ fn the_container_accepts_no_inbound_connection_yet_serves_through_the_tunnel() {
         .arg(dir.join("connector.toml"))
         .arg("--log-format")
         .arg("json")
+        .env("RUST_LOG", "info")
         .env("NETWALL_CREDENTIAL", &pki.credential);
-    let connector = Proc::spawn(c_cmd, dir.join("connector.log"));
+    Proc::spawn(c_cmd, dir.join("connector.log"))
+}
+
+/// The sample service inside the container, on the container's loopback only.
+fn container_service(topo: &Topology, dir: &Path) -> Proc {
+    let mut sample_cmd = topo.exec(&topo.ctr, &bin("netwall-sample"));
+    sample_cmd.args(["--listen", "127.0.0.1:3000", "--name", "walled"]);
+    let sample = Proc::spawn(sample_cmd, dir.join("sample.log"));
+    sample.wait_line("listening on", Duration::from_secs(10));
+    sample
+}
+
+/// A tunnel gauge of the gateway, read on its admin listener inside the edge namespace.
+fn edge_metric(topo: &Topology, admin: SocketAddr, sample: &'static str) -> f64 {
+    in_netns(&topo.edge, move || async move {
+        metric(&metrics_text(admin).await, sample)
+    })
+}
+
+fn wait_edge_metric(
+    topo: &Topology,
+    admin: SocketAddr,
+    sample: &'static str,
+    want: f64,
+    limit: Duration,
+) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let got = edge_metric(topo, admin, sample);
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{sample} is {got}, not {want}, after {limit:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+const QUIC_LIVE: &str = "netwall_tunnel_transport_connections{tunnel=\"app\",transport=\"quic\"}";
+const TLS_LIVE: &str = "netwall_tunnel_transport_connections{tunnel=\"app\",transport=\"tls\"}";
+
+#[test]
+fn the_container_accepts_no_inbound_connection_yet_serves_through_quic() {
+    wall("quic");
+}
+
+#[test]
+fn the_container_accepts_no_inbound_connection_yet_serves_through_tls() {
+    wall("tls");
+}
+
+/// The UDP port of the connector's connected QUIC socket in the container.
+fn connector_udp_port(topo: &Topology) -> u16 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &topo.ctr, "ss", "-uanH"])
+        .output()
+        .expect("ss");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ports: Vec<u16> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter(|local| local.starts_with(CONTAINER) || local.starts_with("0.0.0.0"))
+        .filter_map(|local| local.rsplit_once(':')?.1.parse().ok())
+        .collect();
+    assert_eq!(ports.len(), 1, "one UDP socket in the container: {text}");
+    // Connected to the gateway, as `ss` shows by its peer column.
+    assert!(
+        text.contains(&format!("{EDGE_PRIVATE}:")),
+        "the QUIC socket is connected to the gateway: {text}"
+    );
+    ports[0]
+}
+
+/// Datagrams a scanner sends: a QUIC v1 Initial (long header, padded to 1,200 bytes), a
+/// short-header packet for a made-up connection, and junk.
+fn probes() -> Vec<Vec<u8>> {
+    let mut initial = vec![0xc3, 0, 0, 0, 1, 8];
+    initial.extend_from_slice(&[0x5a; 8]); // destination connection id
+    initial.push(8);
+    initial.extend_from_slice(&[0xa5; 8]); // source connection id
+    initial.push(0); // no token
+    // Length (2-byte varint) of what follows: packet number and payload, to 1,200 bytes.
+    let rest = 1200 - initial.len() - 2;
+    initial.extend_from_slice(&(0x4000 | rest as u16).to_be_bytes());
+    initial.resize(1200, 0x17);
+    let mut short = vec![0x41];
+    short.extend_from_slice(&[0x77; 20]);
+    short.resize(1200, 0x33);
+    vec![initial, short, b"\x00junk from a scanner\xff".to_vec()]
+}
+
+/// Send every probe to `target` from a fresh socket and collect whatever comes back within
+/// `wait` (an absence can only be observed for a while).
+async fn replies_to_probes(target: SocketAddr, wait: Duration) -> Vec<Vec<u8>> {
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    for p in probes() {
+        sock.send_to(&p, target).await.expect("send");
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+fn wall(transport: &'static str) {
+    init_logs();
+    let topo = Topology::new();
+    let pki = Pki::new();
+    let dir = pki.dir.path().to_path_buf();
+    let _sample = container_service(&topo, &dir);
+    let (_gateway, addrs) = edge_gateway(&topo, &pki, &dir);
+
+    // The connector in the container dials out to the edge's private address.
+    let port = match transport {
+        "quic" => addrs.tunnel.port(),
+        _ => addrs.https.port(),
+    };
+    let connector = container_connector(
+        &topo,
+        &pki,
+        &dir,
+        &format!("{EDGE_PRIVATE}:{port}"),
+        &format!("transport = \"{transport}\""),
+    );
     connector.wait_line("tunnel connected", Duration::from_secs(15));
+    let live = if transport == "quic" {
+        QUIC_LIVE
+    } else {
+        TLS_LIVE
+    };
+    assert_eq!(edge_metric(&topo, addrs.admin, live), 1.0);
 
     // A client on the internet host gets answers through the gateway.
     let public: SocketAddr = format!("{EDGE_PUBLIC}:{}", addrs.https.port())
         .parse()
         .expect("addr");
     let ca = pki.ca_der.clone();
-    let answers = in_netns(&topo.inet, move || async move {
-        let mut out = Vec::new();
-        for h2 in [false, true] {
-            let c = HttpsClient::new(public, &ca, h2);
-            out.push(c.get("https://app.test/hello").await);
-            out.push(c.post("https://app.test/echo", "through the wall").await);
+    let through = move || {
+        let ca = ca.clone();
+        async move {
+            let mut out = Vec::new();
+            for h2 in [false, true] {
+                let c = HttpsClient::new(public, &ca, h2);
+                out.push(c.get("https://app.test/hello").await);
+                out.push(c.post("https://app.test/echo", "through the wall").await);
+            }
+            out
         }
-        out
-    });
+    };
+    let answers = in_netns(&topo.inet, through.clone());
     for a in &answers {
         assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     }
@@ -321,6 +465,27 @@ fn the_container_accepts_no_inbound_connection_yet_serves_through_the_tunnel() {
             local.starts_with("127.0.0.1:") || local.starts_with("[::1]:"),
             "listener off loopback in the container: {local}\n{listeners}"
         );
+    }
+
+    // The connector's QUIC socket is silent to everyone but its gateway: a crafted Initial,
+    // a short-header packet and junk from the internet and the edge host get no datagram
+    // back (no Stateless Reset, no version negotiation), and the tunnel is undisturbed.
+    if transport == "quic" {
+        let udp = connector_udp_port(&topo);
+        let target: SocketAddr = format!("{CONTAINER}:{udp}").parse().expect("addr");
+        for (from, ns) in [("internet", topo.inet.clone()), ("edge", topo.edge.clone())] {
+            let replies = in_netns(&ns, move || {
+                replies_to_probes(target, Duration::from_secs(1))
+            });
+            assert!(
+                replies.is_empty(),
+                "from the {from} host, the connector's UDP port {udp} answered: {:?}",
+                replies.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+        }
+        let again = in_netns(&topo.inet, through);
+        assert!(again.iter().all(|a| a.status == StatusCode::OK));
+        assert_eq!(edge_metric(&topo, addrs.admin, QUIC_LIVE), 1.0);
     }
 
     // Every TCP port of the container, from the edge and from the internet host: all refused.
