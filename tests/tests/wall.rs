@@ -507,3 +507,299 @@ fn wall(transport: &'static str) {
     }
     drop(connector);
 }
+
+/// Run `nft` inside namespace `ns`.
+fn nft(ns: &str, rule: &str) {
+    let mut args = vec!["ip", "netns", "exec", ns, "nft"];
+    args.extend(rule.split_whitespace());
+    sh(&args);
+}
+
+/// Requests from the internet host, four at a time, until `stop`: `(ok, failures)`.
+fn steady_load(
+    topo: &Topology,
+    public: SocketAddr,
+    ca: rustls::pki_types::CertificateDer<'static>,
+    ok: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let path = format!("/var/run/netns/{}", topo.inet);
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut workers = tokio::task::JoinSet::new();
+            for w in 0..4 {
+                let (ca, ok, stop) = (ca.clone(), ok.clone(), stop.clone());
+                workers.spawn(async move {
+                    let c = HttpsClient::new(public, &ca, w % 2 == 1);
+                    let mut failures = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        i += 1;
+                        // POSTs are never replayed by the gateway: only a lossless switch
+                        // keeps every one of them.
+                        let body = format!("request {w}-{i}");
+                        let a = c.post("https://app.test/echo", body.clone()).await;
+                        if a.status == StatusCode::OK && a.text() == body {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            failures.push(format!("{body}: {} {}", a.status, a.text()));
+                        }
+                    }
+                    failures
+                });
+            }
+            let mut all = Vec::new();
+            while let Some(f) = workers.join_next().await {
+                all.extend(f.expect("load worker"));
+            }
+            all
+        })
+    })
+}
+
+fn wait_count(n: &AtomicUsize, at_least: usize, limit: Duration, what: &str) {
+    let start = std::time::Instant::now();
+    while n.load(Ordering::SeqCst) < at_least {
+        assert!(
+            start.elapsed() < limit,
+            "{what}: {} after {limit:?}",
+            n.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn auto_falls_back_to_tls_when_udp_is_dropped_and_returns_to_quic_losing_nothing() {
+    init_logs();
+    let topo = Topology::new();
+    let pki = Pki::new();
+    let dir = pki.dir.path().to_path_buf();
+    let _sample = container_service(&topo, &dir);
+    let (_gateway, addrs) = edge_gateway(&topo, &pki, &dir);
+
+    // Inside the container, UDP to the gateway is dropped: QUIC handshakes go unanswered.
+    nft(&topo.ctr, "add table inet wall");
+    nft(
+        &topo.ctr,
+        "add chain inet wall out { type filter hook output priority 0 ; }",
+    );
+    nft(
+        &topo.ctr,
+        &format!(
+            "add rule inet wall out ip daddr {EDGE_PRIVATE} udp dport {} drop",
+            addrs.tunnel.port()
+        ),
+    );
+    let started = std::time::Instant::now();
+    let connector = container_connector(
+        &topo,
+        &pki,
+        &dir,
+        &format!("{EDGE_PRIVATE}:{}", addrs.tunnel.port()),
+        &format!(
+            "transport = \"auto\"\ntls_port = {}\nquic_fallback_after = \"1s\"\nquic_probe_interval = \"2s\"",
+            addrs.https.port()
+        ),
+    );
+    let warning = connector.wait_line("falling back to TLS", Duration::from_secs(10));
+    assert!(
+        warning.contains("QUIC handshake did not complete"),
+        "{warning}"
+    );
+    wait_edge_metric(&topo, addrs.admin, TLS_LIVE, 1.0, Duration::from_secs(10));
+    let fell_back = started.elapsed();
+    assert!(
+        fell_back < Duration::from_secs(4),
+        "on TLS only after {fell_back:?} (fallback deadline 1 s)"
+    );
+    assert_eq!(edge_metric(&topo, addrs.admin, QUIC_LIVE), 0.0);
+
+    // Steady load through the fallback tunnel.
+    let public: SocketAddr = format!("{EDGE_PUBLIC}:{}", addrs.https.port())
+        .parse()
+        .expect("addr");
+    let ok = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(&topo, public, pki.ca_der.clone(), ok.clone(), stop.clone());
+    wait_count(&ok, 50, Duration::from_secs(20), "requests over TLS");
+
+    // UDP passes again: within a probe interval (2 s, jittered up to 2.5 s) the tunnel is
+    // back on QUIC and the TLS connection has drained away, under load.
+    nft(&topo.ctr, "delete table inet wall");
+    let back = wait_edge_metric(&topo, addrs.admin, QUIC_LIVE, 1.0, Duration::from_secs(10));
+    assert!(
+        back < Duration::from_secs(5),
+        "back on QUIC only after {back:?}"
+    );
+    wait_edge_metric(&topo, addrs.admin, TLS_LIVE, 0.0, Duration::from_secs(10));
+    connector.wait_line("moving back from TLS", Duration::from_secs(5));
+    let on_quic = ok.load(Ordering::SeqCst);
+    wait_count(
+        &ok,
+        on_quic + 50,
+        Duration::from_secs(20),
+        "requests over QUIC",
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let failures = load.join().expect("load");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed across the switches: {:?}",
+        failures.len(),
+        failures.len() + ok.load(Ordering::SeqCst),
+        &failures[..failures.len().min(10)]
+    );
+}
+
+/// A namespace with nothing but loopback, as `docker run --network none` gives; removed on
+/// drop.
+struct Isolated(String);
+
+impl Isolated {
+    fn new() -> Isolated {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let ns = format!(
+            "nwn{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        Isolated(ns)
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn a_container_without_a_network_is_served_through_its_unix_socket_and_only_it_may_attach() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    init_logs();
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "builds namespaces: run as root"
+    );
+    let pki = Pki::new();
+    let dir = pki.dir.path().to_path_buf();
+    let ns = Isolated::new();
+
+    // The socket lives in a directory anyone may enter; the socket file itself is the gate
+    // (mode 0600, owned by root, as the gateway runs here).
+    let shared = tempfile::Builder::new()
+        .prefix("netwall-sock")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sock = shared.path().join("app.sock");
+    let gw_toml = pki
+        .gateway_toml("[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n")
+        .replace(
+            &format!("unix_socket = \"{}\"", dir.join("app.sock").display()),
+            &format!(
+                "unix_socket = \"{}\"\nunix_socket_mode = \"0600\"",
+                sock.display()
+            ),
+        );
+    std::fs::write(dir.join("gateway.toml"), gw_toml).expect("write");
+    let (_gateway, addrs) = spawn_gateway(&dir.join("gateway.toml"), dir.join("gateway.log"));
+    let mode = std::fs::metadata(&sock)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "socket mode");
+
+    // The service and the connector inside the network-less namespace.
+    let mut sample_cmd = Command::new("ip");
+    sample_cmd
+        .args(["netns", "exec", &ns.0])
+        .arg(bin("netwall-sample"))
+        .args(["--listen", "127.0.0.1:3000", "--name", "isolated"]);
+    let sample = Proc::spawn(sample_cmd, dir.join("sample.log"));
+    sample.wait_line("listening on", Duration::from_secs(10));
+    let c_toml = pki
+        .connector_toml(&[], "web = \"http://127.0.0.1:3000\"", "")
+        .replace(
+            "gateways = []",
+            &format!("gateways = [\"unix:{}\"]", sock.display()),
+        )
+        .replace("transport = \"quic\"", "transport = \"unix\"");
+    std::fs::write(dir.join("connector.toml"), &c_toml).expect("write");
+    let mut c_cmd = Command::new("ip");
+    c_cmd
+        .args(["netns", "exec", &ns.0])
+        .arg(bin("netwall-connector"))
+        .arg("--config")
+        .arg(dir.join("connector.toml"))
+        .env("RUST_LOG", "info")
+        .env("NETWALL_CREDENTIAL", &pki.credential);
+    let connector = Proc::spawn(c_cmd, dir.join("connector.log"));
+    let line = connector.wait_line("tunnel connected", Duration::from_secs(15));
+    assert!(line.contains("unix"), "{line}");
+
+    // The namespace has no interface but loopback.
+    let links = Command::new("ip")
+        .args(["-n", &ns.0, "-o", "link"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    let names: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(str::trim))
+        .collect();
+    assert_eq!(names, ["lo"], "{links}");
+
+    // Requests reach the service through the socket.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let c = HttpsClient::new(addrs.https, &pki.ca_der, false);
+    let a = rt.block_on(c.get("https://app.test/hello"));
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(
+        a.text(),
+        "hello from isolated via netwall: GET /hello (host app.test, client 127.0.0.1)\n"
+    );
+    let live = "netwall_tunnel_transport_connections{tunnel=\"app\",transport=\"unix\"}";
+    assert_eq!(metric(&rt.block_on(metrics_text(addrs.admin)), live), 1.0);
+
+    // A process in another namespace (this one) that may not open the socket file cannot
+    // attach, though it holds the credential: the file's permissions say no.
+    let stranger_bin = shared.path().join("netwall-connector");
+    std::fs::copy(bin("netwall-connector"), &stranger_bin).expect("copy");
+    std::fs::set_permissions(&stranger_bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let stranger_toml = shared.path().join("connector.toml");
+    std::fs::write(
+        &stranger_toml,
+        c_toml.replace(&format!("ca_file = \"{}\"", pki.ca.display()), ""),
+    )
+    .expect("write");
+    std::fs::set_permissions(&stranger_toml, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let mut s_cmd = Command::new(&stranger_bin);
+    s_cmd
+        .arg("--config")
+        .arg(&stranger_toml)
+        .env("RUST_LOG", "info")
+        .env("NETWALL_CREDENTIAL", &pki.credential)
+        .uid(65534)
+        .gid(65534);
+    let stranger = Proc::spawn(s_cmd, dir.join("stranger.log"));
+    let refused = stranger.wait_line("dial failed", Duration::from_secs(10));
+    assert!(refused.contains("Permission denied"), "{refused}");
+    assert_eq!(metric(&rt.block_on(metrics_text(addrs.admin)), live), 1.0);
+    drop(stranger);
+    drop(connector);
+}
