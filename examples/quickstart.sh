@@ -66,6 +66,7 @@ connector_id = "demo-connector"
 tunnel = "demo"
 credential_file = "credential"
 gateways = ["127.0.0.1:$TUNNEL_PORT"]
+tls_port = $HTTPS_PORT                # QUIC first; TLS on the HTTPS port if UDP is blocked
 server_name = "localhost"
 pin_cert_file = "tunnel.pem"       # trust exactly the gateway's generated certificate
 

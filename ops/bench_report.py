@@ -14,7 +14,9 @@ from glob import glob
 
 out, mode, repeats, duration, concurrency, fixed_rate, bulk_mib = sys.argv[1:8]
 raw = os.path.join(out, "raw")
-PATHS = ["direct", "nginx", "rathole", "netwall"]
+PATHS = ["direct", "nginx", "rathole", "netwall", "netwall_tls", "netwall_unix"]
+# netwall's tunnel transports: "netwall" is the default, QUIC.
+NETWALL = ["netwall", "netwall_tls", "netwall_unix"]
 
 
 def passes(pattern):
@@ -126,6 +128,8 @@ machine = {
     "rathole": "plain TCP forwarding, no TLS on either leg",
     "nginx": "TLS 1.3, HTTP/1.1 and HTTP/2, keep-alive upstream",
     "netwall": "TLS 1.3 at the gateway, QUIC tunnel, connector, pooled HTTP/1.1 to the backend",
+    "netwall_tls": "the same over a TLS 1.3/TCP tunnel to the gateway's HTTPS port (yamux streams)",
+    "netwall_unix": "the same over a Unix-socket tunnel (yamux streams, no TLS on the tunnel)",
 }
 
 rows = []  # (scenario, metric, unit, higher_is_better, values by path)
@@ -168,12 +172,13 @@ def ratio(a, b):
 
 
 lines = [
-    f"| scenario | unit | {' | '.join(PATHS)} | netwall/direct | netwall/rathole |",
-    "| --- | --- | " + " | ".join("---:" for _ in PATHS) + " | ---: | ---: |",
+    f"| scenario | unit | {' | '.join(PATHS)} | netwall/direct | netwall/rathole | tls/quic | unix/quic |",
+    "| --- | --- | " + " | ".join("---:" for _ in PATHS) + " | ---: | ---: | ---: | ---: |",
 ]
 for label, unit, _higher, vals in rows:
     lines.append(f"| {label} | {unit} | " + " | ".join(fmt(vals[p]) for p in PATHS)
-                 + f" | {ratio(vals['netwall'], vals['direct'])} | {ratio(vals['netwall'], vals['rathole'])} |")
+                 + f" | {ratio(vals['netwall'], vals['direct'])} | {ratio(vals['netwall'], vals['rathole'])}"
+                 + f" | {ratio(vals['netwall_tls'], vals['netwall'])} | {ratio(vals['netwall_unix'], vals['netwall'])} |")
 fixed = results["fixed_rate"]
 added = {}
 if fixed["netwall"] and fixed["direct"]:
@@ -182,7 +187,8 @@ if fixed["netwall"] and fixed["direct"]:
 summary = [
     f"Mode: {mode}, {repeats} pass(es), medians; {duration} per load measurement. Machine: {machine['cpus']} CPUs ({machine['cpu']}), "
     f"{machine['memory_gib']} GiB, {machine['rustc']}. No CPU pinning.",
-    f"Paths: direct = {machine['backend']}; nginx = {machine['nginx']}; rathole = {machine['rathole']}; netwall = {machine['netwall']}.",
+    f"Paths: direct = {machine['backend']}; nginx = {machine['nginx']}; rathole = {machine['rathole']}; netwall = {machine['netwall']}; "
+    f"netwall_tls = {machine['netwall_tls']}; netwall_unix = {machine['netwall_unix']}.",
     f"Latency added by netwall over direct at {fixed_rate} req/s: "
     + (", ".join(f"{k[:-3].replace('p999', 'p99.9')} {v:+.2f} ms" for k, v in added.items()) if added else "n/a") + ".",
     f"Peak resident memory during the run: gateway {int(memory['gateway_peak_kib']) // 1024} MiB, connector {int(memory['connector_peak_kib']) // 1024} MiB.",
@@ -214,8 +220,9 @@ try:
     fig, axes = plt.subplots(1, len(charts), figsize=(16, 4))
     for ax, (scenario, key, title) in zip(axes, charts):
         vals = [((results[scenario][p] or {}).get(key) if key else results[scenario][p]) or 0 for p in PATHS]
-        ax.bar(PATHS, vals, color=["#888", "#4a7", "#c84", "#37c"])
+        ax.bar(PATHS, vals, color=["#888", "#4a7", "#c84", "#37c", "#5ae", "#8cf"])
         ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "report.png"), dpi=100)
 except ImportError:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Check that an `ops/bench` run produced a well-formed report: every scenario has a row, every
-row a netwall figure, and the netwall path carried its load without errors.
+row a figure for each netwall transport, and every netwall path carried its load without errors.
 
     ops/bench_smoke.py target/bench
 """
@@ -19,30 +19,34 @@ for name in ["report.png"]:
 
 problems = []
 results = report["results"]
-for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes"]:
-    r = results[scenario]["netwall"]
-    if not r or not r["rps"] > 0:
-        problems.append(f"{scenario}: no netwall throughput")
-    elif r["success"] < 1.0:
-        problems.append(f"{scenario}: {100 * (1 - r['success']):.2f}% of netwall requests failed")
-for kind in ["bulk_down", "bulk_up"]:
-    if not (results[kind]["netwall"] or 0) > 0:
-        problems.append(f"{kind}: no netwall figure")
-ws = results["ws"]["netwall"]
-if not ws or ws["open_errors"] or ws["lost"] or ws["answered"] < 0.99 * ws["sent"]:
-    problems.append(f"WebSockets through netwall: {ws}")
+for path in ["netwall", "netwall_tls", "netwall_unix"]:
+    for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes"]:
+        r = results[scenario][path]
+        if not r or not r["rps"] > 0:
+            problems.append(f"{scenario}: no {path} throughput")
+        elif r["success"] < 1.0:
+            problems.append(f"{scenario}: {100 * (1 - r['success']):.2f}% of {path} requests failed")
+    for kind in ["bulk_down", "bulk_up"]:
+        if not (results[kind][path] or 0) > 0:
+            problems.append(f"{kind}: no {path} figure")
+    ws = results["ws"][path]
+    if not ws or ws["open_errors"] or ws["lost"] or ws["answered"] < 0.99 * ws["sent"]:
+        problems.append(f"WebSockets through {path}: {ws}")
 tunnels = report.get("tunnels")
 if not tunnels or tunnels["answered"] != tunnels["tunnels"]:
     problems.append(f"many tunnels: {tunnels}")
 header, rows = table[0], table[2:]
 columns = [c.strip() for c in header.strip("|").split("|")]
 netwall = columns.index("netwall")
+transports = [columns.index("netwall_tls"), columns.index("netwall_unix")]
 for row in rows:
     cells = [c.strip() for c in row.strip("|").split("|")]
     if len(cells) != len(columns):
         problems.append(f"malformed row: {row}")
     elif cells[netwall] == "n/a":
         problems.append(f"no netwall figure: {row}")
+    elif "connectors on one gateway" not in row and any(cells[i] == "n/a" for i in transports):
+        problems.append(f"no figure for every transport: {row}")
 if len(rows) < 17:
     problems.append(f"{len(rows)} rows in the table, expected 17")
 if problems:

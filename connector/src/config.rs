@@ -120,7 +120,7 @@ impl GatewayAddr {
         if let Some(p) = s.strip_prefix("unix:") {
             return (!p.is_empty()).then(|| GatewayAddr::Unix(base.join(p)));
         }
-        crate::dial::split_host_port(s).map(|(host, port)| GatewayAddr::Net { host, port })
+        split_host_port(s).map(|(host, port)| GatewayAddr::Net { host, port })
     }
 }
 
@@ -399,15 +399,13 @@ impl ConnectorConfig {
                 }
                 Some(Trust::Pins(pins))
             }
-            (None, true, Some(file)) => {
-                match crate::dial::pin_of_pem_file(&resolve(file.get_ref())) {
-                    Ok(pin) => Some(Trust::Pins(vec![pin])),
-                    Err(e) => {
-                        errs.push(at.error(Some(file.span()), "pin_cert_file", &e));
-                        None
-                    }
+            (None, true, Some(file)) => match pin_of_pem_file(&resolve(file.get_ref())) {
+                Ok(pin) => Some(Trust::Pins(vec![pin])),
+                Err(e) => {
+                    errs.push(at.error(Some(file.span()), "pin_cert_file", &e));
+                    None
                 }
-            }
+            },
             // A Unix socket needs no TLS: its permissions are the authentication.
             (None, true, None) if !networked => None,
             (None, true, None) => {
@@ -467,6 +465,25 @@ impl ConnectorConfig {
             _ => Err(ConfigErrors(errs)),
         }
     }
+}
+
+/// Split `host:port` (`[v6]:port` too).
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+/// SHA-256 of the first certificate in a PEM file.
+pub fn pin_of_pem_file(path: &Path) -> Result<[u8; 32], String> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .next()
+        .ok_or_else(|| format!("{} holds no PEM certificate", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(<sha2::Sha256 as sha2::Digest>::digest(cert.as_ref()).into())
 }
 
 fn host_name() -> String {

@@ -681,7 +681,7 @@ impl GatewayConfig {
         }
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.tunnels.iter().enumerate() {
-            if !crate::route::valid_name(t.name.get_ref()) {
+            if !valid_name(t.name.get_ref()) {
                 errs.push(at.error(
                     Some(t.name.span()),
                     &format!("tunnel[{i}].name"),
@@ -715,7 +715,7 @@ impl GatewayConfig {
             validate_route(at, i, r, &names, &mut errs);
             let key = (
                 r.host.get_ref().to_ascii_lowercase(),
-                crate::route::normalize_prefix(r.path.get_ref()),
+                crate::policy::path::normalize_prefix(r.path.get_ref()),
             );
             if !seen.insert(key) {
                 errs.push(at.error(
@@ -727,7 +727,7 @@ impl GatewayConfig {
         }
         for (i, c) in self.https.certificates.iter().enumerate() {
             for h in &c.hosts {
-                if let Err(e) = crate::route::HostPattern::parse(h) {
+                if let Err(e) = crate::policy::host::HostPattern::parse(h) {
                     errs.push(at.error(
                         Some(c.cert.span()),
                         &format!("https.certificate[{i}].hosts"),
@@ -778,10 +778,19 @@ fn validate_websocket(at: &Located<'_>, i: usize, r: &RouteConfig, errs: &mut Ve
         ));
     }
     for o in &ws.allowed_origins {
-        if let Err(e) = crate::ws::OriginPattern::parse(o) {
+        if let Err(e) = crate::policy::origin::OriginPattern::parse(o) {
             errs.push(at.error(ws_at("allowed_origins"), &ws_key("allowed_origins"), &e));
         }
     }
+}
+
+/// Whether `s` is a valid tunnel or service name.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
 }
 
 /// A tunnel's credential and Unix socket.
@@ -857,7 +866,7 @@ fn validate_route(
     names: &std::collections::HashSet<&str>,
     errs: &mut Vec<ConfigError>,
 ) {
-    if let Err(e) = crate::route::HostPattern::parse(r.host.get_ref()) {
+    if let Err(e) = crate::policy::host::HostPattern::parse(r.host.get_ref()) {
         errs.push(at.error(Some(r.host.span()), &format!("route[{i}].host"), &e));
     }
     match crate::policy::path::normalize(r.path.get_ref()) {
@@ -942,7 +951,7 @@ fn validate_route(
             &format!("no [[tunnel]] named `{}`", r.tunnel.get_ref()),
         ));
     }
-    if !crate::route::valid_name(&r.service) {
+    if !valid_name(&r.service) {
         errs.push(at.error(
             Some(r.host.span()),
             &format!("route[{i}].service"),

@@ -141,7 +141,7 @@ impl Metrics {
             ws_closed: Family::default(),
             ws_messages: Family::default(),
             ws_bytes: Family::default(),
-            ws_duration_seconds: Histogram::new(crate::ws::duration_buckets()),
+            ws_duration_seconds: Histogram::new(duration_buckets()),
             spikes: Counter::default(),
             registry: Registry::default(),
         };
@@ -240,4 +240,13 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Buckets of the WebSocket connection-duration histogram, in seconds: a tenth of a second to a
+/// day.
+pub fn duration_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
+    ]
+    .into_iter()
 }

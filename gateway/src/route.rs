@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::RouteConfig;
+pub use crate::config::valid_name;
+pub use crate::policy::host::HostPattern;
+pub use crate::policy::path::normalize_prefix;
 
 /// One resolved route.
 #[derive(Debug, Clone)]
@@ -63,76 +66,6 @@ impl Route {
     /// Whether WebSockets are accepted on this route.
     pub fn accepts_websocket(&self) -> bool {
         self.upgrades.iter().any(|u| u == "websocket")
-    }
-}
-
-/// A host as written in a route or certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// One exact name.
-    Exact(String),
-    /// `*.example.com`: any name ending in `.example.com` (stored with the leading dot).
-    Suffix(String),
-    /// `*`: every host.
-    Any,
-}
-
-impl HostPattern {
-    /// Parse and normalise (lower case) a host pattern.
-    pub fn parse(s: &str) -> Result<HostPattern, String> {
-        let s = s.trim().to_ascii_lowercase();
-        if s == "*" {
-            return Ok(HostPattern::Any);
-        }
-        let (wild, name) = match s.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, s.as_str()),
-        };
-        let ok = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            });
-        if !ok {
-            return Err(format!("`{s}` is not a host name or `*.domain` wildcard"));
-        }
-        Ok(if wild {
-            HostPattern::Suffix(format!(".{name}"))
-        } else {
-            HostPattern::Exact(name.to_owned())
-        })
-    }
-
-    /// Whether `host` (lower case, no port) matches.
-    pub fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Exact(h) => h == host,
-            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
-            HostPattern::Any => true,
-        }
-    }
-}
-
-/// Whether `s` is a valid tunnel or service name.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-        })
-}
-
-/// A path prefix without its trailing slash (`/` stays `/`).
-pub fn normalize_prefix(p: &str) -> String {
-    let t = p.trim_end_matches('/');
-    if t.is_empty() {
-        "/".to_owned()
-    } else {
-        t.to_owned()
     }
 }
 

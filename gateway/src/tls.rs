@@ -14,7 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
-use crate::route::HostPattern;
+use crate::policy::host::HostPattern;
 
 pub use netwall_proto::wire::TUNNEL_ALPN;
 

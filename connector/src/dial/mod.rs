@@ -21,8 +21,8 @@ use rand::Rng;
 
 use crate::config::{GatewayAddr, Resolved, TransportChoice};
 
+pub use crate::config::{pin_of_pem_file, split_host_port};
 pub use netwall_proto::wire::{CLOSE_REJECTED, TUNNEL_ALPN};
-pub use trust::pin_of_pem_file;
 
 /// Why a dial failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,14 +58,6 @@ impl DialError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, DialError::Rejected { code, .. } if code.is_permanent())
     }
-}
-
-/// Split `host:port` (`[v6]:port` too).
-pub fn split_host_port(s: &str) -> Option<(String, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 /// Dials gateways over any transport and says hello.

@@ -1,7 +1,6 @@
 //! How a connector trusts its gateway: a CA bundle, or pinning the exact leaf certificate.
 //! The same TLS client configuration serves QUIC and TLS over TCP.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use netwall_proto::wire::TUNNEL_ALPN;
@@ -14,16 +13,6 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Trust;
-
-/// SHA-256 of the first certificate in a PEM file.
-pub fn pin_of_pem_file(path: &Path) -> Result<[u8; 32], String> {
-    let cert = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .next()
-        .ok_or_else(|| format!("{} holds no PEM certificate", path.display()))?
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Sha256::digest(cert.as_ref()).into())
-}
 
 /// Accepts exactly the pinned leaf certificates; handshake signatures are still verified.
 #[derive(Debug)]

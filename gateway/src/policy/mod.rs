@@ -17,6 +17,8 @@
 pub mod conn_limit;
 pub mod deflate;
 pub mod headers;
+pub mod host;
+pub mod origin;
 pub mod path;
 pub mod rate_limit;
 pub mod ws_frames;

@@ -230,6 +230,16 @@ pub fn route_key(normalized: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(key)
 }
 
+/// A path prefix without its trailing slash (`/` stays `/`).
+pub fn normalize_prefix(p: &str) -> String {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() {
+        "/".to_owned()
+    } else {
+        t.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
