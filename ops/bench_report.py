@@ -107,6 +107,17 @@ with open(os.path.join(raw, "memory.json")) as fh:
     memory = json.load(fh)
 
 
+def mux(kind):
+    """Median figures of the multiplexer runs of one kind, or None."""
+    runs = list(passes(f"mux.{kind}.*.json"))
+    if not runs:
+        return None
+    return {k: statistics.median(r[k] for r in runs) for k in ["rps", "p50_ms", "p99_ms", "bulk_mib_per_s"]}
+
+
+results["mux"] = {k: mux(k) for k in ["yamux", "h2"]}
+
+
 def cpu_model():
     try:
         for line in open("/proc/cpuinfo"):
@@ -204,7 +215,16 @@ if tunnels:
     summary.append(f"Many tunnels: {tunnels['tunnels']} connectors (one tunnel each) connected in {tunnels['connect_seconds']:.1f} s; "
                    f"{tunnels['answered']} of them answered a request through the gateway"
                    + (f"; failures: {'; '.join(tunnels['failures'])}" if tunnels["failures"] else "") + ".")
-report_md = "\n".join(lines) + "\n\n" + "\n\n".join(summary) + "\n"
+mux_lines = []
+if any(results["mux"].values()):
+    mux_lines = [
+        "| multiplexer (TLS 1.3 loopback, one process, accepting side opens) | small req/s | p50 ms | p99 ms | bulk MiB/s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for k, r in results["mux"].items():
+        r = r or {}
+        mux_lines.append(f"| {k} | {fmt(r.get('rps'))} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | {fmt(r.get('bulk_mib_per_s'))} |")
+report_md = "\n".join(lines) + "\n\n" + "\n\n".join(summary) + "\n" + ("\n" + "\n".join(mux_lines) + "\n" if mux_lines else "")
 with open(os.path.join(out, "report.md"), "w") as fh:
     fh.write(report_md)
 with open(os.path.join(out, "report.json"), "w") as fh:

@@ -12,7 +12,13 @@ out = sys.argv[1]
 with open(os.path.join(out, "report.json")) as fh:
     report = json.load(fh)
 with open(os.path.join(out, "report.md")) as fh:
-    table = [line for line in fh.read().splitlines() if line.startswith("| ")]
+    # The main table: the first block of table lines (the multiplexer table comes later).
+    table = []
+    for line in fh.read().splitlines():
+        if line.startswith("| "):
+            table.append(line)
+        elif table:
+            break
 for name in ["report.png"]:
     if not os.path.getsize(os.path.join(out, name)):
         sys.exit(f"bench smoke: {name} is empty")
@@ -35,6 +41,10 @@ for path in ["netwall", "netwall_tls", "netwall_unix"]:
 tunnels = report.get("tunnels")
 if not tunnels or tunnels["answered"] != tunnels["tunnels"]:
     problems.append(f"many tunnels: {tunnels}")
+for kind in ["yamux", "h2"]:
+    m = results.get("mux", {}).get(kind)
+    if not m or not m["rps"] > 0 or not m["bulk_mib_per_s"] > 0:
+        problems.append(f"multiplexer {kind}: {m}")
 header, rows = table[0], table[2:]
 columns = [c.strip() for c in header.strip("|").split("|")]
 netwall = columns.index("netwall")

@@ -22,6 +22,7 @@ const IDLE: Duration = Duration::from_secs(10);
 const MUX: MuxParams = MuxParams {
     max_streams: 64,
     keep_alive: Duration::from_secs(2),
+    accept_backlog: 4,
 };
 
 struct Gateway {

@@ -24,11 +24,14 @@ use crate::transport::{
     BoxFuture, Closed, Conn, Connection, Peer, SendHalf, Stream, TransportKind,
 };
 
-/// Streams the peer may have opened that nobody accepted yet; beyond this the connection
-/// waits for the accepting side.
-/// Tunnel peers open one control stream and, from the gateway, one stream per request that
-/// the connector accepts at once.
-const ACCEPT_BACKLOG: usize = 256;
+/// Streams the gateway opened that the connector has not accepted yet; beyond this the
+/// connection waits for the connector. The connector accepts each request stream at once.
+pub const CONNECTOR_ACCEPT_BACKLOG: usize = 256;
+
+/// Streams a connector may have opened that the gateway has not accepted: its control stream,
+/// with room to spare (QUIC allows it 4 as well). Beyond this the connection stalls, so a peer
+/// that opens streams pre-authentication pins at most this many stream windows.
+pub const GATEWAY_ACCEPT_BACKLOG: usize = 4;
 
 /// yamux's initial per-stream window: what each stream may have in flight before its reader
 /// catches up; yamux grows it toward the bandwidth-delay product of a busy stream.
@@ -53,6 +56,8 @@ pub struct MuxParams {
     pub max_streams: usize,
     /// Interval of the tunnel's control-stream pings (liveness is checked there).
     pub keep_alive: Duration,
+    /// Streams the peer may have opened that are not accepted yet.
+    pub accept_backlog: usize,
 }
 
 type Opened = oneshot::Sender<Result<yamux::Stream, String>>;
@@ -83,7 +88,7 @@ where
     };
     let connection = yamux::Connection::new(io.compat(), config, mode);
     let (opens, opens_rx) = mpsc::unbounded_channel();
-    let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+    let (tx, rx) = mpsc::channel(params.accept_backlog.max(1));
     let (state, _) = watch::channel(None);
     let close = CancellationToken::new();
     let conn = Arc::new(MuxConn {
@@ -256,16 +261,18 @@ impl Connection for MuxConn {
     fn accept(&self) -> BoxFuture<'_, Result<Stream, Closed>> {
         Box::pin(async move {
             let mut rx = self.inbound.lock().await;
-            let s = rx.recv().await.ok_or_else(|| self.ended())?;
-            drop(rx);
-            // Acknowledge at once (an empty frame carries the ACK): yamux lets a peer have
-            // only 256 streams unacknowledged, and a request is otherwise acknowledged only
-            // by its response, so a thousand slow requests would stall at the 257th.
-            let mut s = s.compat();
-            tokio::io::AsyncWriteExt::write(&mut s, &[])
-                .await
-                .map_err(|e| Closed::Lost(e.to_string()))?;
-            Ok(split(s))
+            loop {
+                let s = rx.recv().await.ok_or_else(|| self.ended())?;
+                // Acknowledge at once (an empty frame carries the ACK): yamux lets a peer
+                // have only 256 streams unacknowledged, and a request is otherwise
+                // acknowledged only by its response, so a thousand slow requests would
+                // stall at the 257th. A stream the peer already gave up on is skipped: it
+                // is that stream's end, not the connection's.
+                let mut s = s.compat();
+                if tokio::io::AsyncWriteExt::write(&mut s, &[]).await.is_ok() {
+                    return Ok(split(s));
+                }
+            }
         })
     }
 

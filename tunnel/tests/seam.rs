@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const PARAMS: MuxParams = MuxParams {
     max_streams: 64,
     keep_alive: Duration::from_secs(5),
+    accept_backlog: 256,
 };
 
 #[tokio::test]
@@ -134,4 +135,31 @@ async fn streams_beyond_the_limit_are_refused_not_buffered() {
         !matches!(fifth, Ok(Ok(()))),
         "a fifth stream was carried past a limit of four"
     );
+}
+
+#[tokio::test]
+async fn a_stream_abandoned_before_it_is_accepted_ends_only_itself() {
+    let (a, b) = duplex::pair(PARAMS);
+    // A request given up at once (its client went away): opened, written, dropped.
+    let mut gone = a.open().await.expect("open");
+    gone.send.write_all(b"gone").await.expect("write");
+    drop(gone);
+    let mut kept = a.open().await.expect("open");
+    kept.send.write_all(b"kept").await.expect("write");
+    // Whether the first is still delivered or skipped, the connection carries the second.
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), b.accept()).await else {
+            break;
+        };
+        let mut buf = [0u8; 4];
+        if s.recv.read_exact(&mut buf).await.is_ok() {
+            got.push(buf);
+        }
+        if got.contains(b"kept") {
+            break;
+        }
+    }
+    assert!(got.contains(b"kept"), "the second stream was lost: {got:?}");
+    assert!(b.close_reason().is_none() && a.close_reason().is_none());
 }

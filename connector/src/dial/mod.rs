@@ -102,6 +102,7 @@ impl Dialer {
                     .unwrap_or(usize::MAX)
                     .saturating_add(4),
                 keep_alive: cfg.keep_alive,
+                accept_backlog: netwall_tunnel::mux::CONNECTOR_ACCEPT_BACKLOG,
             },
             codec,
             hello: Hello {

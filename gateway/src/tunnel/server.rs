@@ -313,6 +313,15 @@ impl TunnelServer {
                     debug!(reason = %c, "tunnel connection ended");
                     break;
                 }
+                // Connectors open nothing after the control stream: refuse (reset) any
+                // stream they do, so none holds a window here.
+                s = quic.accept() => match s {
+                    Ok(_) => {
+                        debug!("connector opened an unexpected stream; refused");
+                        continue;
+                    }
+                    Err(_) => break,
+                },
                 // A connector pings on the control stream; silence means it is gone, whatever
                 // the transport's own keep-alive thinks.
                 _ = &mut silence, if control_open => {

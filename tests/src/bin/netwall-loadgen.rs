@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
+#[path = "../loadgen_mux.rs"]
+mod loadgen_mux;
+
 use clap::{Parser, Subcommand};
 use futures_util::SinkExt as _;
 use http_body_util::{BodyExt, Empty};
@@ -41,6 +44,8 @@ enum Cmd {
     Ws(WsArgs),
     /// Many connectors, one tunnel each, on one gateway.
     Tunnels(TunnelArgs),
+    /// The stream multiplexers (yamux, h2) alone over one TLS loopback connection.
+    Mux(loadgen_mux::MuxArgs),
 }
 
 #[derive(clap::Args)]
@@ -108,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Ws(a) => ws(a).await,
             Cmd::Tunnels(a) => tunnels(a).await,
+            Cmd::Mux(a) => loadgen_mux::run(a).await,
         }
     })?;
     println!("{report}");
