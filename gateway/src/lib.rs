@@ -267,8 +267,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         server: server.clone(),
         mux: MuxParams {
             max_streams: MUX_MAX_STREAMS,
-            keep_alive: tl.keep_alive,
-            accept_backlog: netwall_tunnel::mux::GATEWAY_ACCEPT_BACKLOG,
+            accept_backlog: netwall_tunnel::mux::CONNECTOR_ACCEPT_BACKLOG,
         },
         tasks: tunnel_tasks.clone(),
         shutdown: shutdown.clone(),

@@ -21,7 +21,6 @@ const CREDENTIAL: &str = "seam-credential";
 const IDLE: Duration = Duration::from_secs(10);
 const MUX: MuxParams = MuxParams {
     max_streams: 64,
-    keep_alive: Duration::from_secs(2),
     accept_backlog: 4,
 };
 
@@ -69,8 +68,8 @@ fn hello(tunnel: &str, credential: &str) -> Hello {
 
 impl Gateway {
     /// A connector connection served by the gateway under `binding`.
-    fn connect(&self, binding: Binding) -> (Conn, tokio::task::JoinHandle<()>) {
-        let (client, server_side) = duplex::pair(MUX);
+    async fn connect(&self, binding: Binding) -> (Conn, tokio::task::JoinHandle<()>) {
+        let (client, server_side) = duplex::pair(MUX).await.expect("pair");
         let run = self.server.clone().run(
             None,
             Peer::Memory,
@@ -82,7 +81,7 @@ impl Gateway {
     }
 
     async fn session(&self, binding: Binding, h: Hello) -> Result<Session, HelloError> {
-        let (client, _task) = self.connect(binding);
+        let (client, _task) = self.connect(binding).await;
         handshake::say_hello(client, h, Codec::default()).await
     }
 
@@ -152,7 +151,7 @@ async fn a_socket_binding_admits_only_its_own_tunnel() {
 #[tokio::test(start_paused = true)]
 async fn a_silent_connector_is_dropped_after_exactly_the_idle_timeout() {
     let gw = gateway();
-    let (client, task) = gw.connect(Binding::Any);
+    let (client, task) = gw.connect(Binding::Any).await;
     let mut s = handshake::say_hello(client, hello("app", CREDENTIAL), Codec::default())
         .await
         .expect("welcome");
@@ -181,7 +180,7 @@ async fn a_silent_connector_is_dropped_after_exactly_the_idle_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_drain_waits_for_the_last_lease_then_closes() {
     let gw = gateway();
-    let (client, task) = gw.connect(Binding::Any);
+    let (client, task) = gw.connect(Binding::Any).await;
     let mut s = handshake::say_hello(client, hello("app", CREDENTIAL), Codec::default())
         .await
         .expect("welcome");

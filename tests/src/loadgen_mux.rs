@@ -1,20 +1,22 @@
 //! `netwall-loadgen mux`: the two candidate multiplexers for byte-stream tunnels, yamux (what
 //! netwall uses) and HTTP/2 (h2), measured alone over the same TLS 1.3 loopback connection.
 //!
-//! The accepting side ("gateway") opens the streams, as netwall's gateway opens one per
-//! request; the dialing side ("connector") answers. yamux lets either side open streams; with
-//! h2 only the client may, so the gateway plays the HTTP/2 client over the connection the
-//! connector dialed. Each small request carries 64 bytes each way; the bulk transfer moves
-//! `bulk_mib` MiB from the connector to the gateway on one stream.
+//! Both run behind netwall's tunnel `Connection` trait: HTTP/2 as netwall's `mux` module (the
+//! gateway as HTTP/2 client), yamux as it was before HTTP/2 replaced it. The accepting side
+//! ("gateway") opens the streams, as netwall's gateway opens one per request; the dialing side
+//! ("connector") answers. Each small request carries 64 bytes each way; the bulk transfer
+//! moves `bulk_mib` MiB from the connector to the gateway on one stream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow};
-use bytes::Bytes;
+use anyhow::anyhow;
 use netwall_tunnel::mux::{self, MuxParams, Role};
+
+#[path = "loadgen_yamux.rs"]
+mod yamux_conn;
 use netwall_tunnel::{Conn, Peer, TransportKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde_json::json;
@@ -30,9 +32,9 @@ const CHUNK: usize = 64 * 1024;
 /// Which multiplexer.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Kind {
-    /// yamux (libp2p's), as netwall's TLS and Unix tunnels use it.
+    /// yamux (libp2p's), the multiplexer measured against HTTP/2.
     Yamux,
-    /// HTTP/2 (the h2 crate), the gateway as HTTP/2 client.
+    /// HTTP/2 (the h2 crate), as netwall's TLS and Unix tunnels use it.
     H2,
 }
 
@@ -92,10 +94,7 @@ async fn tls_pair() -> anyhow::Result<(server::TlsStream<TcpStream>, client::Tls
 /// Run the measurement and return its JSON report.
 pub async fn run(a: MuxArgs) -> anyhow::Result<serde_json::Value> {
     let (accepted, dialed) = tls_pair().await?;
-    let opener: Arc<dyn Opener> = match a.kind {
-        Kind::Yamux => yamux_pair(accepted, dialed),
-        Kind::H2 => h2_pair(accepted, dialed).await?,
-    };
+    let opener = conn_pair(a.kind, accepted, dialed).await?;
     // Small requests: `concurrency` workers for `seconds`.
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
@@ -146,33 +145,64 @@ trait Opener: Send + Sync + 'static {
     fn bulk(&self, bytes: usize) -> netwall_tunnel::BoxFuture<'_, anyhow::Result<usize>>;
 }
 
-// === yamux ===
+// === the connection pair ===
 
-struct YamuxOpener(Conn);
+struct ConnOpener(Conn);
 
-fn yamux_pair(
+/// Connect both ends with `kind`; the connector side answers every stream the gateway opens.
+async fn conn_pair(
+    kind: Kind,
     accepted: server::TlsStream<TcpStream>,
     dialed: client::TlsStream<TcpStream>,
-) -> Arc<dyn Opener> {
-    let params = MuxParams {
-        max_streams: 16_384,
-        keep_alive: Duration::from_secs(30),
-        accept_backlog: 256,
+) -> anyhow::Result<Arc<dyn Opener>> {
+    let (gateway, connector): (Conn, Conn) = match kind {
+        Kind::Yamux => {
+            let params = yamux_conn::MuxParams {
+                max_streams: 16_384,
+                keep_alive: Duration::from_secs(30),
+                accept_backlog: 256,
+            };
+            (
+                yamux_conn::connect(
+                    accepted,
+                    yamux_conn::Role::Server,
+                    TransportKind::Tls,
+                    Peer::Memory,
+                    params,
+                ),
+                yamux_conn::connect(
+                    dialed,
+                    yamux_conn::Role::Client,
+                    TransportKind::Tls,
+                    Peer::Memory,
+                    params,
+                ),
+            )
+        }
+        Kind::H2 => {
+            let params = MuxParams {
+                max_streams: 16_384,
+                accept_backlog: 256,
+            };
+            let (g, c) = tokio::join!(
+                mux::connect(
+                    accepted,
+                    Role::Server,
+                    TransportKind::Tls,
+                    Peer::Memory,
+                    params
+                ),
+                mux::connect(
+                    dialed,
+                    Role::Client,
+                    TransportKind::Tls,
+                    Peer::Memory,
+                    params
+                ),
+            );
+            (g.map_err(|e| anyhow!(e))?, c.map_err(|e| anyhow!(e))?)
+        }
     };
-    let gateway = mux::connect(
-        accepted,
-        Role::Server,
-        TransportKind::Tls,
-        Peer::Memory,
-        params,
-    );
-    let connector = mux::connect(
-        dialed,
-        Role::Client,
-        TransportKind::Tls,
-        Peer::Memory,
-        params,
-    );
     tokio::spawn(async move {
         while let Ok(mut s) = connector.accept().await {
             tokio::spawn(async move {
@@ -198,10 +228,10 @@ fn yamux_pair(
             });
         }
     });
-    Arc::new(YamuxOpener(gateway))
+    Ok(Arc::new(ConnOpener(gateway)))
 }
 
-impl Opener for YamuxOpener {
+impl Opener for ConnOpener {
     fn small(&self) -> netwall_tunnel::BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
             let mut s = self.0.open().await?;
@@ -229,112 +259,5 @@ impl Opener for YamuxOpener {
                 got += n;
             }
         })
-    }
-}
-
-// === h2 ===
-
-struct H2Opener(h2::client::SendRequest<Bytes>);
-
-async fn h2_pair(
-    accepted: server::TlsStream<TcpStream>,
-    dialed: client::TlsStream<TcpStream>,
-) -> anyhow::Result<Arc<dyn Opener>> {
-    // Windows as hyper's defaults for the same job: 1 MiB per stream and connection.
-    let window = 1024 * 1024;
-    let serve = tokio::spawn(async move {
-        let mut conn = h2::server::Builder::new()
-            .initial_window_size(window)
-            .initial_connection_window_size(window)
-            .max_concurrent_streams(16_384)
-            .handshake::<_, Bytes>(dialed)
-            .await?;
-        while let Some(r) = conn.accept().await {
-            let (req, mut respond) = r?;
-            tokio::spawn(async move {
-                let bulk: Option<usize> = req
-                    .uri()
-                    .path()
-                    .strip_prefix("/bulk/")
-                    .and_then(|n| n.parse().ok());
-                let mut body = req.into_body();
-                let mut got = Vec::new();
-                while let Some(chunk) = body.data().await {
-                    let Ok(chunk) = chunk else { return };
-                    let _ = body.flow_control().release_capacity(chunk.len());
-                    got.extend_from_slice(&chunk);
-                }
-                let Ok(mut send) = respond.send_response(http::Response::new(()), false) else {
-                    return;
-                };
-                let mut out = match bulk {
-                    Some(n) => Bytes::from(vec![b'x'; n]),
-                    None => Bytes::from(got),
-                };
-                while !out.is_empty() {
-                    send.reserve_capacity(out.len().min(CHUNK));
-                    let cap = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                        Some(Ok(c)) => c,
-                        _ => return,
-                    };
-                    if send
-                        .send_data(out.split_to(cap.min(out.len())), false)
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                let _ = send.send_data(Bytes::new(), true);
-            });
-        }
-        Ok::<_, anyhow::Error>(())
-    });
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(window)
-        .initial_connection_window_size(window)
-        .handshake::<_, Bytes>(accepted)
-        .await
-        .context("h2 handshake")?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-        drop(serve);
-    });
-    Ok(Arc::new(H2Opener(send)))
-}
-
-impl H2Opener {
-    async fn exchange(&self, path: String, body: Bytes) -> anyhow::Result<usize> {
-        let mut send = self.0.clone().ready().await?;
-        let req = http::Request::builder()
-            .uri(format!("https://localhost{path}"))
-            .body(())?;
-        let (resp, mut stream) = send.send_request(req, false)?;
-        stream.send_data(body, true)?;
-        let mut body = resp.await?.into_body();
-        let mut got = 0;
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk?;
-            got += chunk.len();
-            body.flow_control()
-                .release_capacity(chunk.len())
-                .map_err(|e| anyhow!("{e}"))?;
-        }
-        Ok(got)
-    }
-}
-
-impl Opener for H2Opener {
-    fn small(&self) -> netwall_tunnel::BoxFuture<'_, anyhow::Result<()>> {
-        Box::pin(async move {
-            let got = self
-                .exchange("/small".into(), Bytes::from_static(&[b'S'; SMALL]))
-                .await?;
-            anyhow::ensure!(got == SMALL, "short answer: {got}");
-            Ok(())
-        })
-    }
-
-    fn bulk(&self, bytes: usize) -> netwall_tunnel::BoxFuture<'_, anyhow::Result<usize>> {
-        Box::pin(async move { self.exchange(format!("/bulk/{bytes}"), Bytes::new()).await })
     }
 }

@@ -9,10 +9,11 @@ use crate::transport::{Conn, Peer, TransportKind};
 const PIPE_BUFFER: usize = 64 * 1024;
 
 /// A connected pair: (dialing side, accepting side).
-pub fn pair(params: MuxParams) -> (Conn, Conn) {
+pub async fn pair(params: MuxParams) -> Result<(Conn, Conn), String> {
     let (a, b) = tokio::io::duplex(PIPE_BUFFER);
-    (
+    let (dialing, accepting) = tokio::join!(
         mux::connect(a, Role::Client, TransportKind::Duplex, Peer::Memory, params),
         mux::connect(b, Role::Server, TransportKind::Duplex, Peer::Memory, params),
-    )
+    );
+    Ok((dialing?, accepting?))
 }

@@ -1,6 +1,6 @@
 //! TLS 1.3 over TCP: the transport for networks that block UDP. The gateway accepts it on its
 //! public HTTPS port, told apart from browsers by ALPN, so a connector that may dial only
-//! 443/tcp still gets through. Streams are multiplexed by [yamux](crate::mux).
+//! 443/tcp still gets through. Streams are multiplexed by [HTTP/2](crate::mux).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,17 +33,18 @@ pub async fn dial(
     if stream.get_ref().1.alpn_protocol() != Some(netwall_proto::wire::TUNNEL_ALPN) {
         return Err("the server did not agree to the tunnel protocol (ALPN)".into());
     }
-    Ok(mux::connect(
+    mux::connect(
         stream,
         Role::Client,
         TransportKind::Tls,
         Peer::Addr(target),
         params,
-    ))
+    )
+    .await
 }
 
 /// The gateway's side of a TLS connection whose handshake chose the tunnel ALPN.
-pub fn accept<T>(stream: T, remote: SocketAddr, params: MuxParams) -> Conn
+pub async fn accept<T>(stream: T, remote: SocketAddr, params: MuxParams) -> Result<Conn, String>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -54,4 +55,5 @@ where
         Peer::Addr(remote),
         params,
     )
+    .await
 }

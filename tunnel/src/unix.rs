@@ -1,6 +1,6 @@
 //! A Unix socket: the transport for containers started with no network at all. The socket
 //! file is mounted into the container, and its permissions decide who may attach; no TLS,
-//! streams multiplexed by [yamux](crate::mux).
+//! streams multiplexed by [HTTP/2](crate::mux).
 
 use std::path::Path;
 
@@ -14,7 +14,7 @@ pub async fn dial(path: &Path, params: MuxParams) -> Result<Conn, String> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|e| format!("connect unix:{}: {e}", path.display()))?;
-    Ok(mux::connect(
+    mux::connect(
         stream,
         Role::Client,
         TransportKind::Unix,
@@ -23,11 +23,12 @@ pub async fn dial(path: &Path, params: MuxParams) -> Result<Conn, String> {
             uid: None,
         },
         params,
-    ))
+    )
+    .await
 }
 
 /// The gateway's side of a connection accepted on the socket at `path`.
-pub fn accept(stream: UnixStream, path: &Path, params: MuxParams) -> Conn {
+pub async fn accept(stream: UnixStream, path: &Path, params: MuxParams) -> Result<Conn, String> {
     let uid = stream.peer_cred().ok().map(|c| c.uid());
     mux::connect(
         stream,
@@ -39,4 +40,5 @@ pub fn accept(stream: UnixStream, path: &Path, params: MuxParams) -> Conn {
         },
         params,
     )
+    .await
 }

@@ -1,5 +1,7 @@
-//! The transport seam on the in-memory duplex pair: streams both ways, bulk data under flow
-//! control, close semantics and stream limits, with tokio's paused clock where time matters.
+//! The transport seam on the in-memory duplex pair: bulk data both ways under flow control,
+//! a thousand streams waiting together, close semantics, stream limits and abandoned streams.
+//! In each test `a` is the accepting side (the gateway, which opens request streams) and `b`
+//! the dialing side (the connector, which accepts them).
 
 use std::time::Duration;
 
@@ -10,13 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PARAMS: MuxParams = MuxParams {
     max_streams: 64,
-    keep_alive: Duration::from_secs(5),
     accept_backlog: 256,
 };
 
 #[tokio::test]
 async fn eight_mebibytes_cross_one_stream_each_way() {
-    let (a, b) = duplex::pair(PARAMS);
+    let (b, a) = duplex::pair(PARAMS).await.expect("pair");
     let writer = tokio::spawn(async move {
         let mut s = a.open().await.expect("open");
         let chunk = vec![b'x'; 64 * 1024];
@@ -41,10 +42,12 @@ async fn eight_mebibytes_cross_one_stream_each_way() {
 
 #[tokio::test]
 async fn a_thousand_streams_wait_unanswered_together() {
-    let (a, b) = duplex::pair(MuxParams {
+    let (b, a) = duplex::pair(MuxParams {
         max_streams: 2048,
         ..PARAMS
-    });
+    })
+    .await
+    .expect("pair");
     // The opener sends a request on each and waits; the acceptor answers none until it has
     // all of them, as a service holding a thousand slow requests does.
     let opener = tokio::spawn(async move {
@@ -81,7 +84,7 @@ async fn a_thousand_streams_wait_unanswered_together() {
 
 #[tokio::test]
 async fn closing_ends_streams_accepts_and_opens_on_both_sides() {
-    let (a, b) = duplex::pair(PARAMS);
+    let (b, a) = duplex::pair(PARAMS).await.expect("pair");
     let mut s = a.open().await.expect("open");
     s.send.write_all(b"hi").await.expect("write");
     let mut t = b.accept().await.expect("accept");
@@ -100,46 +103,62 @@ async fn closing_ends_streams_accepts_and_opens_on_both_sides() {
     );
 }
 
-#[tokio::test]
-async fn streams_beyond_the_limit_are_refused_not_buffered() {
-    let (a, b) = duplex::pair(MuxParams {
+#[tokio::test(start_paused = true)]
+async fn a_stream_beyond_the_limit_waits_for_a_free_slot() {
+    // Four streams at once: the control stream and three requests.
+    let (b, a) = duplex::pair(MuxParams {
         max_streams: 4,
         ..PARAMS
-    });
+    })
+    .await
+    .expect("pair");
     let mut open = Vec::new();
-    for i in 0..4u8 {
+    for i in 0..3u8 {
         let mut s = a.open().await.expect("within the limit");
         s.send.write_all(&[i]).await.expect("write");
         open.push(s);
     }
     let mut accepted = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         accepted.push(b.accept().await.expect("accept"));
     }
-    // The fifth cannot be had while four are open: the open fails or its stream is reset.
-    let fifth = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut s = a.open().await?;
-        s.send
-            .write_all(b"x")
-            .await
-            .map_err(|e| netwall_tunnel::Closed::Lost(e.to_string()))?;
-        let mut buf = [0u8; 1];
-        s.recv
-            .read_exact(&mut buf)
-            .await
-            .map_err(|e| netwall_tunnel::Closed::Lost(e.to_string()))?;
-        Ok::<_, netwall_tunnel::Closed>(())
-    })
-    .await;
+    // The fifth waits (HTTP/2 holds it back, as QUIC's flow control would): it neither fails
+    // nor reaches the peer while four are open.
+    let mut fifth = a.open().await.expect("queued, not refused");
+    let writer = tokio::spawn(async move {
+        fifth.send.write_all(b"5").await.expect("write");
+        fifth
+    });
+    let waiting = tokio::spawn(async move { b.accept().await.map(|s| (b, s)) });
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
-        !matches!(fifth, Ok(Ok(()))),
-        "a fifth stream was carried past a limit of four"
+        !waiting.is_finished(),
+        "a stream was carried past the limit"
     );
+    // One request finishes both ways: its slot frees and the waiting stream goes through.
+    let mut done = open.remove(0);
+    let mut ended = accepted.remove(0);
+    done.send.shutdown().await.expect("finish");
+    ended.send.shutdown().await.expect("finish");
+    let mut rest = Vec::new();
+    done.recv.read_to_end(&mut rest).await.expect("end");
+    ended.recv.read_to_end(&mut rest).await.expect("end");
+    drop((done, ended));
+    let (b, mut s) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting stream arrives once a slot is free")
+        .expect("task")
+        .expect("accept");
+    let mut byte = [0u8; 1];
+    s.recv.read_exact(&mut byte).await.expect("read");
+    assert_eq!(&byte, b"5");
+    let _fifth = writer.await.expect("writer");
+    assert!(a.close_reason().is_none() && b.close_reason().is_none());
 }
 
 #[tokio::test]
 async fn a_stream_abandoned_before_it_is_accepted_ends_only_itself() {
-    let (a, b) = duplex::pair(PARAMS);
+    let (b, a) = duplex::pair(PARAMS).await.expect("pair");
     // A request given up at once (its client went away): opened, written, dropped.
     let mut gone = a.open().await.expect("open");
     gone.send.write_all(b"gone").await.expect("write");

@@ -101,7 +101,6 @@ impl Dialer {
                 max_streams: usize::try_from(cfg.max_concurrent_streams)
                     .unwrap_or(usize::MAX)
                     .saturating_add(4),
-                keep_alive: cfg.keep_alive,
                 accept_backlog: netwall_tunnel::mux::CONNECTOR_ACCEPT_BACKLOG,
             },
             codec,

@@ -23,7 +23,8 @@ use netwall_tunnel::Conn;
 use std::future::Future;
 
 /// Streams one multiplexed connection may carry at once: the connector's default stream
-/// limit (every open WebSocket holds one) plus its control stream.
+/// limit (every open WebSocket holds one) plus its control stream. The connector announces
+/// its own limit; this is the gateway's cap on what it offers.
 pub const MUX_MAX_STREAMS: usize = 16_384 + 4;
 
 /// Pause after a failed accept (EMFILE and the like), so it does not spin.
@@ -101,7 +102,7 @@ impl Listeners {
             Some(slot),
             Peer::Addr(remote),
             Binding::Any,
-            async move { Ok(tls::accept(stream, remote, params)) },
+            tls::accept(stream, remote, params),
             span,
         );
     }
@@ -120,14 +121,18 @@ impl Listeners {
                 },
                 _ = self.shutdown.cancelled() => break,
             };
-            let conn = unix::accept(stream, &path, self.mux);
-            let peer = conn.peer();
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
+            let peer = Peer::Unix {
+                path: path.clone(),
+                uid,
+            };
+            let (socket_path, params) = (path.clone(), self.mux);
             let span = info_span!("tunnel_conn", remote = %peer, transport = "unix");
             self.spawn(
                 None,
                 peer,
                 Binding::Tunnel(tunnel.clone()),
-                async move { Ok(conn) },
+                async move { unix::accept(stream, &socket_path, params).await },
                 span,
             );
         }
