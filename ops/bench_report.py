@@ -139,8 +139,8 @@ machine = {
     "rathole": "plain TCP forwarding, no TLS on either leg",
     "nginx": "TLS 1.3, HTTP/1.1 and HTTP/2, keep-alive upstream",
     "netwall": "TLS 1.3 at the gateway, QUIC tunnel, connector, pooled HTTP/1.1 to the backend",
-    "netwall_tls": "the same over a TLS 1.3/TCP tunnel to the gateway's HTTPS port (yamux streams)",
-    "netwall_unix": "the same over a Unix-socket tunnel (yamux streams, no TLS on the tunnel)",
+    "netwall_tls": "the same over a TLS 1.3/TCP tunnel to the gateway's HTTPS port (HTTP/2 streams)",
+    "netwall_unix": "the same over a Unix-socket tunnel (HTTP/2 streams, no TLS on the tunnel)",
 }
 
 rows = []  # (scenario, metric, unit, higher_is_better, values by path)

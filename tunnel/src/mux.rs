@@ -41,6 +41,12 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest DATA frame sent: fewer frames per bulk byte than HTTP/2's 16 KiB default.
 const MAX_FRAME: u32 = 64 * 1024;
 
+/// h2 ends a connection after 1,024 streams it reset itself (a defence of public servers
+/// against clients that provoke resets). In a tunnel every request stream a relay drops
+/// before reading its peer's end is such a reset, and both peers are authenticated tunnel
+/// ends (the gateway opens only the control stream before the hello), so the count is off.
+const MAX_LOCAL_RESETS: Option<usize> = None;
+
 /// Streams the gateway opened that the connector has not accepted yet; beyond this the
 /// connection waits for the connector, which accepts each request stream at once.
 pub const CONNECTOR_ACCEPT_BACKLOG: usize = 256;
@@ -140,6 +146,7 @@ where
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_local_error_reset_streams(MAX_LOCAL_RESETS)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| format!("http/2 handshake: {e}"))?;
@@ -246,6 +253,7 @@ where
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(u32::try_from(params.max_streams).unwrap_or(u32::MAX))
+        .max_local_error_reset_streams(MAX_LOCAL_RESETS)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| format!("http/2 handshake: {e}"))?;
@@ -355,8 +363,16 @@ impl Connection for ConnectorConn {
 
 // === stream halves ===
 
-/// Sending half: bytes become DATA frames as HTTP/2 flow control allows.
+/// Sending half: bytes become DATA frames as HTTP/2 flow control allows. Dropped without a
+/// shutdown, it still ends the stream (END_STREAM), as a dropped QUIC stream finishes: the
+/// frames on it say whether the exchange was complete.
 struct H2Send(SendStream<Bytes>);
+
+impl Drop for H2Send {
+    fn drop(&mut self) {
+        let _ = self.0.send_data(Bytes::new(), true);
+    }
+}
 
 fn reset_error(r: Result<Reason, h2::Error>) -> std::io::Error {
     match r {

@@ -47,9 +47,9 @@ pub struct Stream {
 pub enum TransportKind {
     /// QUIC over UDP.
     Quic,
-    /// TLS 1.3 over TCP, streams multiplexed by yamux.
+    /// TLS 1.3 over TCP, streams multiplexed by HTTP/2.
     Tls,
-    /// A Unix socket, streams multiplexed by yamux.
+    /// A Unix socket, streams multiplexed by HTTP/2.
     Unix,
     /// An in-memory pipe (tests).
     Duplex,
