@@ -41,6 +41,11 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest DATA frame sent: fewer frames per bulk byte than HTTP/2's 16 KiB default.
 const MAX_FRAME: u32 = 64 * 1024;
 
+/// Writes are gathered up to this until HTTP/2 flushes: h2 hands a frame's header and its
+/// payload over as separate writes, and unbuffered each would be its own TLS record and
+/// syscall. One buffer per tunnel connection, so its size costs next to nothing.
+const WRITE_BUFFER: usize = 32 * 1024;
+
 /// h2 ends a connection after 1,024 streams it reset itself (a defence of public servers
 /// against clients that provoke resets). In a tunnel every request stream a relay drops
 /// before reading its peer's end is such a reset, and both peers are authenticated tunnel
@@ -122,6 +127,7 @@ pub async fn connect<T>(
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, io);
     match role {
         Role::Server => gateway_side(io, kind, peer).await,
         Role::Client => connector_side(io, kind, peer, params).await,
