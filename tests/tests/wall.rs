@@ -174,8 +174,8 @@ impl Drop for Topology {
     }
 }
 
-/// Run `f` on a thread that has entered namespace `ns`, with its own tokio runtime.
-fn in_netns<T, F, Fut>(ns: &str, f: F) -> T
+/// Start `f` on a thread that has entered namespace `ns`, with its own tokio runtime.
+fn spawn_in_netns<T, F, Fut>(ns: &str, f: F) -> std::thread::JoinHandle<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
@@ -191,8 +191,16 @@ where
             .expect("runtime");
         rt.block_on(f())
     })
-    .join()
-    .expect("namespace thread")
+}
+
+/// Run `f` in namespace `ns` (see [`spawn_in_netns`]) and wait for it.
+fn in_netns<T, F, Fut>(ns: &str, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    spawn_in_netns(ns, f).join().expect("namespace thread")
 }
 
 #[derive(Debug, Default)]
@@ -515,64 +523,73 @@ fn nft(ns: &str, rule: &str) {
     sh(&args);
 }
 
-/// Requests from the internet host, four at a time, until `stop`: `(ok, failures)`.
+/// Successful requests so far, and a way to wait for a number of them.
+#[derive(Default)]
+struct Served {
+    n: std::sync::Mutex<usize>,
+    more: std::sync::Condvar,
+}
+
+impl Served {
+    fn add(&self) {
+        if let Ok(mut n) = self.n.lock() {
+            *n += 1;
+        }
+        self.more.notify_all();
+    }
+
+    fn get(&self) -> usize {
+        self.n.lock().map(|n| *n).unwrap_or(0)
+    }
+
+    /// Wait until at least `at_least` requests have succeeded, up to `limit`.
+    fn wait_for(&self, at_least: usize, limit: Duration, what: &str) {
+        let n = self.n.lock().expect("counter");
+        let (n, timeout) = self
+            .more
+            .wait_timeout_while(n, limit, |n| *n < at_least)
+            .expect("counter");
+        assert!(!timeout.timed_out(), "{what}: {} after {limit:?}", *n);
+    }
+}
+
+/// Requests from the internet host, four at a time, until `stop`; returns the failures.
 fn steady_load(
     topo: &Topology,
     public: SocketAddr,
     ca: rustls::pki_types::CertificateDer<'static>,
-    ok: Arc<AtomicUsize>,
+    ok: Arc<Served>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<String>> {
-    let path = format!("/var/run/netns/{}", topo.inet);
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let mut workers = tokio::task::JoinSet::new();
-            for w in 0..4 {
-                let (ca, ok, stop) = (ca.clone(), ok.clone(), stop.clone());
-                workers.spawn(async move {
-                    let c = HttpsClient::new(public, &ca, w % 2 == 1);
-                    let mut failures = Vec::new();
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::SeqCst) {
-                        i += 1;
-                        // POSTs are never replayed by the gateway: only a lossless switch
-                        // keeps every one of them.
-                        let body = format!("request {w}-{i}");
-                        let a = c.post("https://app.test/echo", body.clone()).await;
-                        if a.status == StatusCode::OK && a.text() == body {
-                            ok.fetch_add(1, Ordering::SeqCst);
-                        } else {
-                            failures.push(format!("{body}: {} {}", a.status, a.text()));
-                        }
+    spawn_in_netns(&topo.inet, move || async move {
+        let mut workers = tokio::task::JoinSet::new();
+        for w in 0..4 {
+            let (ca, ok, stop) = (ca.clone(), ok.clone(), stop.clone());
+            workers.spawn(async move {
+                let c = HttpsClient::new(public, &ca, w % 2 == 1);
+                let mut failures = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    // POSTs are never replayed by the gateway: only a lossless switch
+                    // keeps every one of them.
+                    let body = format!("request {w}-{i}");
+                    let a = c.post("https://app.test/echo", body.clone()).await;
+                    if a.status == StatusCode::OK && a.text() == body {
+                        ok.add();
+                    } else {
+                        failures.push(format!("{body}: {} {}", a.status, a.text()));
                     }
-                    failures
-                });
-            }
-            let mut all = Vec::new();
-            while let Some(f) = workers.join_next().await {
-                all.extend(f.expect("load worker"));
-            }
-            all
-        })
+                }
+                failures
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(f) = workers.join_next().await {
+            all.extend(f.expect("load worker"));
+        }
+        all
     })
-}
-
-fn wait_count(n: &AtomicUsize, at_least: usize, limit: Duration, what: &str) {
-    let start = std::time::Instant::now();
-    while n.load(Ordering::SeqCst) < at_least {
-        assert!(
-            start.elapsed() < limit,
-            "{what}: {} after {limit:?}",
-            n.load(Ordering::SeqCst)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -625,10 +642,10 @@ fn auto_falls_back_to_tls_when_udp_is_dropped_and_returns_to_quic_losing_nothing
     let public: SocketAddr = format!("{EDGE_PUBLIC}:{}", addrs.https.port())
         .parse()
         .expect("addr");
-    let ok = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(Served::default());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = steady_load(&topo, public, pki.ca_der.clone(), ok.clone(), stop.clone());
-    wait_count(&ok, 50, Duration::from_secs(20), "requests over TLS");
+    ok.wait_for(50, Duration::from_secs(20), "requests over TLS");
 
     // UDP passes again: within a probe interval (2 s, jittered up to 2.5 s) the tunnel is
     // back on QUIC and the TLS connection has drained away, under load.
@@ -640,13 +657,8 @@ fn auto_falls_back_to_tls_when_udp_is_dropped_and_returns_to_quic_losing_nothing
     );
     wait_edge_metric(&topo, addrs.admin, TLS_LIVE, 0.0, Duration::from_secs(10));
     connector.wait_line("moving back from TLS", Duration::from_secs(5));
-    let on_quic = ok.load(Ordering::SeqCst);
-    wait_count(
-        &ok,
-        on_quic + 50,
-        Duration::from_secs(20),
-        "requests over QUIC",
-    );
+    let on_quic = ok.get();
+    ok.wait_for(on_quic + 50, Duration::from_secs(20), "requests over QUIC");
 
     stop.store(true, Ordering::SeqCst);
     let failures = load.join().expect("load");
@@ -654,7 +666,7 @@ fn auto_falls_back_to_tls_when_udp_is_dropped_and_returns_to_quic_losing_nothing
         failures.is_empty(),
         "{} of {} requests failed across the switches: {:?}",
         failures.len(),
-        failures.len() + ok.load(Ordering::SeqCst),
+        failures.len() + ok.get(),
         &failures[..failures.len().min(10)]
     );
 }

@@ -136,12 +136,26 @@ where
 
 // === gateway side: HTTP/2 client ===
 
-struct GatewayConn {
+/// One multiplexed connection, either end.
+struct MuxConn {
     kind: TransportKind,
     peer: Peer,
-    send: h2::client::SendRequest<Bytes>,
-    control: Mutex<Option<Stream>>,
     state: Arc<State>,
+    side: Side,
+}
+
+/// What differs between the ends: who opens streams, and where the control stream is.
+enum Side {
+    /// The gateway: opens request streams; the control stream it opened waits for `accept`.
+    Gateway {
+        send: h2::client::SendRequest<Bytes>,
+        control: Mutex<Option<Stream>>,
+    },
+    /// The connector: accepts request streams; the control stream waits for `open`.
+    Connector {
+        control: Mutex<Option<oneshot::Receiver<Stream>>>,
+        inbound: Mutex<mpsc::Receiver<Stream>>,
+    },
 }
 
 async fn gateway_side<T>(io: T, kind: TransportKind, peer: Peer) -> Result<Conn, String>
@@ -167,83 +181,43 @@ where
             _ = driver.close.cancelled() => driver.end(Closed::Locally),
         }
     });
-    let conn = GatewayConn {
+    // The connector's control stream, opened on its behalf.
+    let control = open_request(&send, &state)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(MuxConn {
         kind,
         peer,
-        send,
-        control: Mutex::new(None),
         state,
-    };
-    // The connector's control stream, opened on its behalf.
-    let control = conn.open_stream().await.map_err(|e| e.to_string())?;
-    *conn.control.lock().await = Some(control);
-    Ok(Arc::new(conn))
+        side: Side::Gateway {
+            send,
+            control: Mutex::new(Some(control)),
+        },
+    }))
 }
 
-impl GatewayConn {
-    async fn open_stream(&self) -> Result<Stream, Closed> {
-        if let Some(c) = self.state.reason() {
-            return Err(c);
-        }
-        let fail = |e: h2::Error| self.state.reason().unwrap_or_else(|| lost(&e));
-        // Waits while the connector's stream limit is reached.
-        let mut send = self.send.clone().ready().await.map_err(fail)?;
-        let request = Request::post("http://tunnel/")
-            .body(())
-            .map_err(|e| Closed::Lost(e.to_string()))?;
-        let (response, body) = send.send_request(request, false).map_err(fail)?;
-        Ok(Stream {
-            send: Box::new(H2Send::Open(body)),
-            recv: Box::new(H2Recv::Waiting(response)),
-        })
+/// Gateway side: open a stream as an HTTP/2 request.
+async fn open_request(
+    send: &h2::client::SendRequest<Bytes>,
+    state: &State,
+) -> Result<Stream, Closed> {
+    if let Some(c) = state.reason() {
+        return Err(c);
     }
-}
-
-impl Connection for GatewayConn {
-    fn kind(&self) -> TransportKind {
-        self.kind
-    }
-
-    fn peer(&self) -> Peer {
-        self.peer.clone()
-    }
-
-    fn open(&self) -> BoxFuture<'_, Result<Stream, Closed>> {
-        Box::pin(self.open_stream())
-    }
-
-    fn accept(&self) -> BoxFuture<'_, Result<Stream, Closed>> {
-        Box::pin(async move {
-            if let Some(c) = self.control.lock().await.take() {
-                return Ok(c);
-            }
-            // A connector opens nothing else.
-            Err(self.state.closed().await)
-        })
-    }
-
-    fn close(&self, _code: u32, _reason: &[u8]) {
-        self.state.close.cancel();
-    }
-
-    fn closed(&self) -> BoxFuture<'_, Closed> {
-        Box::pin(self.state.closed())
-    }
-
-    fn close_reason(&self) -> Option<Closed> {
-        self.state.reason()
-    }
+    let fail = |e: h2::Error| state.reason().unwrap_or_else(|| lost(&e));
+    // Waits while the connector's stream limit is reached.
+    let mut send = send.clone().ready().await.map_err(fail)?;
+    let request = Request::post("http://tunnel/")
+        .body(())
+        .map_err(|e| Closed::Lost(e.to_string()))?;
+    let (response, body) = send.send_request(request, false).map_err(fail)?;
+    Ok(Stream {
+        send: Box::new(H2Send::Open(body)),
+        recv: Box::new(H2Recv::Waiting(response)),
+    })
 }
 
 // === connector side: HTTP/2 server ===
-
-struct ConnectorConn {
-    kind: TransportKind,
-    peer: Peer,
-    control: Mutex<Option<oneshot::Receiver<Stream>>>,
-    inbound: Mutex<mpsc::Receiver<Stream>>,
-    state: Arc<State>,
-}
 
 async fn connector_side<T>(
     io: T,
@@ -307,16 +281,18 @@ where
         };
         driver.end(end);
     });
-    Ok(Arc::new(ConnectorConn {
+    Ok(Arc::new(MuxConn {
         kind,
         peer,
-        control: Mutex::new(Some(control_rx)),
-        inbound: Mutex::new(rx),
         state,
+        side: Side::Connector {
+            control: Mutex::new(Some(control_rx)),
+            inbound: Mutex::new(rx),
+        },
     }))
 }
 
-impl Connection for ConnectorConn {
+impl Connection for MuxConn {
     fn kind(&self) -> TransportKind {
         self.kind
     }
@@ -325,26 +301,37 @@ impl Connection for ConnectorConn {
         self.peer.clone()
     }
 
-    /// The control stream (the gateway opened it on this side's behalf); once only.
+    /// Gateway: a new request stream. Connector: its control stream (the gateway opened it
+    /// on this side's behalf), once only.
     fn open(&self) -> BoxFuture<'_, Result<Stream, Closed>> {
         Box::pin(async move {
-            if let Some(c) = self.state.reason() {
-                return Err(c);
-            }
-            let rx =
-                self.control.lock().await.take().ok_or_else(|| {
-                    Closed::Lost("a connector opens only its control stream".into())
-                })?;
-            match rx.await {
-                Ok(s) => Ok(s),
-                Err(_) => Err(self.state.closed().await),
+            match &self.side {
+                Side::Gateway { send, .. } => open_request(send, &self.state).await,
+                Side::Connector { control, .. } => {
+                    if let Some(c) = self.state.reason() {
+                        return Err(c);
+                    }
+                    let rx = control.lock().await.take().ok_or_else(|| {
+                        Closed::Lost("a connector opens only its control stream".into())
+                    })?;
+                    match rx.await {
+                        Ok(s) => Ok(s),
+                        Err(_) => Err(self.state.closed().await),
+                    }
+                }
             }
         })
     }
 
+    /// Gateway: the connector's control stream, then nothing (a connector opens nothing
+    /// else). Connector: the next request stream.
     fn accept(&self) -> BoxFuture<'_, Result<Stream, Closed>> {
         Box::pin(async move {
-            match self.inbound.lock().await.recv().await {
+            let next = match &self.side {
+                Side::Gateway { control, .. } => control.lock().await.take(),
+                Side::Connector { inbound, .. } => inbound.lock().await.recv().await,
+            };
+            match next {
                 Some(s) => Ok(s),
                 None => Err(self.state.closed().await),
             }
