@@ -46,10 +46,15 @@ def oha(scenario, path):
             "p99_ms": (p.get("p99") or 0.0) * 1e3,
             "p999_ms": (p.get("p99.9") or 0.0) * 1e3,
             "success": ok / total if total else 0.0,
+            "failures": {**errors, **{k: v for k, v in codes.items() if not k.startswith("2")}},
         })
     if not runs:
         return None
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    failures = {}
+    for r in runs:
+        for k, v in r.pop("failures").items():
+            failures[k] = failures.get(k, 0) + v
+    return {**{k: statistics.median(r[k] for r in runs) for k in runs[0]}, "failures": failures}
 
 
 def speed(kind, path):

@@ -31,7 +31,9 @@ for path in ["netwall", "netwall_tls", "netwall_unix"]:
         if not r or not r["rps"] > 0:
             problems.append(f"{scenario}: no {path} throughput")
         elif r["success"] < 1.0:
-            problems.append(f"{scenario}: {100 * (1 - r['success']):.2f}% of {path} requests failed")
+            problems.append(
+                f"{scenario}: {100 * (1 - r['success']):.2f}% of {path} requests failed: {r.get('failures')}"
+            )
     for kind in ["bulk_down", "bulk_up"]:
         if not (results[kind][path] or 0) > 0:
             problems.append(f"{kind}: no {path} figure")

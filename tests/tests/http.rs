@@ -553,6 +553,41 @@ netwall_tests::over_every_transport! {
     }
 }
 
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn a_burst_of_abandoned_requests_leaves_the_tunnel_to_everyone_else() {
+        const N: usize = 300;
+        let s = one_service().await;
+        let m = s.metrics().await;
+        let accepted = "netwall_tunnel_handshakes_total{result=\"accepted\"}";
+        assert_eq!(metric(&m, accepted), 1.0, "{m}");
+        let in_flight = "netwall_tunnel_requests_in_flight{tunnel=\"app\"}";
+        // N requests the service holds, then every client gives up at once.
+        let clients: Vec<HttpsClient> = (0..3).map(|_| s.client(true)).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..N {
+            let c = clients[i % clients.len()].clone();
+            tasks.spawn(async move { c.get("https://app.test/slow?ms=60000").await });
+        }
+        wait_until(Duration::from_secs(20), "every request inside the tunnel", || async {
+            metric(&s.metrics().await, in_flight) == N as f64
+        })
+        .await;
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        drop(clients);
+        // Their streams are released, the tunnel is the one it was, and it serves others.
+        wait_until(Duration::from_secs(10), "the abandoned requests released", || async {
+            metric(&s.metrics().await, in_flight) == 0.0
+        })
+        .await;
+        let r = s.client(false).post("https://app.test/echo", "after").await;
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "after"));
+        let m = s.metrics().await;
+        assert_eq!(metric(&m, accepted), 1.0, "the tunnel was replaced\n{m}");
+    }
+}
+
 #[tokio::test]
 async fn certificate_is_chosen_by_sni() {
     init_logs();

@@ -52,6 +52,13 @@ const WRITE_BUFFER: usize = 32 * 1024;
 /// ends (the gateway opens only the control stream before the hello), so the count is off.
 const MAX_LOCAL_RESETS: Option<usize> = None;
 
+/// h2 also ends a connection once more than 20 streams its peer reset are still waiting to be
+/// accepted. In a tunnel that is a burst of clients giving up together (a load generator's
+/// deadline, a closed browser) while the connector is busy: one client's abandoned requests
+/// must not take down the tunnel every other client shares. The gateway is the only peer and
+/// opens a stream only for a request its own limits admitted, so the count is off too.
+const MAX_PENDING_ACCEPT_RESETS: usize = usize::MAX;
+
 /// Streams the gateway opened that the connector has not accepted yet; beyond this the
 /// connection waits for the connector, which accepts each request stream at once.
 pub const CONNECTOR_ACCEPT_BACKLOG: usize = 256;
@@ -234,6 +241,7 @@ where
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(u32::try_from(params.max_streams).unwrap_or(u32::MAX))
         .max_local_error_reset_streams(MAX_LOCAL_RESETS)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| format!("http/2 handshake: {e}"))?;

@@ -182,3 +182,44 @@ async fn a_stream_abandoned_before_it_is_accepted_ends_only_itself() {
     assert!(got.contains(b"kept"), "the second stream was lost: {got:?}");
     assert!(b.close_reason().is_none() && a.close_reason().is_none());
 }
+
+#[tokio::test]
+async fn hundreds_of_streams_abandoned_before_they_are_accepted_end_only_themselves() {
+    // A burst of clients giving up together (a load generator's deadline, a browser closing
+    // its tabs) while the connector is too busy to accept: more abandoned streams than the
+    // accept backlog holds, so some are still inside HTTP/2 when their resets arrive.
+    let (b, a) = duplex::pair(MuxParams {
+        max_streams: 1024,
+        accept_backlog: 16,
+    })
+    .await
+    .expect("pair");
+    let mut gone = Vec::new();
+    for _ in 0..300 {
+        let mut s = a.open().await.expect("open");
+        s.send.write_all(b"gone").await.expect("write");
+        gone.push(s);
+    }
+    drop(gone);
+    let mut kept = a.open().await.expect("open");
+    kept.send.write_all(b"kept").await.expect("write");
+    let mut found = false;
+    for _ in 0..302 {
+        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), b.accept()).await else {
+            break;
+        };
+        let mut buf = [0u8; 4];
+        if s.recv.read_exact(&mut buf).await.is_ok() && &buf == b"kept" {
+            found = true;
+            break;
+        }
+    }
+    assert!(
+        found,
+        "the stream after the burst was lost: {:?} {:?}",
+        a.close_reason(),
+        b.close_reason()
+    );
+    assert!(b.close_reason().is_none(), "{:?}", b.close_reason());
+    assert!(a.close_reason().is_none(), "{:?}", a.close_reason());
+}
