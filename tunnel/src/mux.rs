@@ -134,10 +134,70 @@ pub async fn connect<T>(
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, io);
+    let io = Gather::new(io);
     match role {
         Role::Server => gateway_side(io, kind, peer).await,
         Role::Client => connector_side(io, kind, peer, params).await,
+    }
+}
+
+/// The byte stream under HTTP/2, gathering its writes. h2 writes each frame as it is
+/// queued and flushes at the end of every turn of its connection task, and that task is
+/// woken by every stream that queues a frame: with many requests in flight, most flushes
+/// would carry one request's frames. A flush here first waits one turn of the scheduler, so
+/// the stream tasks already runnable queue theirs and the turn after sends them together:
+/// one write and one TLS record for many requests, as QUIC batches its packets. An idle
+/// connection is not delayed: with nothing else runnable, that turn comes at once.
+struct Gather<T> {
+    inner: tokio::io::BufWriter<T>,
+    /// The flush has waited its turn.
+    waited: bool,
+}
+
+impl<T: AsyncWrite> Gather<T> {
+    fn new(io: T) -> Self {
+        Gather {
+            inner: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, io),
+            waited: false,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gather<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Gather<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.inner.buffer().is_empty() {
+            return Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        if !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.waited = false;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

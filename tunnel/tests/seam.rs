@@ -223,3 +223,112 @@ async fn hundreds_of_streams_abandoned_before_they_are_accepted_end_only_themsel
     assert!(b.close_reason().is_none(), "{:?}", b.close_reason());
     assert!(a.close_reason().is_none(), "{:?}", a.close_reason());
 }
+
+/// A byte stream that counts the writes reaching it.
+struct Counted {
+    inner: tokio::io::DuplexStream,
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn requests_sent_in_the_same_turn_share_writes() {
+    use netwall_tunnel::mux::{self, Role};
+    use netwall_tunnel::{Peer, TransportKind};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Under the stream limit, which the control stream shares.
+    const N: usize = 48;
+    let writes = Arc::new(AtomicUsize::new(0));
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let counted = Counted {
+        inner: y,
+        writes: writes.clone(),
+    };
+    let (b, a) = tokio::join!(
+        mux::connect(x, Role::Client, TransportKind::Duplex, Peer::Memory, PARAMS),
+        mux::connect(
+            counted,
+            Role::Server,
+            TransportKind::Duplex,
+            Peer::Memory,
+            PARAMS
+        ),
+    );
+    let (b, a) = (b.expect("dialing side"), a.expect("accepting side"));
+    // N streams open and idle, their requests waiting on one signal, as N clients' requests
+    // that one read from the network made runnable together.
+    let mut streams = Vec::new();
+    for _ in 0..N {
+        streams.push(a.open().await.expect("open"));
+    }
+    let (go, wait) = tokio::sync::watch::channel(false);
+    let mut senders = tokio::task::JoinSet::new();
+    for mut s in streams {
+        let mut wait = wait.clone();
+        senders.spawn(async move {
+            let _ = wait.wait_for(|go| *go).await;
+            s.send.write_all(b"request").await.expect("write");
+            s.send.shutdown().await.expect("finish");
+            s
+        });
+    }
+    // Every stream's HEADERS is out and accepted before the signal.
+    let mut accepted = Vec::new();
+    for _ in 0..N {
+        accepted.push(b.accept().await.expect("accept"));
+    }
+    let before = writes.load(Ordering::Relaxed);
+    tokio::spawn(async move { go.send_replace(true) })
+        .await
+        .expect("signal");
+    for mut s in accepted {
+        let mut got = Vec::new();
+        s.recv.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"request");
+    }
+    let during = writes.load(Ordering::Relaxed) - before;
+    assert!(
+        during <= N / 8,
+        "{N} requests made ready together took {during} writes"
+    );
+    while senders.join_next().await.is_some() {}
+}
