@@ -194,7 +194,8 @@ pub struct ConnectorConfig {
     /// How long shutdown waits for in-flight requests.
     #[serde(default = "d_drain", deserialize_with = "duration")]
     pub drain_timeout: Duration,
-    /// Service name to local URL: `http://127.0.0.1:8080` or `unix:/run/app.sock`.
+    /// Service name to local URL: `http://127.0.0.1:8080` or `unix:/run/app.sock` for HTTP
+    /// services, `tcp://127.0.0.1:5432` or `tcp+unix:/run/pg.sock` for raw TCP ones.
     pub services: BTreeMap<String, Spanned<String>>,
 }
 
@@ -210,21 +211,57 @@ pub enum ServiceTarget {
     Unix(PathBuf),
 }
 
+/// What a service speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// HTTP/1.1 (and WebSocket upgrades): requests are replayed to it.
+    Http,
+    /// Raw bytes both ways (a database, a cache): the tunnel stream is spliced to it.
+    Tcp,
+}
+
+/// Parse one `[services]` value: what it speaks and where it lives.
+pub fn parse_service(s: &str) -> Result<(ServiceKind, ServiceTarget), String> {
+    if let Some(path) = s.strip_prefix("tcp+unix:") {
+        return Ok((
+            ServiceKind::Tcp,
+            unix_target(s, path, "tcp+unix:/run/pg.sock")?,
+        ));
+    }
+    if let Some(rest) = s.strip_prefix("tcp://") {
+        let rest = rest.trim_end_matches('/');
+        let addr: std::net::SocketAddr = rest
+            .parse()
+            .map_err(|_| format!("`{s}`: a TCP service is tcp://ip:port (tcp://127.0.0.1:5432)"))?;
+        return Ok((
+            ServiceKind::Tcp,
+            ServiceTarget::Tcp {
+                authority: addr.to_string(),
+            },
+        ));
+    }
+    Ok((ServiceKind::Http, ServiceTarget::parse(s)?))
+}
+
+fn unix_target(s: &str, path: &str, example: &str) -> Result<ServiceTarget, String> {
+    let path = path.trim_start_matches("//");
+    if !path.starts_with('/') {
+        return Err(format!(
+            "`{s}`: a unix socket path must be absolute ({example})"
+        ));
+    }
+    Ok(ServiceTarget::Unix(PathBuf::from(path)))
+}
+
 impl ServiceTarget {
     /// Parse `http://host:port` or `unix:/path`.
     pub fn parse(s: &str) -> Result<ServiceTarget, String> {
         if let Some(path) = s.strip_prefix("unix:") {
-            let path = path.trim_start_matches("//");
-            if !path.starts_with('/') {
-                return Err(format!(
-                    "`{s}`: a unix socket path must be absolute (unix:/run/app.sock)"
-                ));
-            }
-            return Ok(ServiceTarget::Unix(PathBuf::from(path)));
+            return unix_target(s, path, "unix:/run/app.sock");
         }
         let Some(rest) = s.strip_prefix("http://") else {
             return Err(format!(
-                "`{s}`: services are `http://host:port` or `unix:/path`"
+                "`{s}`: services are `http://host:port`, `unix:/path`, `tcp://ip:port` or `tcp+unix:/path`"
             ));
         };
         let authority = rest.trim_end_matches('/');
@@ -259,8 +296,10 @@ pub struct Resolved {
     pub config: ConnectorConfig,
     /// The credential.
     pub credential: Secret,
-    /// Services.
+    /// HTTP services.
     pub services: BTreeMap<String, ServiceTarget>,
+    /// Raw TCP services.
+    pub tcp_services: BTreeMap<String, ServiceTarget>,
     /// Gateways to dial.
     pub gateways: Vec<GatewayAddr>,
     /// Certificate trust; `None` when every gateway is a Unix socket.
@@ -363,14 +402,17 @@ impl ConnectorConfig {
             ));
         }
 
-        let mut services = BTreeMap::new();
+        let (mut services, mut tcp_services) = (BTreeMap::new(), BTreeMap::new());
         if config.services.is_empty() {
             errs.push(at.error(at.find("services", None), "services", "lists no service"));
         }
         for (name, url) in &config.services {
-            match ServiceTarget::parse(url.get_ref()) {
-                Ok(t) => {
+            match parse_service(url.get_ref()) {
+                Ok((ServiceKind::Http, t)) => {
                     services.insert(name.clone(), t);
+                }
+                Ok((ServiceKind::Tcp, t)) => {
+                    tcp_services.insert(name.clone(), t);
                 }
                 Err(e) => errs.push(at.error(Some(url.span()), &format!("services.{name}"), &e)),
             }
@@ -457,6 +499,7 @@ impl ConnectorConfig {
                     config,
                     credential: Secret(c.into_bytes().into()),
                     services,
+                    tcp_services,
                     gateways,
                     trust,
                     connector_id,

@@ -11,7 +11,9 @@
 pub mod config;
 pub mod dial;
 pub mod local;
+pub mod proxy_v2;
 pub mod replay;
+pub mod tcp;
 pub mod ws;
 
 use std::sync::Arc;

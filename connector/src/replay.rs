@@ -42,6 +42,7 @@ pub struct Service {
 /// Every local service, by name.
 pub struct Services {
     by_name: BTreeMap<String, Service>,
+    tcp: BTreeMap<String, LocalConnector>,
     codec: Codec,
 }
 
@@ -72,7 +73,20 @@ impl Services {
                 )
             })
             .collect();
-        Services { by_name, codec }
+        let tcp = resolved
+            .tcp_services
+            .iter()
+            .map(|(name, target)| {
+                let c =
+                    LocalConnector::new(target.clone(), resolved.config.service_connect_timeout);
+                (name.clone(), c)
+            })
+            .collect();
+        Services {
+            by_name,
+            tcp,
+            codec,
+        }
     }
 
     /// Serve one stream the gateway opened.
@@ -82,6 +96,21 @@ impl Services {
         let mut reader = FrameReader::new(recv, self.codec);
         let head = match reader.next().await {
             Ok(Some(Frame::RequestHead(h))) => h,
+            Ok(Some(Frame::TcpOpen(open))) => {
+                let Some(service) = self.tcp.get(&open.service) else {
+                    let reason = format!("no TCP service named `{}`", open.service);
+                    return reset(&mut writer, ResetCode::UnknownService, reason).await;
+                };
+                let name = open.service.clone();
+                let client = open.client_addr.clone();
+                match crate::tcp::relay(service, open, writer, reader).await {
+                    Ok((up, down)) => {
+                        debug!(service = %name, %client, to_client = up, to_service = down, "TCP stream ended")
+                    }
+                    Err(reason) => debug!(service = %name, %reason, "TCP service unreachable"),
+                }
+                return;
+            }
             // An empty stream: the gateway gave up before sending anything.
             Ok(None) => return,
             Ok(Some(other)) => {

@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{
     Frame, Header, Hello, Reject, RejectCode, RequestHead, Reset, ResetCode, ResponseHead, Secret,
-    Welcome, WsKind,
+    TcpOpen, Welcome, WsKind,
 };
 
 /// Size of the fixed frame header.
@@ -66,6 +66,7 @@ mod tag {
     pub const RESET: u8 = 0x14;
     pub const WS_MESSAGE: u8 = 0x15;
     pub const WS_CLOSE: u8 = 0x16;
+    pub const TCP_OPEN: u8 = 0x17;
     pub const DRAIN: u8 = 0x20;
     pub const DRAIN_ACK: u8 = 0x21;
     pub const GO_AWAY: u8 = 0x22;
@@ -197,6 +198,7 @@ impl Codec {
             tag::RESET => ("reset", l.max_control_len),
             tag::WS_MESSAGE => ("ws_message", l.max_message_len.saturating_add(1)),
             tag::WS_CLOSE => ("ws_close", l.max_control_len),
+            tag::TCP_OPEN => ("tcp_open", l.max_control_len),
             tag::DRAIN => ("drain", l.max_control_len),
             tag::DRAIN_ACK => ("drain_ack", l.max_control_len),
             tag::GO_AWAY => ("go_away", l.max_control_len),
@@ -323,6 +325,23 @@ impl Codec {
                 code: r.u16()?,
                 reason: r.str16()?,
             },
+            tag::TCP_OPEN => {
+                let service = r.str16()?;
+                let client_addr = r.str16()?;
+                let server_addr = r.str16()?;
+                let client_subject = r.str16()?;
+                let flags = r.u8()?;
+                if flags & !1 != 0 {
+                    return Err(DecodeError::InvalidValue(kind));
+                }
+                Frame::TcpOpen(TcpOpen {
+                    service,
+                    client_addr,
+                    server_addr,
+                    client_subject,
+                    proxy_protocol: flags == 1,
+                })
+            }
             tag::DRAIN => Frame::Drain,
             tag::DRAIN_ACK => Frame::DrainAck {
                 streams_opened: r.u64()?,
@@ -376,6 +395,7 @@ impl Codec {
             Frame::Reject(_) => tag::REJECT,
             Frame::RequestHead(_) => tag::REQUEST_HEAD,
             Frame::ResponseHead(_) => tag::RESPONSE_HEAD,
+            Frame::TcpOpen(_) => tag::TCP_OPEN,
             Frame::Data(_) => tag::DATA,
             Frame::End(_) => tag::END,
             Frame::Reset(_) => tag::RESET,
@@ -428,6 +448,13 @@ impl Codec {
             Frame::ResponseHead(h) => {
                 w.u16(h.status);
                 w.headers(&h.headers, self.limits.max_headers)?;
+            }
+            Frame::TcpOpen(t) => {
+                w.str16(&t.service)?;
+                w.str16(&t.client_addr)?;
+                w.str16(&t.server_addr)?;
+                w.str16(&t.client_subject)?;
+                w.u8(u8::from(t.proxy_protocol));
             }
             Frame::End(trailers) => w.headers(trailers, self.limits.max_headers)?,
             Frame::Reset(rs) => {

@@ -15,8 +15,15 @@
 
 use bytes::Bytes;
 
-/// Protocol version spoken by this build. A gateway rejects a `Hello` with another major version.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version spoken by this build. Version 2 added [`TcpOpen`].
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Oldest version a gateway of this build still serves: a connector not yet upgraded keeps
+/// its HTTP routes; it gets no raw TCP stream.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// First version whose connectors understand [`TcpOpen`].
+pub const TCP_SINCE_VERSION: u16 = 2;
 
 /// One header field, kept as raw bytes so the codec never judges HTTP semantics.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -142,6 +149,22 @@ pub struct RequestHead {
     pub websocket: bool,
 }
 
+/// Start of a raw TCP stream, gateway to connector: the connector connects to the service and
+/// both sides then carry `Data` frames; an `End` is a half-close (FIN) of that direction.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TcpOpen {
+    /// Service name, resolved by the connector to a local TCP or Unix-socket address.
+    pub service: String,
+    /// Address of the public client (`ip:port`), for logs and the PROXY header.
+    pub client_addr: String,
+    /// Public address the client connected to (`ip:port`), for the PROXY header.
+    pub server_addr: String,
+    /// Subject of the client's certificate, empty without one.
+    pub client_subject: String,
+    /// Send a PROXY protocol v2 header to the service before the client's bytes.
+    pub proxy_protocol: bool,
+}
+
 /// Start of a response, connector to gateway.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ResponseHead {
@@ -233,6 +256,8 @@ pub enum Frame {
     RequestHead(RequestHead),
     /// Response start.
     ResponseHead(ResponseHead),
+    /// Raw TCP stream start.
+    TcpOpen(TcpOpen),
     /// A chunk of body (or of upgraded bytes).
     Data(Bytes),
     /// End of a body, with optional trailers.
@@ -282,6 +307,7 @@ impl Frame {
             Frame::Reject(_) => "reject",
             Frame::RequestHead(_) => "request_head",
             Frame::ResponseHead(_) => "response_head",
+            Frame::TcpOpen(_) => "tcp_open",
             Frame::Data(_) => "data",
             Frame::End(_) => "end",
             Frame::Reset(_) => "reset",

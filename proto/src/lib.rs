@@ -20,6 +20,6 @@ pub use codec::{
     MAX_CLIENT_HEADER_BYTES, MAX_CLIENT_HEADERS,
 };
 pub use frame::{
-    Frame, Header, Hello, PROTOCOL_VERSION, Reject, RejectCode, RequestHead, Reset, ResetCode,
-    ResponseHead, Secret, Welcome, WsKind,
+    Frame, Header, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Reject, RejectCode, RequestHead,
+    Reset, ResetCode, ResponseHead, Secret, TCP_SINCE_VERSION, TcpOpen, Welcome, WsKind,
 };

@@ -82,6 +82,17 @@ fn frame() -> impl Strategy<Value = Frame> {
             code: ResetCode::from_u16(c),
             reason
         })),
+        (".{0,20}", ".{0,40}", ".{0,40}", ".{0,60}", any::<bool>()).prop_map(
+            |(service, client_addr, server_addr, client_subject, proxy_protocol)| {
+                Frame::TcpOpen(TcpOpen {
+                    service,
+                    client_addr,
+                    server_addr,
+                    client_subject,
+                    proxy_protocol,
+                })
+            }
+        ),
         Just(Frame::Drain),
         any::<u64>().prop_map(|streams_opened| Frame::DrainAck { streams_opened }),
         ".{0,80}".prop_map(|reason| Frame::GoAway { reason }),
@@ -212,6 +223,15 @@ fn malformed_frames_are_typed_errors() {
         (
             raw(0x15, &[3, b'x']),
             DecodeError::InvalidValue("ws_message"),
+        ),
+        // tcp_open: four empty strings, then flags with an unknown bit
+        (
+            raw(0x17, &[0, 0, 0, 0, 0, 0, 0, 0, 2]),
+            DecodeError::InvalidValue("tcp_open"),
+        ),
+        (
+            raw(0x17, &[0, 0, 0, 0, 0, 0]),
+            DecodeError::Truncated("tcp_open"),
         ),
         (
             raw(0x15, &[1, 0xff, 0xfe]),

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use netwall_proto::wire::CLOSE_REJECTED;
-use netwall_proto::{Codec, Frame, Hello, PROTOCOL_VERSION, Reject, RejectCode, Welcome};
+use netwall_proto::{
+    Codec, Frame, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Reject, RejectCode, Welcome,
+};
 
 use crate::io::{FrameReader, FrameWriter};
 use crate::transport::{Closed, Conn, StreamRead, StreamWrite};
@@ -130,9 +132,9 @@ pub async fn read_hello(
             .await);
         }
     };
-    if hello.version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
         let reason = format!(
-            "protocol version {} is not supported (this gateway speaks {PROTOCOL_VERSION})",
+            "protocol version {} is not supported (this gateway speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
             hello.version
         );
         return Err(reject(
@@ -151,10 +153,14 @@ pub async fn read_hello(
     })
 }
 
-/// Gateway side: accept the connector.
-pub async fn welcome(w: &mut ControlWriter, gateway_id: &str) -> Result<(), HelloError> {
+/// Gateway side: accept the connector, in the version it spoke (`version`, from its hello).
+pub async fn welcome(
+    w: &mut ControlWriter,
+    gateway_id: &str,
+    version: u16,
+) -> Result<(), HelloError> {
     let welcome = Frame::Welcome(Welcome {
-        version: PROTOCOL_VERSION,
+        version,
         gateway_id: gateway_id.to_owned(),
     });
     let t = |e: &dyn std::fmt::Display| HelloError::Transport(e.to_string());

@@ -109,7 +109,12 @@ impl Dialer {
                 tunnel: cfg.tunnel.clone(),
                 credential: resolved.credential.clone(),
                 connector_id: resolved.connector_id.clone(),
-                services: resolved.services.keys().cloned().collect(),
+                services: resolved
+                    .services
+                    .keys()
+                    .chain(resolved.tcp_services.keys())
+                    .cloned()
+                    .collect(),
             },
             tunnel: cfg.tunnel.clone(),
             choice: cfg.transport,

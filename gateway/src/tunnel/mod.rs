@@ -43,6 +43,8 @@ pub struct TunnelConn {
     pub id: u64,
     /// Identity the connector gave.
     pub connector_id: String,
+    /// Protocol version the connector speaks (what frames it understands).
+    pub version: u16,
     /// Connector's address as seen here.
     pub remote: Peer,
     /// The connection; relay code opens request streams on it.
@@ -60,6 +62,7 @@ impl TunnelConn {
     pub fn new(
         id: u64,
         connector_id: String,
+        version: u16,
         remote: Peer,
         transport: Conn,
         control: FrameWriter<StreamWrite>,
@@ -67,6 +70,7 @@ impl TunnelConn {
         TunnelConn {
             id,
             connector_id,
+            version,
             remote,
             transport,
             control: Mutex::new(control),

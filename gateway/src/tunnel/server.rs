@@ -199,7 +199,7 @@ impl TunnelServer {
         self.registry.register(&tunnel, conn.clone());
         {
             let mut w = conn.control.lock().await;
-            if let Err(e) = handshake::welcome(&mut w, &self.gateway_id).await {
+            if let Err(e) = handshake::welcome(&mut w, &self.gateway_id, conn.version).await {
                 debug!(error = %e, "welcome not delivered");
             }
         }
@@ -287,6 +287,7 @@ impl TunnelServer {
         let conn = Arc::new(TunnelConn::new(
             self.registry.next_id(),
             hello.connector_id,
+            hello.version,
             remote.clone(),
             conn,
             control_w,
