@@ -10,7 +10,9 @@ use netwall_gateway::config::TunnelListenerConfig;
 use netwall_gateway::metrics::Metrics;
 use netwall_gateway::tunnel::server::{Binding, TunnelServer};
 use netwall_gateway::tunnel::{Registry, credential_hash, parse_credential_hash};
-use netwall_proto::{Codec, Frame, Hello, PROTOCOL_VERSION, RejectCode, Secret};
+use netwall_proto::{
+    Codec, Frame, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RejectCode, Secret,
+};
 use netwall_tunnel::handshake::{self, HelloError, Session};
 use netwall_tunnel::mux::MuxParams;
 use netwall_tunnel::{Conn, Peer, duplex};
@@ -100,6 +102,42 @@ async fn a_welcomed_connection_is_already_registered() {
     assert_eq!(s.gateway_id, "seam-gw");
     // No wait: a connector that moves traffic here drains its old connection at once.
     assert_eq!(gw.live("app"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_supported_version_is_welcomed_in_its_own_and_others_are_refused() {
+    let gw = gateway();
+    for version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+        let s = gw
+            .session(
+                Binding::Any,
+                Hello {
+                    version,
+                    ..hello("app", CREDENTIAL)
+                },
+            )
+            .await
+            .expect("welcome");
+        assert_eq!(s.version, version);
+    }
+    for version in [0, PROTOCOL_VERSION + 1] {
+        match gw
+            .session(
+                Binding::Any,
+                Hello {
+                    version,
+                    ..hello("app", CREDENTIAL)
+                },
+            )
+            .await
+        {
+            Err(HelloError::Rejected { code, .. }) => {
+                assert_eq!(code, RejectCode::UnsupportedVersion, "version {version}")
+            }
+            Err(e) => panic!("version {version}: expected a reject, got {e}"),
+            Ok(_) => panic!("version {version} was welcomed"),
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -30,6 +30,8 @@ pub struct Session {
     pub control_r: ControlReader,
     /// The gateway's id from its welcome.
     pub gateway_id: String,
+    /// The protocol version the gateway welcomed this connector in.
+    pub version: u16,
 }
 
 /// Why the connector's handshake failed.
@@ -64,6 +66,7 @@ pub async fn say_hello(conn: Conn, hello: Hello, codec: Codec) -> Result<Session
             control_w,
             control_r,
             gateway_id: w.gateway_id,
+            version: w.version,
         }),
         Ok(Some(Frame::Reject(r))) => {
             conn.close(0, b"rejected");
