@@ -107,30 +107,19 @@ async fn a_welcomed_connection_is_already_registered() {
 #[tokio::test(start_paused = true)]
 async fn each_supported_version_is_welcomed_in_its_own_and_others_are_refused() {
     let gw = gateway();
+    let speaking = |version| Hello {
+        version,
+        ..hello("app", CREDENTIAL)
+    };
     for version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION {
         let s = gw
-            .session(
-                Binding::Any,
-                Hello {
-                    version,
-                    ..hello("app", CREDENTIAL)
-                },
-            )
+            .session(Binding::Any, speaking(version))
             .await
             .expect("welcome");
         assert_eq!(s.version, version);
     }
     for version in [0, PROTOCOL_VERSION + 1] {
-        match gw
-            .session(
-                Binding::Any,
-                Hello {
-                    version,
-                    ..hello("app", CREDENTIAL)
-                },
-            )
-            .await
-        {
+        match gw.session(Binding::Any, speaking(version)).await {
             Err(HelloError::Rejected { code, .. }) => {
                 assert_eq!(code, RejectCode::UnsupportedVersion, "version {version}")
             }
