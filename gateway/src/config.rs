@@ -193,6 +193,9 @@ pub struct GatewayConfig {
     /// Public routes.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Raw TCP routes (databases, caches).
+    #[serde(default, rename = "tcp_route")]
+    pub tcp_routes: Vec<crate::tcp::config::TcpRouteConfig>,
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -722,6 +725,19 @@ impl GatewayConfig {
                     Some(r.host.span()),
                     &format!("route[{i}]"),
                     "duplicates an earlier route's host and path",
+                ));
+            }
+        }
+        let mut listens = std::collections::HashSet::new();
+        for (i, r) in self.tcp_routes.iter().enumerate() {
+            crate::tcp::config::validate(at, i, r, &names, &mut errs);
+            let addr = *r.listen.get_ref();
+            // Port 0 asks the system for a free port: never a clash.
+            if addr.port() != 0 && (addr == self.https.listen || !listens.insert(addr)) {
+                errs.push(at.error(
+                    Some(r.listen.span()),
+                    &format!("tcp_route[{i}].listen"),
+                    "another listener already binds this address",
                 ));
             }
         }

@@ -17,6 +17,7 @@ pub mod respond;
 pub mod route;
 pub mod security_log;
 pub mod spike;
+pub mod tcp;
 pub mod tls;
 pub mod tunnel;
 pub mod ws;
@@ -91,6 +92,8 @@ pub struct RunningGateway {
     pub tunnel_addr: SocketAddr,
     /// Unix sockets bound for tunnels: `(tunnel, path)`.
     pub tunnel_sockets: Vec<(String, std::path::PathBuf)>,
+    /// Bound TCP-route addresses, in `[[tcp_route]]` order.
+    pub tcp_addrs: Vec<SocketAddr>,
     /// Bound admin address.
     pub admin_addr: Option<SocketAddr>,
     /// PEM of the tunnel certificate when it was generated at start.
@@ -210,6 +213,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         (Some(c), Some(k)) => CertPair::load(&resolve(c.get_ref()), &resolve(k.get_ref()))?,
         _ => CertPair::self_signed(&tl.self_signed_names)?,
     };
+    let tcp_entries = entries.clone();
     let mut resolver = SniResolver::new(entries)?;
     if tl.tls_on_https {
         resolver = resolver.with_tunnel(&tunnel_pair)?;
@@ -328,6 +332,31 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         tasks.clone(),
     ));
 
+    let mut tcp_addrs = Vec::new();
+    for r in &config.tcp_routes {
+        let tls = match &r.client_ca {
+            Some(ca) => Some(TlsAcceptor::from(tls::tcp_server_config(
+                SniResolver::new(tcp_entries.clone())?,
+                &resolve(ca.get_ref()),
+            )?)),
+            None => None,
+        };
+        let addr = *r.listen.get_ref();
+        let l = bind_tcp(addr).await?;
+        let bound = local_addr(&l, addr)?;
+        tcp_addrs.push(bound);
+        let route = Arc::new(tcp::relay::TcpRoute::new(
+            bound.to_string(),
+            r.clone(),
+            tls,
+            config.https.tls_handshake_timeout,
+            registry.clone(),
+            metrics.clone(),
+            codec,
+        ));
+        tokio::spawn(tcp::serve(route, l, shutdown.clone(), tasks.clone()));
+    }
+
     let mut http_addr = None;
     if let Some(http) = &config.http {
         let l = bind_tcp(http.listen).await?;
@@ -371,6 +400,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         http_addr,
         tunnel_addr,
         tunnel_sockets,
+        tcp_addrs,
         admin_addr,
         tunnel_cert_pem: tunnel_pair.generated_pem,
         tunnel_fingerprint,

@@ -79,6 +79,24 @@ pub struct WsCloseLabel {
     pub code: u16,
 }
 
+/// Label: a TCP route and how one of its connections ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpResultLabel {
+    /// The route's public listen address.
+    pub route: String,
+    /// `relayed`, or why it was refused (`ip_refused`, `certificate_refused`, ...).
+    pub result: &'static str,
+}
+
+/// Label: a TCP route and a direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpDirLabel {
+    /// The route's public listen address.
+    pub route: String,
+    /// `to_service` or `to_client`.
+    pub direction: &'static str,
+}
+
 /// All gateway metrics.
 pub struct Metrics {
     registry: Registry,
@@ -114,6 +132,14 @@ pub struct Metrics {
     pub ws_duration_seconds: Histogram,
     /// Seconds in which new WebSockets spiked over their recent average.
     pub spikes: Counter,
+    /// TCP-route connections by route and outcome.
+    pub tcp_connections: Family<TcpResultLabel, Counter>,
+    /// Open TCP-route connections per route.
+    pub tcp_active: Family<RouteLabel, Gauge>,
+    /// Bytes relayed on TCP routes, by route and direction.
+    pub tcp_bytes: Family<TcpDirLabel, Counter>,
+    /// How long relayed TCP connections stayed open, seconds.
+    pub tcp_duration_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -143,6 +169,10 @@ impl Metrics {
             ws_bytes: Family::default(),
             ws_duration_seconds: Histogram::new(duration_buckets()),
             spikes: Counter::default(),
+            tcp_connections: Family::default(),
+            tcp_active: Family::default(),
+            tcp_bytes: Family::default(),
+            tcp_duration_seconds: Histogram::new(duration_buckets()),
             registry: Registry::default(),
         };
         registry.register(
@@ -224,6 +254,26 @@ impl Metrics {
             "connection_spikes",
             "Seconds in which new WebSockets exceeded the spike threshold",
             m.spikes.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "TCP-route connections by route and outcome",
+            m.tcp_connections.clone(),
+        );
+        registry.register(
+            "tcp_open_connections",
+            "Open TCP-route connections per route",
+            m.tcp_active.clone(),
+        );
+        registry.register(
+            "tcp_bytes",
+            "Bytes relayed on TCP routes, by direction",
+            m.tcp_bytes.clone(),
+        );
+        registry.register(
+            "tcp_connection_duration_seconds",
+            "How long relayed TCP connections stayed open",
+            m.tcp_duration_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -47,6 +47,16 @@ pub struct CertPair {
     pub generated_pem: Option<String>,
 }
 
+impl Clone for CertPair {
+    fn clone(&self) -> Self {
+        CertPair {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            generated_pem: self.generated_pem.clone(),
+        }
+    }
+}
+
 impl CertPair {
     /// Read a PEM chain and key.
     pub fn load(cert: &Path, key: &Path) -> Result<CertPair, TlsError> {
@@ -193,6 +203,38 @@ pub fn public_server_config(resolver: SniResolver) -> Result<Arc<rustls::ServerC
     if tunnels {
         cfg.alpn_protocols.push(TUNNEL_ALPN.to_vec());
     }
+    Ok(Arc::new(cfg))
+}
+
+/// TLS of a TCP route that admits clients by certificate: the public certificates (by SNI),
+/// TLS 1.2 and 1.3, and a client certificate issued by `client_ca` required in the handshake,
+/// so a client without one is refused before a byte reaches the tunnel.
+pub fn tcp_server_config(
+    resolver: SniResolver,
+    client_ca: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let file_err = |m: String| TlsError::File {
+        path: client_ca.display().to_string(),
+        message: m,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(client_ca).map_err(|e| file_err(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| file_err(e.to_string()))?)
+            .map_err(|e| file_err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err("contains no PEM certificate".into()));
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| file_err(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 

@@ -1,0 +1,128 @@
+//! `[[tcp_route]]`: a public TCP listener whose connections cross a tunnel to a raw TCP
+//! service (a database, a cache). A TCP route open to the world is refused: each names who may
+//! connect, by client certificate, by address, or both.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use netwall_config::{ConfigError, Located, duration};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Concurrent connections per client IP on one TCP route: a connection pool of a busy
+/// application fits; one address cannot take every socket of the listener.
+pub const DEFAULT_TCP_MAX_CONNECTIONS_PER_IP: usize = 64;
+
+/// A TCP connection with no byte either way for this long is closed: database sessions sit
+/// idle for minutes between queries, but a dead client must not hold its slot for ever.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// How long the connector has to reach the service and say so.
+pub const DEFAULT_TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn default_max_per_ip() -> usize {
+    DEFAULT_TCP_MAX_CONNECTIONS_PER_IP
+}
+fn default_idle() -> Duration {
+    DEFAULT_TCP_IDLE_TIMEOUT
+}
+fn default_connect() -> Duration {
+    DEFAULT_TCP_CONNECT_TIMEOUT
+}
+
+/// `[[tcp_route]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpRouteConfig {
+    /// Public address to bind, e.g. `0.0.0.0:5432`.
+    pub listen: Spanned<SocketAddr>,
+    /// Tunnel that carries the route.
+    pub tunnel: Spanned<String>,
+    /// TCP service name the connector resolves (`tcp://` or `tcp+unix:` in its `[services]`).
+    pub service: String,
+    /// PEM file of the CA whose client certificates are admitted: TLS is terminated here
+    /// with the HTTPS certificates, and a client without such a certificate is refused in
+    /// the handshake, before anything is sent through the tunnel.
+    #[serde(default)]
+    pub client_ca: Option<Spanned<PathBuf>>,
+    /// Client networks admitted (`203.0.113.0/24`, `2001:db8::/32`, or one address);
+    /// anyone else is closed at accept.
+    #[serde(default)]
+    pub allow_ips: Vec<Spanned<String>>,
+    /// Concurrent connections per client IP.
+    #[serde(default = "default_max_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Close a connection after this long without a byte either way.
+    #[serde(default = "default_idle", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Time for the connector to reach the service.
+    #[serde(default = "default_connect", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Start the service's connection with a PROXY protocol v2 header naming the client
+    /// (and its certificate subject), so the database logs the real client.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl TcpRouteConfig {
+    /// The allow-list, parsed (entries that do not parse are config errors, so none here).
+    pub fn networks(&self) -> Vec<IpNet> {
+        self.allow_ips
+            .iter()
+            .filter_map(|s| parse_network(s.get_ref()).ok())
+            .collect()
+    }
+}
+
+/// `203.0.113.0/24` or a single address.
+pub fn parse_network(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not an address or a network (203.0.113.0/24)"))
+}
+
+/// Check `[[tcp_route]]` entry `i` against the declared tunnel names.
+pub fn validate(
+    at: &Located<'_>,
+    i: usize,
+    r: &TcpRouteConfig,
+    tunnels: &std::collections::HashSet<&str>,
+    errs: &mut Vec<ConfigError>,
+) {
+    let key = |k: &str| format!("tcp_route[{i}].{k}");
+    if !tunnels.contains(r.tunnel.get_ref().as_str()) {
+        errs.push(at.error(
+            Some(r.tunnel.span()),
+            &key("tunnel"),
+            "no [[tunnel]] of this name is declared",
+        ));
+    }
+    if r.client_ca.is_none() && r.allow_ips.is_empty() {
+        errs.push(at.error(
+            Some(r.listen.span()),
+            &format!("tcp_route[{i}]"),
+            "a TCP route open to the world is refused: set client_ca, allow_ips or both",
+        ));
+    }
+    for s in &r.allow_ips {
+        if let Err(e) = parse_network(s.get_ref()) {
+            errs.push(at.error(Some(s.span()), &key("allow_ips"), &e));
+        }
+    }
+    if r.max_connections_per_ip == 0 {
+        errs.push(at.error(
+            Some(r.listen.span()),
+            &key("max_connections_per_ip"),
+            "must be at least 1",
+        ));
+    }
+    if r.service.is_empty() {
+        errs.push(at.error(Some(r.listen.span()), &key("service"), "must not be empty"));
+    }
+}

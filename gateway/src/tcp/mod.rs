@@ -1,0 +1,51 @@
+//! Raw TCP routes: databases and caches behind the wall, reached through a public listener of
+//! the gateway and a tunnel, admitted by client certificate and/or address.
+
+pub mod config;
+pub mod relay;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug_span, warn};
+
+use relay::TcpRoute;
+
+/// A failed accept (out of file descriptors) is retried after this pause rather than in a
+/// busy loop.
+const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Accept on `listener` until shutdown; each connection runs as its own task.
+pub async fn serve(
+    route: Arc<TcpRoute>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (tcp, client) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(route = %route.name, error = %e, "TCP accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let span = debug_span!("tcp", route = %route.name, client = %client);
+        let (route, shutdown) = (route.clone(), shutdown.clone());
+        tasks.spawn(
+            async move {
+                tokio::select! {
+                    _ = route.handle(tcp, client) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            .instrument(span),
+        );
+    }
+}

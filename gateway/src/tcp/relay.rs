@@ -1,0 +1,332 @@
+//! A raw TCP connection of a `[[tcp_route]]`, from accept to close: the address check, the
+//! per-IP cap, the client certificate, the tunnel stream, then bytes both ways until both
+//! sides are done or the connection has been idle too long.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use netwall_proto::{Codec, Frame, TCP_SINCE_VERSION, TcpOpen};
+use netwall_tunnel::body::pipe_upgraded;
+use netwall_tunnel::io::{FrameReader, FrameWriter};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use super::config::TcpRouteConfig;
+use crate::metrics::{Metrics, RouteLabel, TcpDirLabel, TcpResultLabel};
+use crate::policy::conn_limit::SlotTable;
+use crate::tunnel::Registry;
+
+/// One TCP route, ready to serve connections.
+pub struct TcpRoute {
+    /// Name in metrics and logs: the public listen address.
+    pub name: String,
+    cfg: TcpRouteConfig,
+    networks: Vec<IpNet>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    slots: Arc<SlotTable<IpAddr>>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    codec: Codec,
+}
+
+/// Why a connection went no further; each is a metric label.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Ip,
+    PerIp,
+    Certificate,
+    HandshakeTimeout,
+    TunnelOffline,
+    ConnectorTooOld,
+    ServiceUnavailable,
+    ServiceTimeout,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Ip => "ip_refused",
+            Refusal::PerIp => "too_many_connections",
+            Refusal::Certificate => "certificate_refused",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::TunnelOffline => "tunnel_offline",
+            Refusal::ConnectorTooOld => "connector_too_old",
+            Refusal::ServiceUnavailable => "service_unavailable",
+            Refusal::ServiceTimeout => "service_timeout",
+        }
+    }
+}
+
+impl TcpRoute {
+    /// A route over `registry`'s tunnels, named by its bound address `name`; `tls` when it
+    /// requires client certificates.
+    pub fn new(
+        name: String,
+        cfg: TcpRouteConfig,
+        tls: Option<TlsAcceptor>,
+        handshake_timeout: Duration,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        codec: Codec,
+    ) -> Self {
+        TcpRoute {
+            name,
+            networks: cfg.networks(),
+            cfg,
+            tls,
+            handshake_timeout,
+            slots: Arc::new(SlotTable::default()),
+            registry,
+            metrics,
+            codec,
+        }
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .tcp_connections
+            .get_or_create(&TcpResultLabel {
+                route: self.name.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    fn refuse(&self, why: Refusal, client: SocketAddr, detail: &str) {
+        self.count(why.label());
+        crate::security_event!(event = "tcp_refused", route = %self.name, client = %client, reason = why.label(), detail = %detail);
+    }
+
+    /// Serve one accepted connection to its end.
+    pub async fn handle(self: Arc<Self>, tcp: TcpStream, client: SocketAddr) {
+        let ip = client.ip();
+        if !self.networks.is_empty() && !self.networks.iter().any(|n| n.contains(&ip)) {
+            return self.refuse(Refusal::Ip, client, "address not in allow_ips");
+        }
+        let Some(_slot) = self.slots.claim(ip, self.cfg.max_connections_per_ip) else {
+            return self.refuse(Refusal::PerIp, client, "per-IP connection cap");
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
+        match &self.tls {
+            None => self.relay(tcp, client, local, String::new()).await,
+            Some(acceptor) => {
+                let tls = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        return self.refuse(Refusal::Certificate, client, &e.to_string());
+                    }
+                    Err(_) => {
+                        return self.refuse(Refusal::HandshakeTimeout, client, "TLS handshake");
+                    }
+                };
+                let subject = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| subject_of(c.as_ref()))
+                    .unwrap_or_default();
+                self.relay(tls, client, local, subject).await
+            }
+        }
+    }
+
+    async fn relay<IO>(
+        &self,
+        io: IO,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+        subject: String,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(lease) = self
+            .registry
+            .get(self.cfg.tunnel.get_ref())
+            .and_then(|t| t.pick())
+        else {
+            return self.refuse(Refusal::TunnelOffline, client, "no connector");
+        };
+        if lease.conn().version < TCP_SINCE_VERSION {
+            return self.refuse(
+                Refusal::ConnectorTooOld,
+                client,
+                "connector predates TCP services",
+            );
+        }
+        let open = Frame::TcpOpen(TcpOpen {
+            service: self.cfg.service.clone(),
+            client_addr: client.to_string(),
+            server_addr: local.map(|a| a.to_string()).unwrap_or_default(),
+            client_subject: subject.clone(),
+            proxy_protocol: self.cfg.proxy_protocol,
+        });
+        let connect = async {
+            let (send, recv) = lease
+                .conn()
+                .open_stream()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut writer = FrameWriter::new(send, self.codec);
+            let mut reader = FrameReader::new(recv, self.codec);
+            writer.send(&open).await.map_err(|e| e.to_string())?;
+            match reader.next().await {
+                Ok(Some(Frame::ResponseHead(h))) if h.status == 200 => Ok((writer, reader)),
+                Ok(Some(Frame::Reset(r))) => Err(r.reason),
+                Ok(Some(other)) => Err(format!("unexpected {} frame", other.kind())),
+                Ok(None) => Err("stream ended".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let (writer, reader) = match tokio::time::timeout(self.cfg.connect_timeout, connect).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return self.refuse(Refusal::ServiceUnavailable, client, &e),
+            Err(_) => return self.refuse(Refusal::ServiceTimeout, client, "connect timeout"),
+        };
+        self.count("relayed");
+        debug!(route = %self.name, %client, subject = %subject, "TCP connection relayed");
+        let active = self
+            .metrics
+            .tcp_active
+            .get_or_create(&RouteLabel {
+                route: self.name.clone(),
+            })
+            .clone();
+        active.inc();
+        let started = Instant::now();
+        let seen = Arc::new(Activity::new());
+        let tracked = Tracked {
+            inner: io,
+            seen: seen.clone(),
+        };
+        tokio::select! {
+            _ = pipe_upgraded(tracked, writer, reader) => {}
+            _ = idle(&seen, self.cfg.idle_timeout) => {
+                debug!(route = %self.name, %client, "TCP connection idle; closed");
+            }
+        }
+        active.dec();
+        let dir = |direction| TcpDirLabel {
+            route: self.name.clone(),
+            direction,
+        };
+        self.metrics
+            .tcp_bytes
+            .get_or_create(&dir("to_service"))
+            .inc_by(seen.read.load(Ordering::Relaxed));
+        self.metrics
+            .tcp_bytes
+            .get_or_create(&dir("to_client"))
+            .inc_by(seen.written.load(Ordering::Relaxed));
+        self.metrics
+            .tcp_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The certificate's subject as RFC 4514 text, or empty when it does not parse.
+fn subject_of(der: &[u8]) -> String {
+    use x509_cert::der::Decode;
+    x509_cert::Certificate::from_der(der)
+        .map(|c| c.tbs_certificate.subject.to_string())
+        .unwrap_or_default()
+}
+
+/// When a connection last moved a byte, and how many it moved each way.
+struct Activity {
+    since: Instant,
+    last_ms: AtomicU64,
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            since: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Resolves once `seen` has moved no byte for `limit`.
+async fn idle(seen: &Activity, limit: Duration) {
+    loop {
+        let deadline = seen.last() + limit;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// The client's side of the connection, noting each byte it moves.
+struct Tracked<IO> {
+    inner: IO,
+    seen: Arc<Activity>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.seen.read.fetch_add(n as u64, Ordering::Relaxed);
+            self.seen.touch();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.seen.written.fetch_add(n as u64, Ordering::Relaxed);
+            self.seen.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

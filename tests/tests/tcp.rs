@@ -1,0 +1,320 @@
+//! Raw TCP routes: a real `redis-server` behind the wall reached with `redis-cli` through the
+//! gateway, admitted by client certificate (mTLS) or by address; half-close carried end to
+//! end. Every refusal happens before anything reaches the tunnel.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use netwall_tests::harness::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A client CA with one client certificate (CN=admin), and a certificate of another CA.
+struct ClientCerts {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    stranger_cert: PathBuf,
+    stranger_key: PathBuf,
+}
+
+fn client_certs() -> ClientCerts {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().expect("key");
+        let cert = p.self_signed(&key).expect("ca");
+        (cert, key)
+    };
+    let client = |ca: &(rcgen::Certificate, KeyPair), cn: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &ca.0, &ca.1).expect("client cert");
+        (cert.pem(), key.serialize_pem())
+    };
+    let ours = ca("netwall test client CA");
+    let theirs = ca("someone else's CA");
+    let (c, k) = client(&ours, "admin");
+    let (sc, sk) = client(&theirs, "admin");
+    ClientCerts {
+        ca: write("client-ca.pem", &ours.0.pem()),
+        cert: write("client.pem", &c),
+        key: write("client.key", &k),
+        stranger_cert: write("stranger.pem", &sc),
+        stranger_key: write("stranger.key", &sk),
+        _dir: dir,
+    }
+}
+
+/// `redis-server` on a Unix socket (no port of its own), killed when dropped.
+struct Redis {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_redis() -> Redis {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("redis.sock");
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--unixsocket",
+        ])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (ops/test installs it)");
+    let redis = Redis {
+        child,
+        socket,
+        _dir: dir,
+    };
+    let s = redis.socket.clone();
+    wait_until(Duration::from_secs(10), "redis-server to answer", || {
+        let s = s.clone();
+        async move { cli(&["-s", &s.display().to_string(), "PING"]).await.0 == "PONG" }
+    })
+    .await;
+    redis
+}
+
+impl Redis {
+    /// Connections the server has accepted so far.
+    async fn connections_received(&self) -> u64 {
+        let (out, _) = cli(&["-s", &self.socket.display().to_string(), "INFO", "stats"]).await;
+        out.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("total_connections_received")
+    }
+}
+
+/// Run `redis-cli` with `args`: (trimmed stdout, success).
+async fn cli(args: &[&str]) -> (String, bool) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        match Command::new("redis-cli")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(o) => (
+                String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+                o.status.success(),
+            ),
+            Err(e) => (format!("redis-cli: {e}"), false),
+        }
+    })
+    .await
+    .expect("redis-cli task")
+}
+
+/// `redis-cli` over TLS to `addr`, trusting `ca`, with a client certificate when given.
+async fn tls_cli(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    cmd: &[&str],
+) -> (String, bool) {
+    let (host, port, ca) = (
+        addr.ip().to_string(),
+        addr.port().to_string(),
+        ca.display().to_string(),
+    );
+    let mut args = vec![
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "--tls",
+        "--sni",
+        "localhost",
+        "--cacert",
+        &ca,
+    ];
+    let (c, k);
+    if let Some((cert, key)) = client {
+        (c, k) = (cert.display().to_string(), key.display().to_string());
+        args.extend(["--cert", &c, "--key", &k]);
+    }
+    args.extend(cmd);
+    cli(&args).await
+}
+
+fn tcp_route(listen: &str, service: &str, extra: &str) -> String {
+    format!(
+        "[[tcp_route]]\nlisten = \"{listen}\"\ntunnel = \"app\"\nservice = \"{service}\"\n{extra}\n"
+    )
+}
+
+fn tcp_metric(m: &str, route: SocketAddr, result: &str) -> f64 {
+    metric(
+        m,
+        &format!("netwall_tcp_connections_total{{route=\"{route}\",result=\"{result}\"}}"),
+    )
+}
+
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn redis_behind_the_wall_answers_only_clients_with_our_certificate() {
+        init_logs();
+        let redis = start_redis().await;
+        let certs = client_certs();
+        let pki = Pki::new();
+        let route = tcp_route(
+            "127.0.0.1:0",
+            "cache",
+            &format!("client_ca = \"{}\"", certs.ca.display()),
+        );
+        let gateway = start_gateway(&pki.gateway_toml(&route)).await;
+        let services = format!("cache = \"tcp+unix:{}\"", redis.socket.display());
+        let _connector = start_connector(&pki.connector_toml_for(&gateway, &services, ""), &pki.credential);
+        wait_tunnel(&gateway, 1).await;
+        let addr = gateway.tcp_addrs[0];
+        let ours = Some((certs.cert.as_path(), certs.key.as_path()));
+        assert_eq!(tls_cli(addr, &pki.ca, ours, &["SET", "wall", "holds"]).await, ("OK".into(), true));
+        assert_eq!(tls_cli(addr, &pki.ca, ours, &["GET", "wall"]).await, ("holds".into(), true));
+        let reached = redis.connections_received().await;
+        // No certificate, and a certificate of another CA: refused in the handshake.
+        let (out, _) = tls_cli(addr, &pki.ca, None, &["GET", "wall"]).await;
+        assert_ne!(out, "holds");
+        let theirs = Some((certs.stranger_cert.as_path(), certs.stranger_key.as_path()));
+        let (out, _) = tls_cli(addr, &pki.ca, theirs, &["GET", "wall"]).await;
+        assert_ne!(out, "holds");
+        let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+        assert_eq!(tcp_metric(&m, addr, "relayed"), 2.0, "{m}");
+        assert_eq!(tcp_metric(&m, addr, "certificate_refused"), 2.0, "{m}");
+        // Nothing of the refused clients reached the service (the INFO call itself is one).
+        assert_eq!(redis.connections_received().await, reached + 1);
+    }
+}
+
+#[tokio::test]
+async fn the_address_allow_list_admits_its_networks_and_closes_everyone_else() {
+    init_logs();
+    let redis = start_redis().await;
+    let pki = Pki::new();
+    let routes = [
+        tcp_route("127.0.0.1:0", "cache", "allow_ips = [\"127.0.0.0/8\"]"),
+        tcp_route(
+            "127.0.0.1:0",
+            "cache",
+            "allow_ips = [\"192.0.2.0/24\", \"2001:db8::1\"]",
+        ),
+    ]
+    .concat();
+    let gateway = start_gateway(&pki.gateway_toml(&routes)).await;
+    let services = format!("cache = \"tcp+unix:{}\"", redis.socket.display());
+    let _connector = start_connector(
+        &pki.connector_toml_for(&gateway, &services, ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    let (open, closed) = (gateway.tcp_addrs[0], gateway.tcp_addrs[1]);
+    let (host, port) = (open.ip().to_string(), open.port().to_string());
+    assert_eq!(
+        cli(&["-h", &host, "-p", &port, "PING"]).await,
+        ("PONG".into(), true)
+    );
+    let reached = redis.connections_received().await;
+    // A stranger's connection is closed at once, without a byte.
+    let mut s = tokio::net::TcpStream::connect(closed)
+        .await
+        .expect("connect");
+    let _ = s.write_all(b"PING\r\n").await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("closed promptly");
+    assert!(n.map(|n| n == 0).unwrap_or(true), "got {buf:?}");
+    let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+    assert_eq!(tcp_metric(&m, closed, "ip_refused"), 1.0, "{m}");
+    assert_eq!(tcp_metric(&m, open, "relayed"), 1.0, "{m}");
+    assert_eq!(redis.connections_received().await, reached + 1);
+}
+
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn a_client_half_close_still_receives_the_whole_answer() {
+        init_logs();
+        // A service that answers only once the client has finished sending.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let service = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    if s.read_to_end(&mut got).await.is_ok() {
+                        let answer = vec![b'a'; got.len() * 2];
+                        let _ = s.write_all(&answer).await;
+                        let _ = s.shutdown().await;
+                    }
+                });
+            }
+        });
+        let pki = Pki::new();
+        let gateway = start_gateway(&pki.gateway_toml(&tcp_route("127.0.0.1:0", "db", "allow_ips = [\"127.0.0.1\"]"))).await;
+        let _connector = start_connector(
+            &pki.connector_toml_for(&gateway, &format!("db = \"tcp://{service}\""), ""),
+            &pki.credential,
+        );
+        wait_tunnel(&gateway, 1).await;
+        let mut s = tokio::net::TcpStream::connect(gateway.tcp_addrs[0]).await.expect("connect");
+        s.write_all(&vec![b'q'; 256 * 1024]).await.expect("send");
+        s.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer))
+            .await
+            .expect("the answer in time")
+            .expect("read");
+        assert_eq!(answer.len(), 512 * 1024);
+        assert!(answer.iter().all(|b| *b == b'a'));
+        let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+        let route = gateway.tcp_addrs[0];
+        wait_until(Duration::from_secs(5), "the byte counters", || {
+            let admin = gateway.admin_addr.expect("admin");
+            async move {
+                let m = metrics_text(admin).await;
+                metric(&m, &format!("netwall_tcp_bytes_total{{route=\"{route}\",direction=\"to_client\"}}")) == 512.0 * 1024.0
+            }
+        })
+        .await;
+        assert_eq!(
+            metric(&m, &format!("netwall_tcp_connections_total{{route=\"{route}\",result=\"relayed\"}}")),
+            1.0
+        );
+    }
+}
