@@ -17,6 +17,10 @@ const VERSION_LOCAL: u8 = 0x20;
 const PP2_TYPE_SSL: u8 = 0x20;
 const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
 
+/// Longest subject passed on. X.509 subjects run to a few hundred bytes; a longer one is
+/// left out rather than cut, and the header's 16-bit length can never overflow.
+const MAX_SUBJECT: usize = 1024;
+
 /// Client flag of a TLS TLV: the client connected over TLS and presented a certificate.
 const PP2_CLIENT_SSL_CERT: u8 = 0x01 | 0x02 | 0x04;
 
@@ -51,8 +55,7 @@ pub fn header(
         }
     };
     let mut tlvs = Vec::new();
-    // A subject too long for a TLV is left out rather than cut.
-    if !subject.is_empty() && subject.len() <= usize::from(u16::MAX) - 16 {
+    if !subject.is_empty() && subject.len() <= MAX_SUBJECT {
         let mut ssl = vec![PP2_CLIENT_SSL_CERT, 0, 0, 0, 0];
         ssl.push(PP2_SUBTYPE_SSL_CN);
         ssl.extend_from_slice(&(subject.len() as u16).to_be_bytes());
@@ -101,6 +104,14 @@ mod tests {
         assert_eq!(tlv[0], PP2_TYPE_SSL);
         assert_eq!(&tlv[tlv.len() - 8..], b"CN=admin");
         assert_eq!(tlv[3], PP2_CLIENT_SSL_CERT);
+    }
+
+    #[test]
+    fn an_overlong_subject_is_left_out_and_the_length_stays_true() {
+        let v4 = Some("192.0.2.7:1".parse().expect("addr"));
+        let h = header(v4, v4, &"x".repeat(70_000));
+        assert_eq!(u16::from_be_bytes([h[14], h[15]]), 12);
+        assert_eq!(h.len(), 16 + 12);
     }
 
     #[test]
