@@ -7,63 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use netwall_tests::databases::{ClientCerts, Postgres, psql};
 use netwall_tests::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A client CA with one client certificate (CN=admin), and a certificate of another CA.
-struct ClientCerts {
-    _dir: tempfile::TempDir,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    stranger_cert: PathBuf,
-    stranger_key: PathBuf,
-}
-
-fn client_certs() -> ClientCerts {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).expect("write");
-        p
-    };
-    let ca = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("key");
-        let cert = p.self_signed(&key).expect("ca");
-        (cert, key)
-    };
-    let client = |ca: &(rcgen::Certificate, KeyPair), cn: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let key = KeyPair::generate().expect("key");
-        let cert = p.signed_by(&key, &ca.0, &ca.1).expect("client cert");
-        (cert.pem(), key.serialize_pem())
-    };
-    let ours = ca("netwall test client CA");
-    let theirs = ca("someone else's CA");
-    let (c, k) = client(&ours, "admin");
-    let (sc, sk) = client(&theirs, "admin");
-    ClientCerts {
-        ca: write("client-ca.pem", &ours.0.pem()),
-        cert: write("client.pem", &c),
-        key: write("client.key", &k),
-        stranger_cert: write("stranger.pem", &sc),
-        stranger_key: write("stranger.key", &sk),
-        _dir: dir,
-    }
-}
 
 /// `redis-server` on a Unix socket (no port of its own), killed when dropped.
 struct Redis {
@@ -192,7 +138,7 @@ netwall_tests::over_every_transport! {
     async fn redis_behind_the_wall_answers_only_clients_with_our_certificate() {
         init_logs();
         let redis = start_redis().await;
-        let certs = client_certs();
+        let certs = ClientCerts::new();
         let pki = Pki::new();
         let route = tcp_route(
             "127.0.0.1:0",
@@ -317,4 +263,91 @@ netwall_tests::over_every_transport! {
             1.0
         );
     }
+}
+
+/// `psql` in a blocking task, so the gateway and connector of this runtime keep running.
+async fn psql_async(conninfo: String, query: &'static str) -> (String, String, bool) {
+    tokio::task::spawn_blocking(move || psql(&[], &conninfo, query))
+        .await
+        .expect("psql task")
+}
+
+#[tokio::test]
+async fn psql_reaches_postgres_behind_the_wall_only_with_our_certificate() {
+    init_logs();
+    let certs = ClientCerts::new();
+    let pki = Pki::new();
+    let pg = Postgres::start(&[], None, pki.dir.path().join("postgres.log"));
+    let route = tcp_route(
+        "127.0.0.1:0",
+        "db",
+        &format!(
+            "client_ca = \"{}\"\nstarttls = \"postgres\"",
+            certs.ca.display()
+        ),
+    );
+    let gateway = start_gateway(&pki.gateway_toml(&route)).await;
+    let services = format!("db = \"tcp+unix:{}\"", pg.socket.display());
+    let _connector = start_connector(
+        &pki.connector_toml_for(&gateway, &services, ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    let addr = gateway.tcp_addrs[0];
+    let base = format!(
+        "host=localhost hostaddr={} port={} user=postgres dbname=postgres sslrootcert={}",
+        addr.ip(),
+        addr.port(),
+        pki.ca.display()
+    );
+    let ours = format!(
+        "{base} sslmode=verify-full sslcert={} sslkey={}",
+        certs.cert.display(),
+        certs.key.display()
+    );
+    let (out, err, ok) = psql_async(ours, "SELECT current_user || ' behind the wall'").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "postgres behind the wall");
+    let reached = pg.connections_received();
+    assert_eq!(reached, 1);
+
+    // No certificate, another CA's certificate, no TLS at all: refused at the edge, and
+    // the server never hears of them.
+    let (_, err, ok) = psql_async(format!("{base} sslmode=require"), "SELECT 1").await;
+    assert!(!ok, "admitted without a certificate");
+    assert!(!err.is_empty());
+    let theirs = format!(
+        "{base} sslmode=require sslcert={} sslkey={}",
+        certs.stranger_cert.display(),
+        certs.stranger_key.display()
+    );
+    let (_, _, ok) = psql_async(theirs, "SELECT 1").await;
+    assert!(!ok, "admitted with another CA's certificate");
+    let (_, err, ok) = psql_async(format!("{base} sslmode=disable"), "SELECT 1").await;
+    assert!(!ok, "admitted without TLS");
+    assert!(
+        err.contains("requires TLS with a client certificate"),
+        "libpq shows why: {err}"
+    );
+
+    // A client that asks for GSS encryption first is told no, then gets TLS.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    raw.write_all(&[0, 0, 0, 8, 4, 210, 22, 48])
+        .await
+        .expect("GSSENCRequest");
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"N");
+    raw.write_all(&[0, 0, 0, 8, 4, 210, 22, 47])
+        .await
+        .expect("SSLRequest");
+    raw.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"S");
+    drop(raw);
+
+    let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+    assert_eq!(tcp_metric(&m, addr, "relayed"), 1.0, "{m}");
+    assert_eq!(tcp_metric(&m, addr, "certificate_refused"), 3.0, "{m}");
+    assert_eq!(tcp_metric(&m, addr, "tls_not_requested"), 1.0, "{m}");
+    assert_eq!(pg.connections_received(), reached);
 }

@@ -64,6 +64,19 @@ pub struct TcpRouteConfig {
     /// (and its certificate subject), so the database logs the real client.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// The service's own way of asking for TLS inside its protocol, answered here so that
+    /// its clients' ordinary TLS settings work against the edge: `"postgres"` (the client
+    /// asks with an SSLRequest and starts TLS on `S`). Needs `client_ca`.
+    #[serde(default)]
+    pub starttls: Option<Spanned<StartTls>>,
+}
+
+/// Protocols whose clients ask for TLS before starting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartTls {
+    /// PostgreSQL: SSLRequest, then TLS (`sslmode=require` or stricter in libpq).
+    Postgres,
 }
 
 impl TcpRouteConfig {
@@ -108,6 +121,15 @@ pub fn validate(
             Some(r.listen.span()),
             &format!("tcp_route[{i}]"),
             "a TCP route open to the world is refused: set client_ca, allow_ips or both",
+        ));
+    }
+    if let Some(st) = &r.starttls
+        && r.client_ca.is_none()
+    {
+        errs.push(at.error(
+            Some(st.span()),
+            &key("starttls"),
+            "starttls terminates TLS at the edge and needs client_ca",
         ));
     }
     for s in &r.allow_ips {

@@ -13,13 +13,14 @@ use ipnet::IpNet;
 use netwall_proto::{Codec, Frame, TCP_SINCE_VERSION, TcpOpen};
 use netwall_tunnel::body::pipe_upgraded;
 use netwall_tunnel::io::{FrameReader, FrameWriter};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use super::config::TcpRouteConfig;
+use super::config::{StartTls, TcpRouteConfig};
+use super::starttls::{self, PgOpening};
 use crate::metrics::{Metrics, RouteLabel, TcpDirLabel, TcpResultLabel};
 use crate::policy::conn_limit::SlotTable;
 use crate::tunnel::Registry;
@@ -44,6 +45,7 @@ enum Refusal {
     Ip,
     PerIp,
     Certificate,
+    TlsNotRequested,
     HandshakeTimeout,
     TunnelOffline,
     ConnectorTooOld,
@@ -57,6 +59,7 @@ impl Refusal {
             Refusal::Ip => "ip_refused",
             Refusal::PerIp => "too_many_connections",
             Refusal::Certificate => "certificate_refused",
+            Refusal::TlsNotRequested => "tls_not_requested",
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::TunnelOffline => "tunnel_offline",
             Refusal::ConnectorTooOld => "connector_too_old",
@@ -120,13 +123,20 @@ impl TcpRoute {
         match &self.tls {
             None => self.relay(tcp, client, local, String::new()).await,
             Some(acceptor) => {
-                let tls = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        return self.refuse(Refusal::Certificate, client, &e.to_string());
+                let starttls = self.cfg.starttls.as_ref().map(|s| *s.get_ref());
+                let handshake = async {
+                    let mut tcp = tcp;
+                    if let Some(StartTls::Postgres) = starttls {
+                        pg_starttls(&mut tcp).await?;
                     }
+                    acceptor
+                        .accept(tcp)
+                        .await
+                        .map_err(|e| (Refusal::Certificate, e.to_string()))
+                };
+                let tls = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err((why, detail))) => return self.refuse(why, client, &detail),
                     Err(_) => {
                         return self.refuse(Refusal::HandshakeTimeout, client, "TLS handshake");
                     }
@@ -235,6 +245,47 @@ impl TcpRoute {
             .observe(started.elapsed().as_secs_f64());
     }
 }
+
+/// Answer a PostgreSQL client's request for TLS, so that its TLS handshake comes next. The
+/// socket is read unbuffered, exactly the request's bytes: anything a client sends before
+/// its handshake is read by the TLS acceptor as a malformed record, never relayed.
+async fn pg_starttls(tcp: &mut TcpStream) -> Result<(), (Refusal, String)> {
+    let mut gssenc = 0;
+    loop {
+        let mut head = [0u8; starttls::PG_REQUEST_LEN];
+        tcp.read_exact(&mut head).await.map_err(|e| {
+            (
+                Refusal::TlsNotRequested,
+                format!("before the SSLRequest: {e}"),
+            )
+        })?;
+        let answer = match starttls::pg_opening(&head) {
+            PgOpening::Tls => starttls::PG_TLS_YES,
+            PgOpening::GssEnc if gssenc < starttls::PG_MAX_GSSENC_REQUESTS => {
+                gssenc += 1;
+                starttls::PG_NO
+            }
+            PgOpening::GssEnc | PgOpening::Plaintext => {
+                let _ = tcp
+                    .write_all(&starttls::pg_fatal(PG_TLS_REQUIRED_MESSAGE))
+                    .await;
+                return Err((
+                    Refusal::TlsNotRequested,
+                    "the client did not ask for TLS".into(),
+                ));
+            }
+        };
+        tcp.write_all(&[answer])
+            .await
+            .map_err(|e| (Refusal::TlsNotRequested, e.to_string()))?;
+        if answer == starttls::PG_TLS_YES {
+            return Ok(());
+        }
+    }
+}
+
+/// What a PostgreSQL client without TLS is told (libpq shows it after `FATAL:`).
+const PG_TLS_REQUIRED_MESSAGE: &str = "netwall: this address requires TLS with a client certificate (sslmode=require or stricter, sslcert, sslkey)";
 
 /// The certificate's subject as RFC 4514 text, or empty when it does not parse.
 fn subject_of(der: &[u8]) -> String {
