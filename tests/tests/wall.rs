@@ -11,7 +11,11 @@
 //! socket answers strangers nothing at all. With UDP to the gateway dropped inside the
 //! container (nftables), `transport = "auto"` falls back to TLS and returns to QUIC once UDP
 //! passes, losing no request. A container with no network but loopback reaches the gateway
-//! through a Unix socket. Needs root, `ip` (iproute2) and `nft`, as CI has.
+//! through a Unix socket. The container also runs Redis and PostgreSQL on its loopback:
+//! `redis-cli` and `psql` on the internet host reach them through the edge's TCP routes with
+//! a client certificate, are refused without one, and the scan still finds every port closed.
+//! Killing the connector mid-session closes the client's connection within the tunnel's idle
+//! timeout. Needs root, `ip` (iproute2), `nft`, Redis and PostgreSQL, as CI has.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -21,7 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
+use netwall_tests::databases::{ClientCerts, Postgres, psql};
 use netwall_tests::harness::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const EDGE_PUBLIC: &str = "198.51.100.1";
 const INTERNET: &str = "198.51.100.2";
@@ -254,8 +260,15 @@ async fn scan(ip: IpAddr) -> Scan {
 
 /// The gateway on the edge, public on every edge address; its tunnel socket in `dir`.
 fn edge_gateway(topo: &Topology, pki: &Pki, dir: &Path) -> (Proc, GatewayAddrs) {
+    edge_gateway_with(topo, pki, dir, "")
+}
+
+/// [`edge_gateway`] with more routes (`[[tcp_route]]`s).
+fn edge_gateway_with(topo: &Topology, pki: &Pki, dir: &Path, routes: &str) -> (Proc, GatewayAddrs) {
     let gw_toml = pki
-        .gateway_toml("[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n")
+        .gateway_toml(&format!(
+            "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n{routes}"
+        ))
         .replacen("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"", 1)
         .replace(
             "[tunnel_listener]\nlisten = \"127.0.0.1:0\"",
@@ -271,8 +284,24 @@ fn edge_gateway(topo: &Topology, pki: &Pki, dir: &Path) -> (Proc, GatewayAddrs) 
 
 /// The connector in the container, dialing `gateway` with `extra` settings.
 fn container_connector(topo: &Topology, pki: &Pki, dir: &Path, gateway: &str, extra: &str) -> Proc {
+    container_connector_with(topo, pki, dir, gateway, extra, "")
+}
+
+/// [`container_connector`] with more `[services]` lines.
+fn container_connector_with(
+    topo: &Topology,
+    pki: &Pki,
+    dir: &Path,
+    gateway: &str,
+    extra: &str,
+    services: &str,
+) -> Proc {
     let c_toml = pki
-        .connector_toml(&[], "web = \"http://127.0.0.1:3000\"", "")
+        .connector_toml(
+            &[],
+            &format!("web = \"http://127.0.0.1:3000\"\n{services}"),
+            "",
+        )
         .replace(
             "gateways = []",
             &format!("gateways = [\"{gateway}\"]\n{extra}"),
@@ -404,19 +433,33 @@ fn wall(transport: &'static str) {
     let pki = Pki::new();
     let dir = pki.dir.path().to_path_buf();
     let _sample = container_service(&topo, &dir);
-    let (_gateway, addrs) = edge_gateway(&topo, &pki, &dir);
+    // A cache and a database in the container too, on its loopback, reached only as raw
+    // TCP services of the connector.
+    let certs = ClientCerts::new();
+    let _redis = container_redis(&topo, &dir);
+    let ctr_ns = ["ip", "netns", "exec", topo.ctr.as_str()];
+    let pg = Postgres::start(&ctr_ns, Some(CONTAINER_PG_PORT), dir.join("postgres.log"));
+    let ca = certs.ca.display();
+    let tcp_routes = format!(
+        "[[tcp_route]]\nlisten = \"0.0.0.0:{EDGE_REDIS_PORT}\"\ntunnel = \"app\"\nservice = \"cache\"\nclient_ca = \"{ca}\"\n\
+         [[tcp_route]]\nlisten = \"0.0.0.0:{EDGE_PG_PORT}\"\ntunnel = \"app\"\nservice = \"db\"\nclient_ca = \"{ca}\"\nstarttls = \"postgres\"\n"
+    );
+    let (_gateway, addrs) = edge_gateway_with(&topo, &pki, &dir, &tcp_routes);
 
     // The connector in the container dials out to the edge's private address.
     let port = match transport {
         "quic" => addrs.tunnel.port(),
         _ => addrs.https.port(),
     };
-    let connector = container_connector(
+    let mut connector = container_connector_with(
         &topo,
         &pki,
         &dir,
         &format!("{EDGE_PRIVATE}:{port}"),
         &format!("transport = \"{transport}\""),
+        &format!(
+            "cache = \"tcp://127.0.0.1:{CONTAINER_REDIS_PORT}\"\ndb = \"tcp://127.0.0.1:{CONTAINER_PG_PORT}\""
+        ),
     );
     connector.wait_line("tunnel connected", Duration::from_secs(15));
     let live = if transport == "quic" {
@@ -452,6 +495,8 @@ fn wall(transport: &'static str) {
         format!("hello from walled via netwall: GET /hello (host app.test, client {INTERNET})\n")
     );
     assert_eq!(answers[1].text(), "through the wall");
+
+    walled_databases_answer_only_our_certificate(&topo, &pki, &certs, &pg);
 
     // Nothing in the container listens off loopback.
     let ss = Command::new("ip")
@@ -513,7 +558,181 @@ fn wall(transport: &'static str) {
         );
         assert_eq!(result.refused, 65535, "from the {from} host");
     }
-    drop(connector);
+
+    // The connector dies mid-session: the client's connection closes within the gateway's
+    // tunnel idle timeout (3 s here; at once when the transport sees the socket close).
+    let public_redis: SocketAddr = format!("{EDGE_PUBLIC}:{EDGE_REDIS_PORT}")
+        .parse()
+        .expect("addr");
+    let (pid, server_ca) = (connector.child.id(), pki.ca_der.clone());
+    let closed_after = in_netns(&topo.inet, move || async move {
+        let mut s = certs
+            .connect(public_redis, &server_ca, "localhost")
+            .await
+            .expect("TLS with our certificate");
+        s.write_all(b"PING\r\n").await.expect("send");
+        let mut pong = [0u8; 7];
+        s.read_exact(&mut pong).await.expect("PONG");
+        assert_eq!(&pong, b"+PONG\r\n");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill connector");
+        let killed = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest)).await;
+        assert!(
+            end.is_ok(),
+            "the client's connection still open 30 s after the kill"
+        );
+        assert!(rest.is_empty(), "{rest:?}");
+        killed.elapsed()
+    });
+    assert_eq!(connector.wait_exit(Duration::from_secs(5)), None, "killed");
+    assert!(
+        closed_after < Duration::from_secs(8),
+        "the client's connection closed {closed_after:?} after the connector died"
+    );
+    eprintln!("{transport}: client closed {closed_after:?} after the connector was killed");
+}
+
+/// Edge ports of the TCP routes, and the container's loopback ports of their services.
+const EDGE_REDIS_PORT: u16 = 6380;
+const EDGE_PG_PORT: u16 = 5433;
+const CONTAINER_REDIS_PORT: u16 = 6379;
+const CONTAINER_PG_PORT: u16 = 5432;
+
+/// `redis-server` on the container's loopback.
+fn container_redis(topo: &Topology, dir: &Path) -> Proc {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &topo.ctr, "redis-server"])
+        .args(["--bind", "127.0.0.1", "--port"])
+        .arg(CONTAINER_REDIS_PORT.to_string())
+        .args(["--save", "", "--appendonly", "no"]);
+    let redis = Proc::spawn(cmd, dir.join("redis.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while container_redis_cli(topo, &["PING"]) != "PONG" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server in the container did not answer"
+        );
+        std::thread::yield_now();
+    }
+    redis
+}
+
+/// `redis-cli` inside the container, on the server's loopback port: its trimmed output.
+fn container_redis_cli(topo: &Topology, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &topo.ctr, "redis-cli", "-p"])
+        .arg(CONTAINER_REDIS_PORT.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Connections the container's Redis has accepted.
+fn redis_connections(topo: &Topology) -> u64 {
+    container_redis_cli(topo, &["INFO", "stats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+/// `redis-cli` on the internet host over TLS to the edge's Redis route, with `client` as
+/// its certificate and key.
+fn internet_redis_cli(
+    topo: &Topology,
+    pki: &Pki,
+    client: Option<(&Path, &Path)>,
+    cmd: &[&str],
+) -> String {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &topo.inet,
+        "redis-cli",
+        "-h",
+        EDGE_PUBLIC,
+        "-p",
+    ])
+    .arg(EDGE_REDIS_PORT.to_string())
+    .args(["--tls", "--sni", "localhost", "--cacert"])
+    .arg(&pki.ca);
+    if let Some((cert, key)) = client {
+        c.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let out = c
+        .args(cmd)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// From the internet host: `redis-cli` and `psql` reach the container's Redis and
+/// PostgreSQL through the edge with our client certificate; without one, or with another
+/// CA's, they are refused and the servers never hear of them.
+fn walled_databases_answer_only_our_certificate(
+    topo: &Topology,
+    pki: &Pki,
+    certs: &ClientCerts,
+    pg: &Postgres,
+) {
+    let ours = Some((certs.cert.as_path(), certs.key.as_path()));
+    let theirs = Some((certs.stranger_cert.as_path(), certs.stranger_key.as_path()));
+    assert_eq!(
+        internet_redis_cli(topo, pki, ours, &["SET", "wall", "holds"]),
+        "OK"
+    );
+    assert_eq!(
+        internet_redis_cli(topo, pki, ours, &["GET", "wall"]),
+        "holds"
+    );
+    let reached = redis_connections(topo);
+    assert_ne!(
+        internet_redis_cli(topo, pki, None, &["GET", "wall"]),
+        "holds"
+    );
+    assert_ne!(
+        internet_redis_cli(topo, pki, theirs, &["GET", "wall"]),
+        "holds"
+    );
+    // The INFO call itself is the one new connection.
+    assert_eq!(redis_connections(topo), reached + 1);
+
+    let inet_ns = ["ip", "netns", "exec", topo.inet.as_str()];
+    let base = format!(
+        "host=localhost hostaddr={EDGE_PUBLIC} port={EDGE_PG_PORT} user=postgres dbname=postgres sslrootcert={}",
+        pki.ca.display()
+    );
+    let with = |cert: &Path, key: &Path| {
+        format!(
+            "{base} sslmode=verify-full sslcert={} sslkey={}",
+            cert.display(),
+            key.display()
+        )
+    };
+    let (out, err, ok) = psql(
+        &inet_ns,
+        &with(&certs.cert, &certs.key),
+        "SELECT inet_client_addr()::text || ' sees ' || current_user",
+    );
+    assert!(ok, "psql through the wall: {err}");
+    // The database sees the connector on its own loopback: the internet host never
+    // reached it.
+    assert_eq!(out, "127.0.0.1/32 sees postgres");
+    let reached = pg.connections_received();
+    let (_, _, ok) = psql(&inet_ns, &format!("{base} sslmode=require"), "SELECT 1");
+    assert!(!ok, "psql admitted without a certificate");
+    let (_, _, ok) = psql(
+        &inet_ns,
+        &with(&certs.stranger_cert, &certs.stranger_key),
+        "SELECT 1",
+    );
+    assert!(!ok, "psql admitted with another CA's certificate");
+    assert_eq!(pg.connections_received(), reached);
 }
 
 /// Run `nft` inside namespace `ns`.
