@@ -4,6 +4,7 @@
 Each measurement may have been repeated; the median is reported. Ratios compare netwall with the
 direct path and with rathole from the same run, so a noisy machine still gives honest ratios.
 """
+import csv
 import json
 import os
 import platform
@@ -12,7 +13,7 @@ import subprocess
 import sys
 from glob import glob
 
-out, mode, repeats, duration, concurrency, fixed_rate, bulk_mib = sys.argv[1:8]
+out, mode, repeats, duration, concurrency, fixed_rate, bulk_mib, redis_requests, redis_pipeline = sys.argv[1:10]
 raw = os.path.join(out, "raw")
 PATHS = ["direct", "nginx", "rathole", "netwall", "netwall_tls", "netwall_unix"]
 # netwall's tunnel transports: "netwall" is the default, QUIC.
@@ -122,6 +123,39 @@ def mux(kind):
 
 results["mux"] = {k: mux(k) for k in ["yamux", "h2"]}
 
+# Raw TCP services: the paths that carry them, netwall_mtls being the QUIC gateway's route that
+# requires a client certificate.
+TCP_PATHS = ["direct", "rathole", "netwall", "netwall_tls", "netwall_unix", "netwall_mtls"]
+
+
+def redis(kind, path):
+    """Median requests per second of SET and GET in the redis-benchmark runs, or None each."""
+    by_test = {}
+    for f in sorted(glob(os.path.join(raw, f"{kind}.{path}.*.csv"))):
+        try:
+            with open(f) as fh:
+                for row in csv.DictReader(fh):
+                    by_test.setdefault(row["test"], []).append(float(row["rps"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return {t: (statistics.median(by_test[t]) if by_test.get(t) else None) for t in ["SET", "GET"]}
+
+
+def tcp_copy(direction, path):
+    vals = [d["mib_per_s"] for d in passes(f"tcp_{direction}.{path}.*.json")]
+    return statistics.median(vals) if vals else None
+
+
+results["tcp"] = {
+    p: {
+        "redis": redis("redis", p),
+        "redis_pipelined": redis("redis_pipelined", p),
+        "copy_down_mib_per_s": tcp_copy("down", p),
+        "copy_up_mib_per_s": tcp_copy("up", p),
+    }
+    for p in TCP_PATHS
+}
+
 
 def cpu_model():
     try:
@@ -229,7 +263,29 @@ if any(results["mux"].values()):
     for k, r in results["mux"].items():
         r = r or {}
         mux_lines.append(f"| {k} | {fmt(r.get('rps'))} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | {fmt(r.get('bulk_mib_per_s'))} |")
-report_md = "\n".join(lines) + "\n\n" + "\n\n".join(summary) + "\n" + ("\n" + "\n".join(mux_lines) + "\n" if mux_lines else "")
+tcp_rows = []  # (label, unit, values by path)
+for kind, what in [("redis", f"{int(redis_requests):,} requests, 50 conns"),
+                   ("redis_pipelined", f"{10 * int(redis_requests):,} requests, 50 conns, pipeline {redis_pipeline}")]:
+    for t in ["SET", "GET"]:
+        tcp_rows.append((f"redis-benchmark {t} ({what})", "req/s", {p: results["tcp"][p][kind][t] for p in TCP_PATHS}))
+tcp_rows.append((f"TCP copy {bulk_mib} MiB, service to client", "MiB/s", {p: results["tcp"][p]["copy_down_mib_per_s"] for p in TCP_PATHS}))
+tcp_rows.append((f"TCP copy {bulk_mib} MiB, client to service", "MiB/s", {p: results["tcp"][p]["copy_up_mib_per_s"] for p in TCP_PATHS}))
+tcp_lines = [
+    f"| TCP service | unit | {' | '.join(TCP_PATHS)} | netwall/direct | netwall/rathole | tls/quic | unix/quic | mtls/quic |",
+    "| --- | --- | " + " | ".join("---:" for _ in TCP_PATHS) + " | ---: | ---: | ---: | ---: | ---: |",
+]
+for label, unit, vals in tcp_rows:
+    tcp_lines.append(f"| {label} | {unit} | " + " | ".join(fmt(vals[p]) for p in TCP_PATHS)
+                     + f" | {ratio(vals['netwall'], vals['direct'])} | {ratio(vals['netwall'], vals['rathole'])}"
+                     + f" | {ratio(vals['netwall_tls'], vals['netwall'])} | {ratio(vals['netwall_unix'], vals['netwall'])}"
+                     + f" | {ratio(vals['netwall_mtls'], vals['netwall'])} |")
+tcp_note = ("TCP services: Redis 7 (redis-benchmark, `-t set,get`) and a bulk copy against netwall-loadgen's TCP sink. "
+            "direct = the server on loopback; rathole = plain TCP forwarding; netwall = a `[[tcp_route]]` admitting "
+            "127.0.0.1 by address (no TLS from the client) over each tunnel transport; netwall_mtls = the QUIC "
+            "gateway's route that requires a client certificate (TLS 1.3 from the client to the edge; no bulk copy).")
+report_md = ("\n".join(lines) + "\n\n" + "\n\n".join(summary) + "\n"
+             + "\n" + "\n".join(tcp_lines) + "\n\n" + tcp_note + "\n"
+             + ("\n" + "\n".join(mux_lines) + "\n" if mux_lines else ""))
 with open(os.path.join(out, "report.md"), "w") as fh:
     fh.write(report_md)
 with open(os.path.join(out, "report.json"), "w") as fh:

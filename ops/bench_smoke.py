@@ -47,6 +47,16 @@ for kind in ["yamux", "h2"]:
     m = results.get("mux", {}).get(kind)
     if not m or not m["rps"] > 0 or not m["bulk_mib_per_s"] > 0:
         problems.append(f"multiplexer {kind}: {m}")
+for path in ["netwall", "netwall_tls", "netwall_unix", "netwall_mtls"]:
+    t = results["tcp"][path]
+    for kind in ["redis", "redis_pipelined"]:
+        for test in ["SET", "GET"]:
+            if not (t[kind][test] or 0) > 0:
+                problems.append(f"TCP: no {kind} {test} figure through {path}")
+    if path != "netwall_mtls":
+        for k in ["copy_down_mib_per_s", "copy_up_mib_per_s"]:
+            if not (t[k] or 0) > 0:
+                problems.append(f"TCP: no {k} through {path}")
 header, rows = table[0], table[2:]
 columns = [c.strip() for c in header.strip("|").split("|")]
 netwall = columns.index("netwall")

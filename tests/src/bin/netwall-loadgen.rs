@@ -4,7 +4,8 @@
 //! process gained per connection, then makes M of them active at a fixed message rate and
 //! reports the round-trip latency. `tunnels` runs N connectors (one tunnel each) in this process
 //! against one gateway, reports the gateway's resident memory per tunnel, then checks every
-//! tunnel answers. Both print one JSON object on stdout.
+//! tunnel answers. `mux` measures the tunnel multiplexers alone; `tcp-copy` one bulk raw TCP
+//! transfer (against `tcp-sink`). Each prints one JSON object on stdout.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 #[path = "../loadgen_mux.rs"]
 mod loadgen_mux;
+#[path = "../loadgen_tcp.rs"]
+mod loadgen_tcp;
 
 use clap::{Parser, Subcommand};
 use futures_util::SinkExt as _;
@@ -46,6 +49,10 @@ enum Cmd {
     Tunnels(TunnelArgs),
     /// The stream multiplexers (yamux, h2) alone over one TLS loopback connection.
     Mux(loadgen_mux::MuxArgs),
+    /// A raw TCP service that sends or swallows bulk bytes (the walled service of `tcp-copy`).
+    TcpSink(loadgen_tcp::SinkArgs),
+    /// One bulk raw TCP transfer through a path.
+    TcpCopy(loadgen_tcp::CopyArgs),
 }
 
 #[derive(clap::Args)]
@@ -114,6 +121,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::Ws(a) => ws(a).await,
             Cmd::Tunnels(a) => tunnels(a).await,
             Cmd::Mux(a) => loadgen_mux::run(a).await,
+            Cmd::TcpSink(a) => loadgen_tcp::sink(a).await,
+            Cmd::TcpCopy(a) => loadgen_tcp::copy(a).await,
         }
     })?;
     println!("{report}");
