@@ -729,16 +729,36 @@ impl GatewayConfig {
             }
         }
         let mut listens = std::collections::HashSet::new();
+        let mut server_names = std::collections::HashSet::new();
+        let http_hosts: std::collections::HashSet<String> = self
+            .routes
+            .iter()
+            .map(|r| r.host.get_ref().to_ascii_lowercase())
+            .collect();
         for (i, r) in self.tcp_routes.iter().enumerate() {
             crate::tcp::config::validate(at, i, r, &names, &mut errs);
-            let addr = *r.listen.get_ref();
-            // Port 0 asks the system for a free port: never a clash.
-            if addr.port() != 0 && (addr == self.https.listen || !listens.insert(addr)) {
-                errs.push(at.error(
-                    Some(r.listen.span()),
-                    &format!("tcp_route[{i}].listen"),
-                    "another listener already binds this address",
-                ));
+            if let Some(listen) = &r.listen {
+                let addr = *listen.get_ref();
+                // Port 0 asks the system for a free port: never a clash.
+                if addr.port() != 0 && (addr == self.https.listen || !listens.insert(addr)) {
+                    errs.push(at.error(
+                        Some(listen.span()),
+                        &format!("tcp_route[{i}].listen"),
+                        "another listener already binds this address",
+                    ));
+                }
+            }
+            if let (Some(sni), Some(name)) = (&r.sni, r.server_name()) {
+                let clash = if http_hosts.contains(&name) {
+                    Some("an HTTP [[route]] already serves this host")
+                } else if !server_names.insert(name) {
+                    Some("another tcp_route already takes this server name")
+                } else {
+                    None
+                };
+                if let Some(m) = clash {
+                    errs.push(at.error(Some(sni.span()), &format!("tcp_route[{i}].sni"), m));
+                }
             }
         }
         for (i, c) in self.https.certificates.iter().enumerate() {

@@ -319,6 +319,51 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             max_header_bytes: config.https.max_header_bytes,
         },
     ));
+    // Raw TCP routes: on listeners of their own, or by server name on the HTTPS port.
+    let mut tcp_addrs = Vec::new();
+    let mut sni_routes = std::collections::HashMap::new();
+    for r in &config.tcp_routes {
+        let tls = if r.passthrough() || (r.listen.is_some() && r.client_ca.is_none()) {
+            None
+        } else {
+            let ca = r.client_ca.as_ref().map(|ca| resolve(ca.get_ref()));
+            Some(TlsAcceptor::from(tls::tcp_server_config(
+                SniResolver::new(tcp_entries.clone())?,
+                ca.as_deref(),
+            )?))
+        };
+        let route = |name: String| {
+            Arc::new(tcp::relay::TcpRoute::new(
+                name,
+                r.clone(),
+                tls.clone(),
+                config.https.tls_handshake_timeout,
+                registry.clone(),
+                metrics.clone(),
+                codec,
+            ))
+        };
+        match (&r.listen, r.server_name()) {
+            (Some(listen), _) => {
+                let addr = *listen.get_ref();
+                let l = bind_tcp(addr).await?;
+                let bound = local_addr(&l, addr)?;
+                tcp_addrs.push(bound);
+                tokio::spawn(tcp::serve(
+                    route(bound.to_string()),
+                    l,
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
+            }
+            (None, Some(name)) => {
+                sni_routes.insert(name.clone(), route(format!("sni:{name}")));
+            }
+            (None, None) => {}
+        }
+    }
+    let sni_routes = Arc::new(sni_routes);
+
     let per_ip = policy::conn_limit::IpConnLimit::new(config.https.max_connections_per_ip);
     tokio::spawn(listener::serve_https(
         https_listener,
@@ -328,34 +373,10 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         per_ip.clone(),
         metrics.clone(),
         tl.tls_on_https.then(|| listeners.clone()),
+        sni_routes,
         shutdown.clone(),
         tasks.clone(),
     ));
-
-    let mut tcp_addrs = Vec::new();
-    for r in &config.tcp_routes {
-        let tls = match &r.client_ca {
-            Some(ca) => Some(TlsAcceptor::from(tls::tcp_server_config(
-                SniResolver::new(tcp_entries.clone())?,
-                &resolve(ca.get_ref()),
-            )?)),
-            None => None,
-        };
-        let addr = *r.listen.get_ref();
-        let l = bind_tcp(addr).await?;
-        let bound = local_addr(&l, addr)?;
-        tcp_addrs.push(bound);
-        let route = Arc::new(tcp::relay::TcpRoute::new(
-            bound.to_string(),
-            r.clone(),
-            tls,
-            config.https.tls_handshake_timeout,
-            registry.clone(),
-            metrics.clone(),
-            codec,
-        ));
-        tokio::spawn(tcp::serve(route, l, shutdown.clone(), tasks.clone()));
-    }
 
     let mut http_addr = None;
     if let Some(http) = &config.http {

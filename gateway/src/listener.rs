@@ -30,6 +30,8 @@ use crate::metrics::Metrics;
 use crate::policy::conn_limit::IpConnLimit;
 use crate::policy::headers::request_host;
 use crate::proxy::Proxy;
+use crate::tcp::relay::TcpRoute;
+use crate::tcp::sni;
 use crate::tls::TUNNEL_ALPN;
 use crate::tunnel::listen::Listeners;
 use crate::ws::UserSessions;
@@ -99,6 +101,7 @@ pub async fn serve_https(
     per_ip: Arc<IpConnLimit>,
     metrics: Arc<Metrics>,
     tunnels: Option<Listeners>,
+    sni_routes: SniRoutes,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -133,7 +136,7 @@ pub async fn serve_https(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, proxy, metrics, builders, shutdown, per_ip, tunnels) = (
+        let (acceptor, proxy, metrics, builders, shutdown, per_ip, tunnels, sni_routes) = (
             acceptor.clone(),
             proxy.clone(),
             metrics.clone(),
@@ -141,6 +144,7 @@ pub async fn serve_https(
             shutdown.clone(),
             per_ip.clone(),
             tunnels.clone(),
+            sni_routes.clone(),
         );
         let handshake_timeout = cfg.tls_handshake_timeout;
         let proxy_protocol = cfg.proxy_protocol;
@@ -166,15 +170,48 @@ pub async fn serve_https(
                 } else {
                     peer
                 };
-                let _slot = match early_slot {
+                let slot = match early_slot {
                     Some(s) => s,
                     None => match claim_slot(&per_ip, peer.ip(), &metrics) {
                         Some(s) => s,
                         None => return,
                     },
                 };
-                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
-                {
+                let deadline = tokio::time::Instant::now() + handshake_timeout;
+                let accept = if sni_routes.is_empty() {
+                    acceptor.accept(tcp)
+                } else {
+                    // The ClientHello first: its server name may choose a TCP route.
+                    let hello = match tokio::time::timeout_at(deadline, sni::read_client_hello(tcp))
+                        .await
+                    {
+                        Ok(Ok(h)) => h,
+                        Ok(Err(e)) => {
+                            metrics.reject("tls_handshake_failed");
+                            debug!(error = %e, "no ClientHello");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.reject("tls_handshake_timeout");
+                            return;
+                        }
+                    };
+                    if let Some(route) =
+                        hello.server_name.as_deref().and_then(|n| sni_routes.get(n))
+                    {
+                        // The route's own per-IP cap and deadline apply from here.
+                        drop(slot);
+                        tokio::select! {
+                            _ = route.clone().handle_hello(hello, peer) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                        return;
+                    }
+                    tokio_rustls::StartHandshake::from_parts(hello.accepted, hello.tcp)
+                        .into_stream(acceptor.config().clone())
+                };
+                let _slot = slot;
+                let tls = match tokio::time::timeout_at(deadline, accept).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         metrics.reject("tls_handshake_failed");
@@ -241,6 +278,9 @@ pub async fn serve_https(
         );
     }
 }
+
+/// `[[tcp_route]]`s taken by TLS server name on this port, by lowercased name.
+pub type SniRoutes = Arc<std::collections::HashMap<String, Arc<TcpRoute>>>;
 
 /// PROXY protocol v2 signature.
 const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";

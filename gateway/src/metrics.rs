@@ -82,7 +82,7 @@ pub struct WsCloseLabel {
 /// Label: a TCP route and how one of its connections ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpResultLabel {
-    /// The route's public listen address.
+    /// The route: its public listen address, or `sni:` and its server name.
     pub route: String,
     /// `relayed`, or why it was refused (`ip_refused`, `certificate_refused`, ...).
     pub result: &'static str,
@@ -91,7 +91,7 @@ pub struct TcpResultLabel {
 /// Label: a TCP route and a direction.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpDirLabel {
-    /// The route's public listen address.
+    /// The route: its public listen address, or `sni:` and its server name.
     pub route: String,
     /// `to_service` or `to_client`.
     pub direction: &'static str,

@@ -206,13 +206,21 @@ pub fn public_server_config(resolver: SniResolver) -> Result<Arc<rustls::ServerC
     Ok(Arc::new(cfg))
 }
 
-/// TLS of a TCP route that admits clients by certificate: the public certificates (by SNI),
-/// TLS 1.2 and 1.3, and a client certificate issued by `client_ca` required in the handshake,
+/// TLS of a TCP route that ends TLS at the edge: the public certificates (by SNI), TLS 1.2
+/// and 1.3, and, with `client_ca`, a client certificate it issued required in the handshake,
 /// so a client without one is refused before a byte reaches the tunnel.
 pub fn tcp_server_config(
     resolver: SniResolver,
-    client_ca: &Path,
+    client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let Some(client_ca) = client_ca else {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        cfg.ignore_client_order = true;
+        return Ok(Arc::new(cfg));
+    };
     let file_err = |m: String| TlsError::File {
         path: client_ca.display().to_string(),
         message: m,

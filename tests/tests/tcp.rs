@@ -351,3 +351,127 @@ async fn psql_reaches_postgres_behind_the_wall_only_with_our_certificate() {
     assert_eq!(tcp_metric(&m, addr, "tls_not_requested"), 1.0, "{m}");
     assert_eq!(pg.connections_received(), reached);
 }
+
+/// A TLS echo service holding `other.test`'s certificate (the test CA's), for passthrough:
+/// only the service can complete a handshake for that name.
+async fn start_tls_echo(pki: &Pki) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&pki.other_cert)
+        .expect("cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(&pki.other_key).expect("key");
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let (mut r, mut w) = tokio::io::split(tls);
+                    let _ = w.write_all(b"service speaking: ").await;
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn tcp_routes_share_the_https_port_by_server_name_terminated_or_passed_through() {
+        init_logs();
+        let redis = start_redis().await;
+        let certs = ClientCerts::new();
+        let pki = Pki::new();
+        let web = start_sample("web").await;
+        let echo = start_tls_echo(&pki).await;
+        let routes = format!(
+            "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n\
+             [[tcp_route]]\nsni = \"cache.app.test\"\ntunnel = \"app\"\nservice = \"cache\"\nclient_ca = \"{}\"\n\
+             [[tcp_route]]\nsni = \"other.test\"\ntls = \"passthrough\"\ntunnel = \"app\"\nservice = \"vault\"\nallow_ips = [\"127.0.0.1\"]\n",
+            certs.ca.display()
+        );
+        let gateway = start_gateway(&pki.gateway_toml(&routes)).await;
+        let services = format!(
+            "web = \"http://{web}\"\ncache = \"tcp+unix:{}\"\nvault = \"tcp://{echo}\"",
+            redis.socket.display()
+        );
+        let _connector = start_connector(&pki.connector_toml_for(&gateway, &services, ""), &pki.credential);
+        wait_tunnel(&gateway, 1).await;
+        let https = gateway.https_addr;
+        assert!(gateway.tcp_addrs.is_empty(), "no listener of their own");
+
+        // Terminated at the edge, with a client certificate required: redis-cli on the HTTPS
+        // port, naming the route.
+        let (host, port, ca) = (https.ip().to_string(), https.port().to_string(), pki.ca.display().to_string());
+        let (cert, key) = (certs.cert.display().to_string(), certs.key.display().to_string());
+        let base = ["-h", host.as_str(), "-p", port.as_str(), "--tls", "--sni", "cache.app.test", "--cacert", ca.as_str()];
+        let with_cert = [&base[..], &["--cert", cert.as_str(), "--key", key.as_str()]].concat();
+        assert_eq!(cli(&[&with_cert[..], &["SET", "k", "by name"]].concat()).await, ("OK".into(), true));
+        assert_eq!(cli(&[&with_cert[..], &["GET", "k"]].concat()).await, ("by name".into(), true));
+        let (out, _) = cli(&[&base[..], &["GET", "k"]].concat()).await;
+        assert_ne!(out, "by name", "admitted without a certificate");
+
+        // HTTP on the same port is untouched.
+        let c = HttpsClient::new(https, &pki.ca_der, false);
+        let a = c.get("https://app.test/hello").await;
+        assert_eq!(a.status, http::StatusCode::OK, "{}", a.text());
+        assert!(a.text().starts_with("hello from web"), "{}", a.text());
+
+        // Passed through: the service's own certificate answers, the bytes come back.
+        let tcp = tokio::net::TcpStream::connect(https).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("other.test").expect("name");
+        let mut tls = tokio_rustls::TlsConnector::from(client_tls(&pki.ca_der, &[]))
+            .connect(name, tcp)
+            .await
+            .expect("the service's handshake, through the edge");
+        tls.write_all(b"end to end").await.expect("send");
+        tls.shutdown().await.expect("close_notify");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got))
+            .await
+            .expect("the answer in time")
+            .expect("read");
+        assert_eq!(got, b"service speaking: end to end");
+
+        // Not TLS at all, and a hello cut short: closed, counted,
+        // and the port serves the next client.
+        for junk in [&b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n"[..], &[0x16, 3, 1, 0x40, 0][..]] {
+            let mut s = tokio::net::TcpStream::connect(https).await.expect("connect");
+            s.write_all(junk).await.expect("send");
+            if junk[0] == 0x16 {
+                s.shutdown().await.expect("half-close");
+            }
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+                .await
+                .expect("closed in time");
+        }
+        let a = c.get("https://app.test/hello").await;
+        assert_eq!(a.status, http::StatusCode::OK);
+
+        let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+        assert_eq!(metric(&m, "netwall_rejections_total{reason=\"tls_handshake_failed\"}"), 2.0, "{m}");
+        let count = |route: &str, result: &str| {
+            metric(&m, &format!("netwall_tcp_connections_total{{route=\"{route}\",result=\"{result}\"}}"))
+        };
+        assert_eq!(count("sni:cache.app.test", "relayed"), 2.0, "{m}");
+        assert_eq!(count("sni:cache.app.test", "certificate_refused"), 1.0, "{m}");
+        assert_eq!(count("sni:other.test", "relayed"), 1.0, "{m}");
+    }
+}

@@ -1,5 +1,7 @@
-//! `[[tcp_route]]`: a public TCP listener whose connections cross a tunnel to a raw TCP
-//! service (a database, a cache). A TCP route open to the world is refused: each names who may
+//! `[[tcp_route]]`: raw TCP connections that cross a tunnel to a raw TCP service (a database,
+//! a cache), arriving on a public listener of their own (`listen`) or on the shared HTTPS port,
+//! chosen by the TLS server name (`sni`), where TLS is terminated at the edge or passed through
+//! to a service that does its own. A TCP route open to the world is refused: each names who may
 //! connect, by client certificate, by address, or both.
 
 use std::net::SocketAddr;
@@ -36,8 +38,18 @@ fn default_connect() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpRouteConfig {
-    /// Public address to bind, e.g. `0.0.0.0:5432`.
-    pub listen: Spanned<SocketAddr>,
+    /// Public address to bind, e.g. `0.0.0.0:5432`; or set `sni`.
+    #[serde(default)]
+    pub listen: Option<Spanned<SocketAddr>>,
+    /// A TLS server name on the shared HTTPS port (`db.example.com`): connections whose
+    /// ClientHello names it take this route instead of HTTP; or set `listen`.
+    #[serde(default)]
+    pub sni: Option<Spanned<String>>,
+    /// On an `sni` route: `"terminate"` (TLS ends at the edge, with the HTTPS certificates;
+    /// the default) or `"passthrough"` (the client's TLS, ClientHello and all, reaches the
+    /// service, which holds its own certificate; admission is by address only).
+    #[serde(default)]
+    pub tls: Option<Spanned<TcpTls>>,
     /// Tunnel that carries the route.
     pub tunnel: Spanned<String>,
     /// TCP service name the connector resolves (`tcp://` or `tcp+unix:` in its `[services]`).
@@ -71,6 +83,16 @@ pub struct TcpRouteConfig {
     pub starttls: Option<Spanned<StartTls>>,
 }
 
+/// Where an `sni` route's TLS ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpTls {
+    /// At the edge.
+    Terminate,
+    /// At the service.
+    Passthrough,
+}
+
 /// Protocols whose clients ask for TLS before starting it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +102,29 @@ pub enum StartTls {
 }
 
 impl TcpRouteConfig {
+    /// The route's server name on the HTTPS port, lowercased, when it has one.
+    pub fn server_name(&self) -> Option<String> {
+        self.sni
+            .as_ref()
+            .map(|s| s.get_ref().trim_end_matches('.').to_ascii_lowercase())
+    }
+
+    /// Whether the client's TLS goes through to the service untouched.
+    pub fn passthrough(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| *t.get_ref() == TcpTls::Passthrough)
+    }
+
+    /// The span errors about the whole entry point at.
+    pub fn span(&self) -> std::ops::Range<usize> {
+        match (&self.listen, &self.sni) {
+            (Some(l), _) => l.span(),
+            (None, Some(s)) => s.span(),
+            (None, None) => self.tunnel.span(),
+        }
+    }
+
     /// The allow-list, parsed (entries that do not parse are config errors, so none here).
     pub fn networks(&self) -> Vec<IpNet> {
         self.allow_ips
@@ -109,6 +154,51 @@ pub fn validate(
     errs: &mut Vec<ConfigError>,
 ) {
     let key = |k: &str| format!("tcp_route[{i}].{k}");
+    let whole = format!("tcp_route[{i}]");
+    match (&r.listen, &r.sni) {
+        (Some(_), Some(s)) => errs.push(at.error(
+            Some(s.span()),
+            &key("sni"),
+            "set listen (a port of its own) or sni (the HTTPS port), not both",
+        )),
+        (None, None) => errs.push(at.error(
+            Some(r.span()),
+            &whole,
+            "set listen (a port of its own) or sni (a server name on the HTTPS port)",
+        )),
+        _ => {}
+    }
+    if let Some(s) = &r.sni
+        && let Err(e) = match crate::policy::host::HostPattern::parse(s.get_ref()) {
+            Ok(crate::policy::host::HostPattern::Exact(_)) => Ok(()),
+            Ok(_) => Err("must be one exact name, not a wildcard".to_owned()),
+            Err(e) => Err(e),
+        }
+    {
+        errs.push(at.error(Some(s.span()), &key("sni"), &e));
+    }
+    if let Some(t) = &r.tls {
+        if r.sni.is_none() {
+            errs.push(at.error(
+                Some(t.span()),
+                &key("tls"),
+                "only an sni route has a choice of where TLS ends",
+            ));
+        } else if r.passthrough() && r.client_ca.is_some() {
+            errs.push(at.error(
+                Some(t.span()),
+                &key("tls"),
+                "a passed-through TLS connection shows the edge no client certificate: use allow_ips, or terminate",
+            ));
+        }
+    }
+    if let (Some(st), Some(_)) = (&r.starttls, &r.sni) {
+        errs.push(at.error(
+            Some(st.span()),
+            &key("starttls"),
+            "an sni route starts with a TLS ClientHello; starttls needs a port of its own",
+        ));
+    }
     if !tunnels.contains(r.tunnel.get_ref().as_str()) {
         errs.push(at.error(
             Some(r.tunnel.span()),
@@ -118,8 +208,8 @@ pub fn validate(
     }
     if r.client_ca.is_none() && r.allow_ips.is_empty() {
         errs.push(at.error(
-            Some(r.listen.span()),
-            &format!("tcp_route[{i}]"),
+            Some(r.span()),
+            &whole,
             "a TCP route open to the world is refused: set client_ca, allow_ips or both",
         ));
     }
@@ -139,12 +229,12 @@ pub fn validate(
     }
     if r.max_connections_per_ip == 0 {
         errs.push(at.error(
-            Some(r.listen.span()),
+            Some(r.span()),
             &key("max_connections_per_ip"),
             "must be at least 1",
         ));
     }
     if r.service.is_empty() {
-        errs.push(at.error(Some(r.listen.span()), &key("service"), "must not be empty"));
+        errs.push(at.error(Some(r.span()), &key("service"), "must not be empty"));
     }
 }

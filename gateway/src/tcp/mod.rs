@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod relay;
+pub mod sni;
 pub mod starttls;
 
 use std::sync::Arc;

@@ -17,9 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use super::config::{StartTls, TcpRouteConfig};
+use super::sni::{Hello, Replayed};
 use super::starttls::{self, PgOpening};
 use crate::metrics::{Metrics, RouteLabel, TcpDirLabel, TcpResultLabel};
 use crate::policy::conn_limit::SlotTable;
@@ -70,8 +72,8 @@ impl Refusal {
 }
 
 impl TcpRoute {
-    /// A route over `registry`'s tunnels, named by its bound address `name`; `tls` when it
-    /// requires client certificates.
+    /// A route over `registry`'s tunnels, named `name` (its bound address, or `sni:` and its
+    /// server name); `tls` when TLS ends here.
     pub fn new(
         name: String,
         cfg: TcpRouteConfig,
@@ -109,14 +111,24 @@ impl TcpRoute {
         crate::security_event!(event = "tcp_refused", route = %self.name, client = %client, reason = why.label(), detail = %detail);
     }
 
-    /// Serve one accepted connection to its end.
-    pub async fn handle(self: Arc<Self>, tcp: TcpStream, client: SocketAddr) {
+    /// The address check and the per-IP cap; the slot is held for the connection's life.
+    fn admit(&self, client: SocketAddr) -> Option<crate::policy::conn_limit::Slot<IpAddr>> {
         let ip = client.ip();
         if !self.networks.is_empty() && !self.networks.iter().any(|n| n.contains(&ip)) {
-            return self.refuse(Refusal::Ip, client, "address not in allow_ips");
+            self.refuse(Refusal::Ip, client, "address not in allow_ips");
+            return None;
         }
-        let Some(_slot) = self.slots.claim(ip, self.cfg.max_connections_per_ip) else {
-            return self.refuse(Refusal::PerIp, client, "per-IP connection cap");
+        let slot = self.slots.claim(ip, self.cfg.max_connections_per_ip);
+        if slot.is_none() {
+            self.refuse(Refusal::PerIp, client, "per-IP connection cap");
+        }
+        slot
+    }
+
+    /// Serve one connection accepted on the route's own listener to its end.
+    pub async fn handle(self: Arc<Self>, tcp: TcpStream, client: SocketAddr) {
+        let Some(_slot) = self.admit(client) else {
+            return;
         };
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().ok();
@@ -134,23 +146,69 @@ impl TcpRoute {
                         .await
                         .map_err(|e| (Refusal::Certificate, e.to_string()))
                 };
-                let tls = match tokio::time::timeout(self.handshake_timeout, handshake).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err((why, detail))) => return self.refuse(why, client, &detail),
-                    Err(_) => {
-                        return self.refuse(Refusal::HandshakeTimeout, client, "TLS handshake");
-                    }
-                };
-                let subject = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| subject_of(c.as_ref()))
-                    .unwrap_or_default();
-                self.relay(tls, client, local, subject).await
+                if let Some((tls, subject)) = self.finish_tls(handshake, client).await {
+                    self.relay(tls, client, local, subject).await
+                }
             }
         }
+    }
+
+    /// Serve a connection of the shared HTTPS port whose ClientHello named this route.
+    pub async fn handle_hello(self: Arc<Self>, hello: Hello, client: SocketAddr) {
+        let Some(_slot) = self.admit(client) else {
+            return;
+        };
+        let local = hello.tcp.local_addr().ok();
+        match &self.tls {
+            // Passthrough: the service completes the handshake the client began.
+            None => {
+                let io = Replayed::new(hello.recorded, hello.tcp);
+                self.relay(io, client, local, String::new()).await
+            }
+            Some(acceptor) => {
+                let start = tokio_rustls::StartHandshake::from_parts(hello.accepted, hello.tcp);
+                let handshake = async {
+                    start
+                        .into_stream(acceptor.config().clone())
+                        .await
+                        .map_err(|e| (Refusal::Certificate, e.to_string()))
+                };
+                if let Some((tls, subject)) = self.finish_tls(handshake, client).await {
+                    self.relay(tls, client, local, subject).await
+                }
+            }
+        }
+    }
+
+    /// Complete a TLS handshake under the route's deadline; the stream and the client
+    /// certificate's subject (empty without one), or the refusal counted.
+    async fn finish_tls<F>(
+        &self,
+        handshake: F,
+        client: SocketAddr,
+    ) -> Option<(TlsStream<TcpStream>, String)>
+    where
+        F: std::future::Future<Output = Result<TlsStream<TcpStream>, (Refusal, String)>>,
+    {
+        let tls = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err((why, detail))) => {
+                self.refuse(why, client, &detail);
+                return None;
+            }
+            Err(_) => {
+                self.refuse(Refusal::HandshakeTimeout, client, "TLS handshake");
+                return None;
+            }
+        };
+        let subject = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| subject_of(c.as_ref()))
+            .unwrap_or_default();
+        Some((tls, subject))
     }
 
     async fn relay<IO>(
