@@ -199,13 +199,10 @@ pub async fn serve_https(
                     if let Some(route) =
                         hello.server_name.as_deref().and_then(|n| sni_routes.get(n))
                     {
-                        // The route's own per-IP cap and deadline apply from here.
+                        // The route's own per-IP cap and deadline apply from here; like any
+                        // TCP session it is not cut at shutdown, only at the drain deadline.
                         drop(slot);
-                        tokio::select! {
-                            _ = route.clone().handle_hello(hello, peer) => {}
-                            _ = shutdown.cancelled() => {}
-                        }
-                        return;
+                        return route.clone().handle_hello(hello, peer).await;
                     }
                     tokio_rustls::StartHandshake::from_parts(hello.accepted, hello.tcp)
                         .into_stream(acceptor.config().clone())

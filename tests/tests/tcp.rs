@@ -475,3 +475,64 @@ netwall_tests::over_every_transport! {
         assert_eq!(count("sni:other.test", "relayed"), 1.0, "{m}");
     }
 }
+
+/// PING on a raw Redis connection; the answer.
+async fn ping(s: &mut tokio::net::TcpStream) -> [u8; 7] {
+    s.write_all(b"PING\r\n").await.expect("send");
+    let mut pong = [0u8; 7];
+    s.read_exact(&mut pong).await.expect("PONG");
+    pong
+}
+
+#[tokio::test]
+async fn at_shutdown_the_port_closes_and_open_sessions_carry_on_until_the_drain_deadline() {
+    init_logs();
+    let redis = start_redis().await;
+    let pki = Pki::new();
+    let toml = pki
+        .gateway_toml(&tcp_route(
+            "127.0.0.1:0",
+            "cache",
+            "allow_ips = [\"127.0.0.1\"]",
+        ))
+        .replace("drain_timeout = \"10s\"", "drain_timeout = \"2s\"");
+    let gateway = start_gateway(&toml).await;
+    let services = format!("cache = \"tcp+unix:{}\"", redis.socket.display());
+    let _connector = start_connector(
+        &pki.connector_toml_for(&gateway, &services, ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    let addr = gateway.tcp_addrs[0];
+    let mut session = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(&ping(&mut session).await, b"+PONG\r\n");
+
+    let token = gateway.shutdown_token();
+    let started = tokio::time::Instant::now();
+    let stopping = tokio::spawn(gateway.shutdown());
+    token.cancelled().await;
+    wait_until(
+        Duration::from_secs(5),
+        "the route's port to close",
+        || async move { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+    // The open session still answers while the gateway drains...
+    assert_eq!(&ping(&mut session).await, b"+PONG\r\n");
+    // ...and is closed once the drain deadline passes, which shutdown reports.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(15), session.read_to_end(&mut rest)).await;
+    assert!(
+        end.is_ok(),
+        "the session outlived the drain deadline by 13 s"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed {:?} into a 2 s drain",
+        started.elapsed()
+    );
+    assert!(
+        !stopping.await.expect("shutdown task"),
+        "an open session is not drained"
+    );
+}

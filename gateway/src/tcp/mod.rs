@@ -19,7 +19,8 @@ use relay::TcpRoute;
 /// busy loop.
 const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Accept on `listener` until shutdown; each connection runs as its own task.
+/// Accept on `listener` until shutdown (the port then closes); each connection runs as its own
+/// task, tracked by `tasks` so that shutdown waits for it up to the drain deadline.
 pub async fn serve(
     route: Arc<TcpRoute>,
     listener: TcpListener,
@@ -39,15 +40,8 @@ pub async fn serve(
             _ = shutdown.cancelled() => return,
         };
         let span = debug_span!("tcp", route = %route.name, client = %client);
-        let (route, shutdown) = (route.clone(), shutdown.clone());
-        tasks.spawn(
-            async move {
-                tokio::select! {
-                    _ = route.handle(tcp, client) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            }
-            .instrument(span),
-        );
+        // Not cut at shutdown: a raw stream has no way to be told to finish, so an open
+        // session carries on until it ends or the drain deadline closes the tunnels.
+        tasks.spawn(route.clone().handle(tcp, client).instrument(span));
     }
 }
