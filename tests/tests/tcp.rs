@@ -536,3 +536,113 @@ async fn at_shutdown_the_port_closes_and_open_sessions_carry_on_until_the_drain_
         "an open session is not drained"
     );
 }
+
+/// A gateway and connector over the running test's transport with one TCP route, admitted by
+/// address, to the service at `service`.
+async fn tcp_stack(
+    pki: &Pki,
+    service: SocketAddr,
+) -> (
+    netwall_gateway::RunningGateway,
+    netwall_connector::RunningConnector,
+) {
+    let gateway = start_gateway(&pki.gateway_toml(&tcp_route(
+        "127.0.0.1:0",
+        "svc",
+        "allow_ips = [\"127.0.0.1\"]",
+    )))
+    .await;
+    let connector = start_connector(
+        &pki.connector_toml_for(&gateway, &format!("svc = \"tcp://{service}\""), ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    (gateway, connector)
+}
+
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn a_service_half_close_still_receives_what_the_client_sends_after_it() {
+        init_logs();
+        // A service that says its piece, shuts down its sending side, then reads to the end.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let service = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            s.write_all(b"greeting, then silence").await.expect("greet");
+            s.shutdown().await.expect("half-close");
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got).await;
+            let _ = tx.send(got);
+        });
+        let pki = Pki::new();
+        let (gateway, _connector) = tcp_stack(&pki, service).await;
+        let mut s = tokio::net::TcpStream::connect(gateway.tcp_addrs[0]).await.expect("connect");
+        let mut greeting = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut greeting))
+            .await
+            .expect("the service's end in time")
+            .expect("read");
+        assert_eq!(greeting, b"greeting, then silence");
+        // The client's side is still open: what it sends now reaches the service.
+        let late = vec![b'z'; 300 * 1024];
+        s.write_all(&late).await.expect("send after the service's half-close");
+        s.shutdown().await.expect("close");
+        let got = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("the service's read in time")
+            .expect("service task");
+        assert_eq!(got.len(), late.len());
+    }
+}
+
+netwall_tests::over_every_transport! {
+    #[tokio::test]
+    async fn a_client_that_stops_reading_stops_the_service_not_the_gateways_memory() {
+        init_logs();
+        // A service that writes as fast as it is let, and says how much it wrote before a
+        // write stayed blocked for 2 s.
+        const CHUNK: usize = 64 * 1024;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let service = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let chunk = vec![b'x'; CHUNK];
+            let mut written = 0usize;
+            while let Ok(r) = tokio::time::timeout(Duration::from_secs(2), s.write_all(&chunk)).await {
+                r.expect("write");
+                written += CHUNK;
+            }
+            let _ = tx.send(written);
+            // Then one more chunk once the client reads again, and the end. (The write that
+            // timed out may have sent part of its chunk.)
+            s.write_all(&chunk).await.expect("write after the client reads again");
+            s.shutdown().await.expect("end");
+        });
+        let pki = Pki::new();
+        let (gateway, _connector) = tcp_stack(&pki, service).await;
+        let mut s = tokio::net::TcpStream::connect(gateway.tcp_addrs[0]).await.expect("connect");
+        let written = tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .expect("the service blocked")
+            .expect("service task");
+        // Socket buffers on four sockets and the tunnel stream's window, not more: nothing
+        // on the way buffers without bound for a client that does not read.
+        assert!(written < 48 << 20, "{} MiB went out to a client that reads nothing", written >> 20);
+        assert!(written > 0);
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+            .await
+            .expect("the bytes flow again")
+            .expect("read");
+        assert!(
+            (written + CHUNK..written + 2 * CHUNK).contains(&got.len()),
+            "{} bytes received, {written} written before the stall",
+            got.len()
+        );
+        assert!(got.iter().all(|b| *b == b'x'));
+        eprintln!("{} KiB in flight before the service was held back", written >> 10);
+    }
+}
