@@ -497,6 +497,27 @@ fn wall(transport: &'static str) {
     assert_eq!(answers[1].text(), "through the wall");
 
     walled_databases_answer_only_our_certificate(&topo, &pki, &certs, &pg);
+    // Each session is in the gateway's log with the client and its certificate's subject.
+    let log = std::fs::read_to_string(dir.join("gateway.log")).expect("gateway log");
+    let sessions: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "TCP connection relayed")
+        .collect();
+    assert_eq!(
+        sessions.len(),
+        3,
+        "two redis-cli and one psql session: {log}"
+    );
+    for v in &sessions {
+        assert_eq!(v["subject"], "CN=admin", "{v}");
+        assert!(
+            v["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(&format!("{INTERNET}:"))),
+            "{v}"
+        );
+    }
 
     // Nothing in the container listens off loopback.
     let ss = Command::new("ip")

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tracing::debug;
+use tracing::info;
 
 use super::config::{StartTls, TcpRouteConfig};
 use super::sni::{Hello, Replayed};
@@ -264,7 +264,9 @@ impl TcpRoute {
             Err(_) => return self.refuse(Refusal::ServiceTimeout, client, "connect timeout"),
         };
         self.count("relayed");
-        debug!(route = %self.name, %client, subject = %subject, "TCP connection relayed");
+        // One line at each end of every session: who reached which service, and for how long
+        // (database sessions are few and long; this is their access log).
+        info!(route = %self.name, %client, subject = %subject, service = %self.cfg.service, "TCP connection relayed");
         let active = self
             .metrics
             .tcp_active
@@ -279,13 +281,21 @@ impl TcpRoute {
             inner: io,
             seen: seen.clone(),
         };
-        tokio::select! {
-            _ = pipe_upgraded(tracked, writer, reader) => {}
-            _ = idle(&seen, self.cfg.idle_timeout) => {
-                debug!(route = %self.name, %client, "TCP connection idle; closed");
-            }
-        }
+        let ended = tokio::select! {
+            _ = pipe_upgraded(tracked, writer, reader) => "closed",
+            _ = idle(&seen, self.cfg.idle_timeout) => "idle_timeout",
+        };
         active.dec();
+        info!(
+            route = %self.name,
+            %client,
+            subject = %subject,
+            ended,
+            to_service = seen.read.load(Ordering::Relaxed),
+            to_client = seen.written.load(Ordering::Relaxed),
+            seconds = started.elapsed().as_secs_f64(),
+            "TCP connection ended"
+        );
         let dir = |direction| TcpDirLabel {
             route: self.name.clone(),
             direction,
