@@ -431,6 +431,80 @@ pub struct RouteConfig {
     /// HTTP rate limit for this route (off by default).
     #[serde(default)]
     pub rate_limit: Option<Spanned<RateLimitConfig>>,
+    /// CORS answered at the edge (off by default: the service's own headers pass).
+    #[serde(default)]
+    pub cors: Option<Spanned<CorsConfig>>,
+    /// Response headers the edge sets or removes.
+    #[serde(default)]
+    pub headers: Option<Spanned<ResponseHeadersConfig>>,
+}
+
+/// `[route.cors]`: which other origins' pages may call this route, answered at the edge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// `https://app.example.com`, `https://*.example.com` (scheme-specific), or `"*"`.
+    pub allowed_origins: Vec<String>,
+    /// Methods a cross-origin request may use.
+    #[serde(default = "default_cors_methods")]
+    pub allowed_methods: Vec<String>,
+    /// Request headers a cross-origin request may send beyond the CORS-safelisted ones.
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    /// Response headers a cross-origin page may read beyond the safelisted ones.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Cookies and HTTP authentication cross with the request (not with `"*"`).
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight's answer.
+    #[serde(default = "default_cors_max_age", deserialize_with = "duration")]
+    pub max_age: Duration,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].map(String::from).to_vec()
+}
+
+fn default_cors_max_age() -> Duration {
+    crate::policy::cors::DEFAULT_CORS_MAX_AGE
+}
+
+impl CorsConfig {
+    /// The policy, parsed.
+    pub fn policy(&self) -> Result<crate::policy::cors::Cors, String> {
+        crate::policy::cors::Cors::new(
+            &self.allowed_origins,
+            &self.allowed_methods,
+            &self.allowed_headers,
+            &self.expose_headers,
+            self.allow_credentials,
+            self.max_age,
+        )
+    }
+}
+
+/// `[route.headers]`: response headers set (`set = { "x-frame-options" = "DENY" }`) or
+/// removed (`remove = ["server"]`) on the service's responses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseHeadersConfig {
+    /// Header name to value; replaces whatever the service sent.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Header names removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+impl ResponseHeadersConfig {
+    /// The policy, parsed.
+    pub fn policy(&self) -> Result<crate::policy::response_headers::ResponseHeaders, String> {
+        crate::policy::response_headers::ResponseHeaders::new(
+            self.set.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.remove.iter().map(String::as_str),
+        )
+    }
 }
 
 /// `[route.rate_limit]`: requests per window, keyed by client IP or JWT subject.
@@ -902,6 +976,16 @@ fn validate_route(
     names: &std::collections::HashSet<&str>,
     errs: &mut Vec<ConfigError>,
 ) {
+    if let Some(c) = &r.cors
+        && let Err(e) = c.get_ref().policy()
+    {
+        errs.push(at.error(Some(c.span()), &format!("route[{i}].cors"), &e));
+    }
+    if let Some(h) = &r.headers
+        && let Err(e) = h.get_ref().policy()
+    {
+        errs.push(at.error(Some(h.span()), &format!("route[{i}].headers"), &e));
+    }
     if let Err(e) = crate::policy::host::HostPattern::parse(r.host.get_ref()) {
         errs.push(at.error(Some(r.host.span()), &format!("route[{i}].host"), &e));
     }

@@ -31,6 +31,7 @@ use tracing::{Instrument, debug};
 
 use crate::auth::{Auth, AuthError, Identity, Revocations};
 use crate::metrics::{Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
+use crate::policy::cors::Preflight;
 use crate::policy::headers::{
     HeaderError, check_limits, drop_underscored, join_cookies, request_host, strip_edge_owned,
 };
@@ -189,6 +190,26 @@ impl Proxy {
         if req.method() == Method::TRACE && !route.allow_trace {
             return Err(refused(EdgeError::MethodNotAllowed, "trace", peer));
         }
+        // A preflight carries no credentials: it is answered before auth, at the edge.
+        let origin = match &route.cors {
+            Some(cors) => match cors.preflight(req.method(), req.headers()) {
+                Preflight::No => req.headers().get(header::ORIGIN).cloned(),
+                Preflight::Allowed(headers) => {
+                    let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                    *resp.headers_mut() = headers;
+                    if let Some(h) = &route.response_headers {
+                        h.apply(resp.headers_mut());
+                    }
+                    return Ok(resp);
+                }
+                Preflight::Refused(why) => {
+                    crate::security_event!(event = "cors_refused", route = %route.name, client = %peer, reason = why, origin = ?req.headers().get(header::ORIGIN));
+                    return Err(EdgeError::CorsRefused);
+                }
+            },
+            None => None,
+        };
         join_cookies(req.headers_mut());
         if !route.allow_underscores_in_headers {
             drop_underscored(req.headers_mut());
@@ -318,6 +339,12 @@ impl Proxy {
         let mut headers =
             to_header_map(&head.headers).map_err(|_| EdgeError::BadServiceResponse)?;
         strip_hop_by_hop(&mut headers, false);
+        if let Some(cors) = &route.cors {
+            cors.apply(origin.as_ref(), &mut headers);
+        }
+        if let Some(h) = &route.response_headers {
+            h.apply(&mut headers);
+        }
         let guard = ResponseGuard {
             _lease: lease,
             bytes: self.to_client_bytes(&route),

@@ -60,6 +60,8 @@ pub enum EdgeError {
     BadRequestBody,
     /// A WebSocket from an origin outside the route's allow-list.
     OriginNotAllowed,
+    /// A CORS preflight the route's `[route.cors]` does not allow.
+    CorsRefused,
 }
 
 /// Body of the 403 sent for a disallowed WebSocket origin (a JSON close-code style answer
@@ -101,7 +103,7 @@ impl EdgeError {
             EdgeError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             EdgeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            EdgeError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            EdgeError::OriginNotAllowed | EdgeError::CorsRefused => StatusCode::FORBIDDEN,
         }
     }
 
@@ -128,6 +130,7 @@ impl EdgeError {
             EdgeError::RateLimited { .. } => "rate_limited",
             EdgeError::BadRequestBody => "bad_body",
             EdgeError::OriginNotAllowed => "origin",
+            EdgeError::CorsRefused => "cors_refused",
         }
     }
 
@@ -158,6 +161,7 @@ impl EdgeError {
             EdgeError::RateLimited { .. } => "429 too many requests: rate limit exceeded\n",
             EdgeError::BadRequestBody => "400 bad request: malformed request body\n",
             EdgeError::OriginNotAllowed => ORIGIN_REJECTED_BODY,
+            EdgeError::CorsRefused => "403 forbidden: cross-origin request not allowed\n",
         }
     }
 

@@ -42,6 +42,10 @@ pub struct Route {
     pub allow_underscores_in_headers: bool,
     /// HTTP rate limit.
     pub rate_limit: Option<RouteRateLimit>,
+    /// CORS answered at the edge.
+    pub cors: Option<crate::policy::cors::Cors>,
+    /// Response headers set and removed.
+    pub response_headers: Option<crate::policy::response_headers::ResponseHeaders>,
 }
 
 /// A route's HTTP rate limit.
@@ -159,6 +163,22 @@ impl RouteTable {
                     Some(rl) => Some(rate_limit(rl.get_ref()).ok_or(format!(
                         "route[{i}].rate_limit: the limit cannot be expressed"
                     ))?),
+                    None => None,
+                },
+                cors: match &r.cors {
+                    Some(c) => Some(
+                        c.get_ref()
+                            .policy()
+                            .map_err(|e| format!("route[{i}].cors: {e}"))?,
+                    ),
+                    None => None,
+                },
+                response_headers: match &r.headers {
+                    Some(h) => Some(
+                        h.get_ref()
+                            .policy()
+                            .map_err(|e| format!("route[{i}].headers: {e}"))?,
+                    ),
                     None => None,
                 },
             });

@@ -118,6 +118,14 @@ pub async fn handle(
             );
             r
         }
+        "/cors-page" => {
+            let mut r = full(StatusCode::OK, CORS_PAGE);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
         "/ws-stats" => {
             let (messages, bytes) = ws_stats(&name);
             full(
@@ -169,6 +177,18 @@ const ws = new WebSocket("wss://" + host + "/ws");
 ws.onopen = () => ws.send("hello from a browser");
 ws.onmessage = (e) => { document.title = "ok:" + e.data + "|" + ws.extensions; ws.close(1000, "done"); };
 ws.onclose = (e) => { if (!document.title.startsWith("ok:")) document.title = "closed:" + e.code; };
+</script></body></html>"#;
+
+/// A page whose script POSTs with a custom header (so the browser sends a preflight first) to
+/// `https://TARGET:PORT/echo` (TARGET from `?target=`) and reports in the title: `ok:<body>`,
+/// or `closed:<error name>` when the browser's CORS check blocks the answer.
+const CORS_PAGE: &str = r#"<!doctype html><html><head><title>pending</title></head><body><script>
+const params = new URLSearchParams(location.search);
+const url = "https://" + params.get("target") + ":" + location.port + "/echo";
+fetch(url, { method: "POST", headers: { "x-api-key": "k", "content-type": "text/plain" }, body: "crossed" })
+  .then((r) => r.text())
+  .then((t) => { document.title = "ok:" + t; })
+  .catch((e) => { document.title = "closed:" + e.name; });
 </script></body></html>"#;
 
 /// WebSocket messages and bytes received, per sample name (tests share one process).

@@ -161,3 +161,57 @@ async fn chromium_opens_a_websocket_through_the_tunnel_and_the_origin_list_holds
     );
     assert_eq!(netwall_tests::sample::ws_stats("browser").0, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_calls_an_api_from_an_allowed_origin_and_is_blocked_from_another() {
+    init_logs();
+    let pki = Pki::new();
+    let sample = start_sample("cors-api").await;
+    // Pages on app.test and evil.test; an API on api.test that lets app.test's pages call it.
+    let page =
+        |host: &str| format!("[[route]]\nhost = \"{host}\"\ntunnel = \"app\"\nservice = \"web\"\n");
+    let gateway_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let api = format!(
+        "[[route]]\nhost = \"api.test\"\ntunnel = \"app\"\nservice = \"web\"\n\
+         [route.cors]\nallowed_origins = [\"https://app.test:{gateway_port}\"]\nallowed_methods = [\"POST\"]\nallowed_headers = [\"x-api-key\", \"content-type\"]\n"
+    );
+    let routes = page("app.test") + &page("evil.test") + &api;
+    let toml = pki.gateway_toml(&routes).replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{gateway_port}\""),
+        1,
+    );
+    let gateway = start_gateway(&toml).await;
+    let _c = start_connector(
+        &pki.connector_toml_for(&gateway, &format!("web = \"http://{sample}\""), ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    assert_eq!(gateway.https_addr.port(), gateway_port);
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = chromium(
+        &format!("https://app.test:{gateway_port}/cors-page?target=api.test"),
+        profile.path(),
+    );
+    assert_eq!(page_title(&browser).await, "ok:crossed");
+    drop(browser);
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = chromium(
+        &format!("https://evil.test:{gateway_port}/cors-page?target=api.test"),
+        profile.path(),
+    );
+    assert_eq!(page_title(&browser).await, "closed:TypeError");
+    drop(browser);
+    // The other page's preflight was refused at the edge: its POST was never sent.
+    let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+    assert_eq!(
+        metric(&m, "netwall_rejections_total{reason=\"cors_refused\"}"),
+        1.0,
+        "{m}"
+    );
+}

@@ -9,16 +9,22 @@
 //! route (host, path without ;params) -> 404
 //! headers: cookie crumbs joined, `_` names dropped, count and bytes -> 431
 //! upgrade: `websocket` only, others stripped
+//! CORS preflight (policy::cors) -> 204 answered at the edge, or 403
 //! auth (JWT) -> 401;  rate limit (per route, by IP or `sub`) -> 429
 //! ```
+//!
+//! On the way back, a route's CORS headers (policy::cors) and `[route.headers]`
+//! (policy::response_headers) are applied to the service's response.
 //!
 //! Connection-level limits (per-IP connection count) act earlier, at accept.
 
 pub mod conn_limit;
+pub mod cors;
 pub mod deflate;
 pub mod headers;
 pub mod host;
 pub mod origin;
 pub mod path;
 pub mod rate_limit;
+pub mod response_headers;
 pub mod ws_frames;
