@@ -182,8 +182,17 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     // Public certificates.
     let mut entries = Vec::new();
     let mut https_cert_pem = None;
+    let expires = |listener: &'static str, file: String, pair: &CertPair| {
+        if let Some(t) = pair.not_after_unix() {
+            metrics
+                .certificate_not_after
+                .get_or_create(&metrics::CertificateLabel { listener, file })
+                .set(i64::try_from(t).unwrap_or(i64::MAX));
+        }
+    };
     for c in &config.https.certificates {
         let pair = CertPair::load(&resolve(c.cert.get_ref()), &resolve(c.key.get_ref()))?;
+        expires("https", c.cert.get_ref().display().to_string(), &pair);
         let hosts = c
             .hosts
             .iter()
@@ -204,14 +213,23 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         names.sort();
         names.dedup();
         let pair = CertPair::self_signed(&names)?;
+        expires("https", "generated".into(), &pair);
         https_cert_pem = pair.generated_pem.clone();
         entries.push((vec![HostPattern::Any], pair));
     }
     // Tunnel certificate.
     let tl = &config.tunnel_listener;
     let tunnel_pair = match (&tl.cert, &tl.key) {
-        (Some(c), Some(k)) => CertPair::load(&resolve(c.get_ref()), &resolve(k.get_ref()))?,
-        _ => CertPair::self_signed(&tl.self_signed_names)?,
+        (Some(c), Some(k)) => {
+            let pair = CertPair::load(&resolve(c.get_ref()), &resolve(k.get_ref()))?;
+            expires("tunnel", c.get_ref().display().to_string(), &pair);
+            pair
+        }
+        _ => {
+            let pair = CertPair::self_signed(&tl.self_signed_names)?;
+            expires("tunnel", "generated".into(), &pair);
+            pair
+        }
     };
     let tcp_entries = entries.clone();
     let mut resolver = SniResolver::new(entries)?;

@@ -79,6 +79,15 @@ pub struct WsCloseLabel {
     pub code: u16,
 }
 
+/// Label: a certificate the gateway serves.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    /// `https` (with the certificate's file) or `tunnel`.
+    pub listener: &'static str,
+    /// The certificate file, or `generated` for a self-signed one.
+    pub file: String,
+}
+
 /// Label: a TCP route and how one of its connections ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpResultLabel {
@@ -116,6 +125,8 @@ pub struct Metrics {
     pub tunnel_in_flight: Family<TunnelLabel, Gauge>,
     /// Tunnel handshakes by outcome.
     pub tunnel_handshakes: Family<ResultLabel, Counter>,
+    /// When each served certificate expires (Unix seconds), for expiry alerts.
+    pub certificate_not_after: Family<CertificateLabel, Gauge>,
     /// Body bytes relayed per tunnel and direction.
     pub tunnel_bytes: Family<TunnelDirLabel, Counter>,
     /// Open WebSockets per route.
@@ -169,6 +180,7 @@ impl Metrics {
             ws_bytes: Family::default(),
             ws_duration_seconds: Histogram::new(duration_buckets()),
             spikes: Counter::default(),
+            certificate_not_after: Family::default(),
             tcp_connections: Family::default(),
             tcp_active: Family::default(),
             tcp_bytes: Family::default(),
@@ -249,6 +261,11 @@ impl Metrics {
             "websocket_duration_seconds",
             "How long WebSockets stayed open",
             m.ws_duration_seconds.clone(),
+        );
+        registry.register(
+            "certificate_not_after_seconds",
+            "When each certificate the gateway serves expires, in seconds since the Unix epoch",
+            m.certificate_not_after.clone(),
         );
         registry.register(
             "connection_spikes",

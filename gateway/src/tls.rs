@@ -47,6 +47,22 @@ pub struct CertPair {
     pub generated_pem: Option<String>,
 }
 
+impl CertPair {
+    /// When the leaf certificate expires, in seconds since the Unix epoch, if it parses.
+    pub fn not_after_unix(&self) -> Option<u64> {
+        use x509_cert::der::Decode;
+        let leaf = self.chain.first()?;
+        let cert = x509_cert::Certificate::from_der(leaf.as_ref()).ok()?;
+        Some(
+            cert.tbs_certificate
+                .validity
+                .not_after
+                .to_unix_duration()
+                .as_secs(),
+        )
+    }
+}
+
 impl Clone for CertPair {
     fn clone(&self) -> Self {
         CertPair {

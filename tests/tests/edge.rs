@@ -789,3 +789,26 @@ fn self_signed_development_certificates_expire_in_90_days() {
     assert!(check(89 * 86_400), "expires within 89 days");
     assert!(!check(91 * 86_400), "still valid after 91 days");
 }
+
+#[tokio::test]
+async fn every_served_certificate_reports_when_it_expires() {
+    init_logs();
+    let pki = Pki::new();
+    let gateway = start_gateway(&pki.gateway_toml("")).await;
+    let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    for (listener, file) in [("https", &pki.https_cert), ("tunnel", &pki.tunnel_cert)] {
+        let sample = format!(
+            "netwall_certificate_not_after_seconds{{listener=\"{listener}\",file=\"{}\"}}",
+            file.display()
+        );
+        // The test CA's certificates are valid for years.
+        assert!(
+            metric(&m, &sample) > now + 365.0 * 86400.0,
+            "{sample} in {m}"
+        );
+    }
+}

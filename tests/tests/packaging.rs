@@ -1,5 +1,7 @@
-//! The shipped systemd units: every directive is one systemd knows, and `systemd-analyze
-//! security` rates each unit's exposure "OK" or better (below 2.0 of 10).
+//! What operators install beside the binaries: the systemd units (every directive one systemd
+//! knows, `systemd-analyze security` rating each "OK" or better, below 2.0 of 10) and the
+//! Prometheus alert rules (`promtool check rules`, and `promtool test rules` on the metrics
+//! series a gateway exports).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,12 +30,21 @@ fn exposure(name: &str) -> (f64, String) {
     assert!(out.status.success(), "systemd-analyze failed: {text}");
     // Typos and directives this systemd does not know are warnings here, and would be
     // silently ignored on a real host: refuse them.
-    for bad in ["Unknown key", "Unknown section", "Failed to parse", "Invalid"] {
+    for bad in [
+        "Unknown key",
+        "Unknown section",
+        "Failed to parse",
+        "Invalid",
+    ] {
         assert!(!text.contains(bad), "{name}: {bad}: {text}");
     }
     let level = text
         .lines()
-        .find_map(|l| l.split_once("Overall exposure level for ")?.1.split_once(": "))
+        .find_map(|l| {
+            l.split_once("Overall exposure level for ")?
+                .1
+                .split_once(": ")
+        })
         .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in: {text}"));
     (level, text)
@@ -58,4 +69,50 @@ fn the_connector_unit_is_sandboxed_with_no_capability_at_all() {
         "{text}"
     );
     eprintln!("connector unit exposure {level}");
+}
+
+/// Run `promtool` in `ops/prometheus` with `args`; its output, after checking it succeeded.
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/prometheus"))
+        .output()
+        .expect("promtool (ops/test installs Debian's prometheus)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}: {text}");
+    text
+}
+
+#[test]
+fn the_alert_rules_are_valid_and_fire_as_their_unit_tests_say() {
+    let checked = promtool(&["check", "rules", "netwall-alerts.yml"]);
+    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
+    let tested = promtool(&["test", "rules", "netwall-alerts.test.yml"]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+#[test]
+fn the_alert_rules_read_metrics_the_gateway_exports() {
+    // Every netwall_ series an alert reads is one the gateway registers.
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/prometheus/netwall-alerts.yml"),
+    )
+    .expect("rules");
+    let exported = netwall_gateway::metrics::Metrics::new().encode();
+    let mut read = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(name) = word.strip_prefix("netwall_") {
+            read += 1;
+            let family = name.trim_end_matches("_total");
+            assert!(
+                exported.contains(&format!("# TYPE netwall_{family} ")),
+                "the rules read netwall_{name}, which the gateway does not export:\n{exported}"
+            );
+        }
+    }
+    assert!(read >= 8, "{read} metric references");
 }
