@@ -646,3 +646,56 @@ netwall_tests::over_every_transport! {
         eprintln!("{} KiB in flight before the service was held back", written >> 10);
     }
 }
+
+#[tokio::test]
+async fn a_route_full_of_sessions_closes_the_next_at_accept_and_takes_one_when_a_place_frees() {
+    init_logs();
+    let redis = start_redis().await;
+    let pki = Pki::new();
+    let gateway = start_gateway(&pki.gateway_toml(&tcp_route(
+        "127.0.0.1:0",
+        "cache",
+        "allow_ips = [\"127.0.0.1\"]\nmax_connections = 2",
+    )))
+    .await;
+    let services = format!("cache = \"tcp+unix:{}\"", redis.socket.display());
+    let _connector = start_connector(
+        &pki.connector_toml_for(&gateway, &services, ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    let addr = gateway.tcp_addrs[0];
+    let mut first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(&ping(&mut first).await, b"+PONG\r\n");
+    assert_eq!(&ping(&mut second).await, b"+PONG\r\n");
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest))
+        .await
+        .expect("closed at once");
+    assert!(n.map(|n| n == 0).unwrap_or(true), "{rest:?}");
+    drop(first);
+    // The freed place is taken by the next client once the first session has ended.
+    wait_until(
+        Duration::from_secs(10),
+        "a place on the route",
+        || async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                return false;
+            };
+            if s.write_all(b"PING\r\n").await.is_err() {
+                return false;
+            }
+            let mut pong = [0u8; 7];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut pong)).await,
+                Ok(Ok(_))
+            ) && &pong == b"+PONG\r\n"
+        },
+    )
+    .await;
+    let m = metrics_text(gateway.admin_addr.expect("admin")).await;
+    assert!(tcp_metric(&m, addr, "route_full") >= 1.0, "{m}");
+    assert_eq!(&ping(&mut second).await, b"+PONG\r\n");
+}

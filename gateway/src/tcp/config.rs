@@ -17,6 +17,11 @@ use toml::Spanned;
 /// application fits; one address cannot take every socket of the listener.
 pub const DEFAULT_TCP_MAX_CONNECTIONS_PER_IP: usize = 64;
 
+/// Concurrent connections on one TCP route, from everyone: a database fronted by the edge
+/// takes hundreds of sessions at most, and unauthenticated handshakes from many addresses
+/// must not take every file descriptor of the gateway.
+pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 4096;
+
 /// A TCP connection with no byte either way for this long is closed: database sessions sit
 /// idle for minutes between queries, but a dead client must not hold its slot for ever.
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -24,6 +29,9 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long the connector has to reach the service and say so.
 pub const DEFAULT_TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+fn default_max_connections() -> usize {
+    DEFAULT_TCP_MAX_CONNECTIONS
+}
 fn default_max_per_ip() -> usize {
     DEFAULT_TCP_MAX_CONNECTIONS_PER_IP
 }
@@ -66,6 +74,9 @@ pub struct TcpRouteConfig {
     /// Concurrent connections per client IP.
     #[serde(default = "default_max_per_ip")]
     pub max_connections_per_ip: usize,
+    /// Concurrent connections on the route in all; more are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Close a connection after this long without a byte either way.
     #[serde(default = "default_idle", deserialize_with = "duration")]
     pub idle_timeout: Duration,
@@ -226,6 +237,13 @@ pub fn validate(
         if let Err(e) = parse_network(s.get_ref()) {
             errs.push(at.error(Some(s.span()), &key("allow_ips"), &e));
         }
+    }
+    if r.max_connections == 0 {
+        errs.push(at.error(
+            Some(r.span()),
+            &key("max_connections"),
+            "must be at least 1",
+        ));
     }
     if r.max_connections_per_ip == 0 {
         errs.push(at.error(

@@ -36,9 +36,16 @@ pub struct TcpRoute {
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     slots: Arc<SlotTable<IpAddr>>,
+    open: Arc<tokio::sync::Semaphore>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     codec: Codec,
+}
+
+/// A connection's places under the per-IP and per-route caps.
+struct Admitted {
+    _slot: crate::policy::conn_limit::Slot<IpAddr>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Why a connection went no further; each is a metric label.
@@ -46,6 +53,7 @@ pub struct TcpRoute {
 enum Refusal {
     Ip,
     PerIp,
+    RouteFull,
     Certificate,
     TlsNotRequested,
     HandshakeTimeout,
@@ -60,6 +68,7 @@ impl Refusal {
         match self {
             Refusal::Ip => "ip_refused",
             Refusal::PerIp => "too_many_connections",
+            Refusal::RouteFull => "route_full",
             Refusal::Certificate => "certificate_refused",
             Refusal::TlsNotRequested => "tls_not_requested",
             Refusal::HandshakeTimeout => "handshake_timeout",
@@ -86,6 +95,7 @@ impl TcpRoute {
         TcpRoute {
             name,
             networks: cfg.networks(),
+            open: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
             cfg,
             tls,
             handshake_timeout,
@@ -111,18 +121,26 @@ impl TcpRoute {
         crate::security_event!(event = "tcp_refused", route = %self.name, client = %client, reason = why.label(), detail = %detail);
     }
 
-    /// The address check and the per-IP cap; the slot is held for the connection's life.
-    fn admit(&self, client: SocketAddr) -> Option<crate::policy::conn_limit::Slot<IpAddr>> {
+    /// The address check, the per-IP cap and the route's cap; what it returns is held for
+    /// the connection's life.
+    fn admit(&self, client: SocketAddr) -> Option<Admitted> {
         let ip = client.ip();
         if !self.networks.is_empty() && !self.networks.iter().any(|n| n.contains(&ip)) {
             self.refuse(Refusal::Ip, client, "address not in allow_ips");
             return None;
         }
-        let slot = self.slots.claim(ip, self.cfg.max_connections_per_ip);
-        if slot.is_none() {
+        let Some(slot) = self.slots.claim(ip, self.cfg.max_connections_per_ip) else {
             self.refuse(Refusal::PerIp, client, "per-IP connection cap");
-        }
-        slot
+            return None;
+        };
+        let Ok(permit) = self.open.clone().try_acquire_owned() else {
+            self.refuse(Refusal::RouteFull, client, "route connection cap");
+            return None;
+        };
+        Some(Admitted {
+            _slot: slot,
+            _permit: permit,
+        })
     }
 
     /// Serve one connection accepted on the route's own listener to its end.
