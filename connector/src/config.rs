@@ -194,6 +194,10 @@ pub struct ConnectorConfig {
     /// How long shutdown waits for in-flight requests.
     #[serde(default = "d_drain", deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// File the connector keeps its status in (live tunnel connections, refreshed every few
+    /// seconds), for `netwall-connector probe`; none by default.
+    #[serde(default)]
+    pub status_file: Option<PathBuf>,
     /// Service name to local URL: `http://127.0.0.1:8080` or `unix:/run/app.sock` for HTTP
     /// services, `tcp://127.0.0.1:5432` or `tcp+unix:/run/pg.sock` for raw TCP ones.
     pub services: BTreeMap<String, Spanned<String>>,
@@ -306,6 +310,8 @@ pub struct Resolved {
     pub trust: Option<Trust>,
     /// Connector identity.
     pub connector_id: String,
+    /// Where the status is kept, resolved.
+    pub status_file: Option<PathBuf>,
 }
 
 impl ConnectorConfig {
@@ -495,7 +501,9 @@ impl ConnectorConfig {
         match (credential, trust) {
             (Some(c), trust) if errs.is_empty() && (trust.is_some() || !networked) => {
                 let connector_id = config.connector_id.clone().unwrap_or_else(host_name);
+                let status_file = config.status_file.as_deref().map(resolve);
                 Ok(Resolved {
+                    status_file,
                     config,
                     credential: Secret(c.into_bytes().into()),
                     services,

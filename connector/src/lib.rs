@@ -13,6 +13,7 @@ pub mod dial;
 pub mod local;
 pub mod proxy_v2;
 pub mod replay;
+pub mod status;
 pub mod tcp;
 pub mod ws;
 
@@ -125,6 +126,9 @@ pub fn start(resolved: Resolved) -> Result<RunningConnector, String> {
         transports,
         resolved,
     });
+    if let Some(path) = ctx.resolved.status_file.clone() {
+        tokio::spawn(keep_status(path, ctx.live.subscribe(), ctx.stop.clone()));
+    }
     let (fatal_tx, fatal) = watch::channel(None);
     let mut supervisors = Vec::new();
     for (addr, gw) in ctx
@@ -154,6 +158,38 @@ pub fn start(resolved: Resolved) -> Result<RunningConnector, String> {
         let _ = fatal_tx.send(Some(reasons.join("; ")));
     });
     Ok(RunningConnector { ctx, fatal })
+}
+
+/// Rewrite the status file at every change of the live count and every
+/// [`status::STATUS_REFRESH`], until stopped; then record no live connection.
+async fn keep_status(
+    path: std::path::PathBuf,
+    mut live: watch::Receiver<usize>,
+    stop: CancellationToken,
+) {
+    let write = |n: usize| {
+        let updated = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let text = status::Status { live: n, updated }.render();
+        // Written beside and renamed over, so a probe never reads half a file.
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+            warn!(path = %path.display(), error = %e, "cannot write the status file");
+        }
+    };
+    let mut tick = tokio::time::interval(status::STATUS_REFRESH);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = live.changed() => if changed.is_err() { break },
+            _ = stop.cancelled() => break,
+        }
+        let n = *live.borrow_and_update();
+        write(n);
+    }
+    write(0);
 }
 
 /// Keep one connection to `gw` up until drained; returns the error if the gateway rejected

@@ -26,12 +26,65 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Answer a probe from the status file a running connector keeps (`status_file`), and
+    /// exit: 0 when it holds, 1 when not. `live`: the connector is running; `ready`: it also
+    /// has a live tunnel connection.
+    #[arg(long, value_enum)]
+    probe: Option<Probe>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Probe {
+    Live,
+    Ready,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Json,
     Pretty,
+}
+
+/// `--probe`: read the status file and judge it.
+fn answer_probe(probe: Probe, file: Option<&std::path::Path>) -> ExitCode {
+    use netwall_connector::status::Status;
+    let Some(file) = file else {
+        eprintln!("netwall-connector: --probe needs status_file in the configuration");
+        return ExitCode::FAILURE;
+    };
+    let status = match std::fs::read_to_string(file) {
+        Ok(text) => Status::parse(&text),
+        Err(e) => {
+            println!("not live: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(status) = status else {
+        println!("not live: {} is not a status file", file.display());
+        return ExitCode::FAILURE;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (ok, what) = match probe {
+        Probe::Live => (status.is_fresh(now), "live"),
+        Probe::Ready => (status.is_ready(now), "ready"),
+    };
+    let age = now.saturating_sub(status.updated);
+    if ok {
+        println!(
+            "{what}: {} tunnel connections, status {age} s old",
+            status.live
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "not {what}: {} tunnel connections, status {age} s old",
+            status.live
+        );
+        ExitCode::FAILURE
+    }
 }
 
 /// Exit status when the gateway rejected the connector for good.
@@ -60,6 +113,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(probe) = cli.probe {
+        return answer_probe(probe, resolved.status_file.as_deref());
+    }
     if cli.check {
         println!(
             "{}: ok ({} services)",

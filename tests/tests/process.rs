@@ -448,3 +448,74 @@ async fn sigterm_closes_every_websocket_with_1001_then_exits() {
         Some(0)
     );
 }
+
+/// `netwall-connector --config FILE --probe KIND`: (exit success, its line).
+fn probe(config: &std::path::Path, credential: &str, kind: &str) -> (bool, String) {
+    let out = std::process::Command::new(bin("netwall-connector"))
+        .arg("--config")
+        .arg(config)
+        .args(["--probe", kind])
+        .env("NETWALL_CREDENTIAL", credential)
+        .output()
+        .expect("netwall-connector --probe");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_reads_the_running_connectors_status_ready_only_with_a_live_tunnel() {
+    init_logs();
+    let pki = Pki::new();
+    let status = pki.dir.path().join("connector.status");
+    let gateway = start_gateway(&pki.gateway_toml("")).await;
+    let toml = pki.connector_toml(
+        &[gateway.tunnel_addr],
+        "web = \"http://127.0.0.1:9\"",
+        &format!("status_file = \"{}\"", status.display()),
+    );
+    let file = pki.dir.path().join("connector.toml");
+    std::fs::write(&file, &toml).expect("write");
+    let connector = start_connector(&toml, &pki.credential);
+    wait_tunnel(&gateway, 1).await;
+    let ask = |kind: &'static str| {
+        let (file, credential) = (file.clone(), pki.credential.clone());
+        async move {
+            tokio::task::spawn_blocking(move || probe(&file, &credential, kind))
+                .await
+                .expect("probe task")
+        }
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the probe to find the tunnel",
+        || async { ask("ready").await.0 },
+    )
+    .await;
+    let (ok, line) = ask("ready").await;
+    assert!(
+        ok && line.starts_with("ready: 1 tunnel connections"),
+        "{line}"
+    );
+
+    // The gateway goes away: still live, no longer ready.
+    let _drained = gateway.shutdown().await;
+    wait_until(
+        Duration::from_secs(15),
+        "the probe to see the tunnel gone",
+        || async { !ask("ready").await.0 },
+    )
+    .await;
+    let (ok, line) = ask("live").await;
+    assert!(ok, "{line}");
+    drop(connector);
+
+    // A status the connector stopped refreshing is not live, whatever it says.
+    std::fs::write(&status, "live=3 updated=1000\n").expect("write");
+    let (ok, line) = ask("live").await;
+    assert!(!ok && line.starts_with("not live"), "{line}");
+    std::fs::remove_file(&status).expect("remove");
+    let (ok, line) = ask("ready").await;
+    assert!(!ok && line.starts_with("not live"), "{line}");
+}
