@@ -1,7 +1,8 @@
 //! What operators install beside the binaries: the systemd units (every directive one systemd
 //! knows, `systemd-analyze security` rating each "OK" or better, below 2.0 of 10) and the
 //! Prometheus alert rules (`promtool check rules`, and `promtool test rules` on the metrics
-//! series a gateway exports).
+//! series a gateway exports), and the Kubernetes sidecar manifest (the Kubernetes schemas,
+//! strictly, and the wall: no ingress, no port, no privilege).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -115,4 +116,48 @@ fn the_alert_rules_read_metrics_the_gateway_exports() {
         }
     }
     assert!(read >= 8, "{read} metric references");
+}
+
+#[test]
+fn the_kubernetes_sidecar_manifest_matches_the_schemas_and_admits_nothing_inbound() {
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/kubernetes/netwall-sidecar.yaml");
+    let validator = std::env::var("NETWALL_KUBERNETES_VALIDATE")
+        .unwrap_or_else(|_| "kubernetes-validate".into());
+    let out = Command::new(&validator)
+        .arg("--strict")
+        .arg(&manifest)
+        .output()
+        .unwrap_or_else(|e| panic!("{validator}: {e} (ops/test installs it from PyPI)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && !text.contains("ERROR"), "{text}");
+    for kind in [
+        "configmap/shop-connector",
+        "deployment/shop",
+        "networkpolicy/shop-deny-all-ingress",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {kind}")),
+            "{kind}: {text}"
+        );
+    }
+    let yaml = std::fs::read_to_string(&manifest).expect("manifest");
+    // The wall in the pod spec: all ingress denied, no port declared, nothing privileged.
+    assert!(
+        yaml.contains("policyTypes: [\"Ingress\"]\n  ingress: []"),
+        "{yaml}"
+    );
+    assert!(
+        !yaml.contains("containerPort"),
+        "a pod behind the wall declares no port"
+    );
+    assert!(!yaml.contains("hostNetwork"));
+    assert_eq!(yaml.matches("drop: [\"ALL\"]").count(), 2);
+    assert_eq!(yaml.matches("readOnlyRootFilesystem: true").count(), 2);
+    // The probes run the connector's own status check.
+    assert!(yaml.contains("\"--probe\", \"ready\"") && yaml.contains("\"--probe\", \"live\""));
 }
