@@ -1,7 +1,8 @@
 //! What operators install beside the binaries: the systemd units (every directive one systemd
 //! knows, `systemd-analyze security` rating each "OK" or better, below 2.0 of 10) and the
 //! Prometheus alert rules (`promtool check rules`, and `promtool test rules` on the metrics
-//! series a gateway exports), and the Kubernetes sidecar manifest (the Kubernetes schemas,
+//! series a gateway exports), the Grafana dashboard (every query valid PromQL over metrics the
+//! gateway exports), and the Kubernetes sidecar manifest (the Kubernetes schemas,
 //! strictly, and the wall: no ingress, no port, no privilege).
 
 use std::path::{Path, PathBuf};
@@ -96,26 +97,74 @@ fn the_alert_rules_are_valid_and_fire_as_their_unit_tests_say() {
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
 
+/// How many `netwall_` series `text` reads; panics on one the gateway does not export.
+fn exported_series_read(text: &str, what: &str) -> usize {
+    let exported = netwall_gateway::metrics::Metrics::new().encode();
+    let mut read = 0;
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(name) = word.strip_prefix("netwall_") {
+            read += 1;
+            let family = name.trim_end_matches("_total").trim_end_matches("_bucket");
+            assert!(
+                exported.contains(&format!("# TYPE netwall_{family} ")),
+                "{what} reads netwall_{name}, which the gateway does not export:\n{exported}"
+            );
+        }
+    }
+    read
+}
+
 #[test]
 fn the_alert_rules_read_metrics_the_gateway_exports() {
-    // Every netwall_ series an alert reads is one the gateway registers.
     let rules = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/prometheus/netwall-alerts.yml"),
     )
     .expect("rules");
-    let exported = netwall_gateway::metrics::Metrics::new().encode();
-    let mut read = 0;
-    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if let Some(name) = word.strip_prefix("netwall_") {
-            read += 1;
-            let family = name.trim_end_matches("_total");
-            assert!(
-                exported.contains(&format!("# TYPE netwall_{family} ")),
-                "the rules read netwall_{name}, which the gateway does not export:\n{exported}"
-            );
-        }
-    }
+    let read = exported_series_read(&rules, "the alert rules");
     assert!(read >= 8, "{read} metric references");
+}
+
+#[test]
+fn every_dashboard_query_is_valid_promql_over_exported_metrics() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/grafana/netwall-gateways.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 10, "{} queries", exprs.len());
+    // promtool parses PromQL in rule files: each query, with Grafana's variables given
+    // values, becomes a recording rule.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        exported_series_read(e, "the dashboard");
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        rules.push_str(&format!(
+            "      - record: netwall:dashboard_{i}\n        expr: {}\n",
+            serde_json::Value::String(e)
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&file, rules).expect("write");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+        "{text}"
+    );
 }
 
 #[test]
