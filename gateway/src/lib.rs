@@ -17,6 +17,7 @@ pub mod respond;
 pub mod route;
 pub mod security_log;
 pub mod spike;
+pub mod status;
 pub mod tcp;
 pub mod tls;
 pub mod tunnel;
@@ -421,6 +422,11 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             shutdown.clone(),
             revocations.clone(),
             users.clone(),
+            listener::StatusSource {
+                registry: registry.clone(),
+                gateway_id: gateway_id.clone(),
+                started: std::time::Instant::now(),
+            },
         );
         // The admin listener outlives the drain so metrics stay readable during it.
         tokio::spawn(listener::serve_plain(

@@ -390,8 +390,28 @@ pub fn admin_handler(
     shutdown: CancellationToken,
     revocations: Arc<Revocations>,
     users: Arc<UserSessions>,
+    status: StatusSource,
 ) -> LocalHandler {
     Arc::new(move |req| match req.uri().path() {
+        "/status" => asset(crate::status::STATUS_HTML, "text/html; charset=utf-8"),
+        "/status.js" => asset(crate::status::STATUS_JS, "text/javascript; charset=utf-8"),
+        "/status.css" => asset(crate::status::STATUS_CSS, "text/css; charset=utf-8"),
+        "/status.json" => {
+            let snap = crate::status::snapshot(
+                &status.registry,
+                &status.gateway_id,
+                status.started,
+                shutdown.is_cancelled(),
+            );
+            let mut resp = Response::new(Full::new(Bytes::from(snap.to_string())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
         "/revoke" if req.method() == http::Method::POST => {
             let params: Vec<(String, String)> =
                 url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
@@ -441,6 +461,34 @@ pub fn admin_handler(
         "/readyz" => plain(StatusCode::OK, "ready\n"),
         _ => plain(StatusCode::NOT_FOUND, "404 not found\n"),
     })
+}
+
+/// What the status page reads.
+#[derive(Clone)]
+pub struct StatusSource {
+    /// The tunnels.
+    pub registry: Arc<crate::tunnel::Registry>,
+    /// This gateway's id.
+    pub gateway_id: String,
+    /// When it started.
+    pub started: std::time::Instant,
+}
+
+/// A static part of the status page, under its Content-Security-Policy.
+fn asset(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(crate::status::STATUS_CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

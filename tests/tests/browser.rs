@@ -39,8 +39,14 @@ fn chromium(url: &str, profile: &Path) -> Proc {
     Proc::spawn(cmd, profile.join("chromium.log"))
 }
 
-/// The page's title once the script has reported (`ok:…` or `closed:…`).
-async fn page_title(browser: &Proc) -> String {
+/// The page Chromium opened, driven over the DevTools protocol.
+struct Page {
+    devtools: yawc::WebSocket<tokio::net::TcpStream>,
+    next_id: u64,
+}
+
+/// Attach to the page of `browser`.
+async fn attach(browser: &Proc) -> Page {
     let line = tokio::task::block_in_place(|| {
         browser.wait_line("DevTools listening on ws://", Duration::from_secs(30))
     });
@@ -66,42 +72,63 @@ async fn page_title(browser: &Proc) -> String {
     let tcp = tokio::net::TcpStream::connect(&endpoint)
         .await
         .expect("connect DevTools");
-    let mut devtools = yawc::WebSocket::handshake(debugger, tcp, yawc::Options::default())
+    let devtools = yawc::WebSocket::handshake(debugger, tcp, yawc::Options::default())
         .await
         .expect("DevTools handshake");
-    let mut title = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    for id in 1.. {
-        let ask = json!({"id": id, "method": "Runtime.evaluate", "params": {"expression": "document.title", "returnByValue": true}});
-        devtools
-            .send(yawc::Frame::text(ask.to_string()))
-            .await
-            .expect("ask");
-        loop {
-            let f = tokio::time::timeout_at(deadline, devtools.next_frame())
-                .await
-                .expect("DevTools answers in time")
-                .expect("frame");
-            let v: serde_json::Value = serde_json::from_slice(f.payload()).unwrap_or_default();
-            if v["id"] == id {
-                title = v["result"]["result"]["value"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                break;
-            }
-        }
-        if title.starts_with("ok:") || title.starts_with("closed:") {
-            return title;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the page never reported; title {title:?}"
-        );
-        // Poll interval while waiting for the page's condition, under the deadline above.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    Page {
+        devtools,
+        next_id: 1,
     }
-    title
+}
+
+impl Page {
+    /// The page's title once `done` holds for it, within 30 s.
+    async fn title_when(&mut self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        loop {
+            let id = self.next_id;
+            self.next_id += 1;
+            let ask = json!({"id": id, "method": "Runtime.evaluate", "params": {"expression": "document.title", "returnByValue": true}});
+            self.devtools
+                .send(yawc::Frame::text(ask.to_string()))
+                .await
+                .expect("ask");
+            let title = loop {
+                let f = tokio::time::timeout_at(deadline, self.devtools.next_frame())
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}: the title is still {last:?}"))
+                    .expect("frame");
+                let v: serde_json::Value = serde_json::from_slice(f.payload()).unwrap_or_default();
+                if v["id"] == id {
+                    break v["result"]["result"]["value"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                }
+            };
+            if done(&title) {
+                return title;
+            }
+            last = title.clone();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: the title is still {title:?}"
+            );
+            // Poll interval while waiting for the page's condition, under the deadline above.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The page's title once the script has reported (`ok:…` or `closed:…`).
+async fn page_title(browser: &Proc) -> String {
+    attach(browser)
+        .await
+        .title_when("the page to report", |t| {
+            t.starts_with("ok:") || t.starts_with("closed:")
+        })
+        .await
 }
 
 async fn http_get(authority: &str, path: &str) -> String {
@@ -214,4 +241,37 @@ async fn chromium_calls_an_api_from_an_allowed_origin_and_is_blocked_from_anothe
         1.0,
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_status_page_shows_the_live_tunnel_and_sees_its_connector_go() {
+    init_logs();
+    let pki = Pki::new();
+    let sample = start_sample("status").await;
+    let routes = "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n";
+    let gateway = start_gateway(&pki.gateway_toml(routes)).await;
+    let connector = start_connector(
+        &pki.connector_toml_for(&gateway, &format!("web = \"http://{sample}\""), ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    let admin = gateway.admin_addr.expect("admin");
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = chromium(&format!("http://{admin}/status"), profile.path());
+    let mut page = attach(&browser).await;
+    page.title_when("the live tunnel", |t| {
+        t == "netwall test-gw: 1 live tunnel connections"
+    })
+    .await;
+    assert!(connector.shutdown().await, "the connector drains");
+    page.title_when("the connector to be gone", |t| {
+        t == "netwall test-gw: 0 live tunnel connections"
+    })
+    .await;
+    // What the page renders from: the connection in /status.json, under a strict CSP.
+    let json = http_get(&admin.to_string(), "/status.json").await;
+    let v: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
+    assert_eq!(v["gateway_id"], "test-gw");
+    assert_eq!(v["tunnels"][0]["name"], "app");
+    assert_eq!(v["tunnels"][0]["connections"], json!([]));
 }

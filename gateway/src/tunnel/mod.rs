@@ -55,6 +55,8 @@ pub struct TunnelConn {
     opened: AtomicU64,
     draining: AtomicBool,
     idle: Notify,
+    /// When the connection was accepted.
+    pub since: std::time::Instant,
 }
 
 impl TunnelConn {
@@ -78,6 +80,7 @@ impl TunnelConn {
             opened: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             idle: Notify::new(),
+            since: std::time::Instant::now(),
         }
     }
 
