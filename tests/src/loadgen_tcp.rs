@@ -72,29 +72,39 @@ async fn serve_one(mut s: TcpStream) -> anyhow::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     match head[0] {
         b'D' => {
-            let mut left = n;
-            while left > 0 {
-                let k = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-                s.write_all(&buf[..k]).await?;
-                left -= k as u64;
-            }
+            send(&mut s, n, &buf).await?;
             s.shutdown().await?;
         }
         b'U' => {
-            let mut got = 0u64;
-            loop {
-                let k = s.read(&mut buf).await?;
-                if k == 0 {
-                    break;
-                }
-                got += k as u64;
-            }
+            let got = receive(&mut s, &mut buf).await?;
             s.write_all(&got.to_be_bytes()).await?;
             s.shutdown().await?;
         }
         other => bail!("unknown request {other:#x}"),
     }
     Ok(())
+}
+
+/// Write `n` bytes of `buf`'s content, a chunk at a time.
+async fn send(s: &mut TcpStream, n: u64, buf: &[u8]) -> std::io::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let k = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        s.write_all(&buf[..k]).await?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+/// Read until the peer's end; how many bytes came.
+async fn receive(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<u64> {
+    let mut got = 0u64;
+    loop {
+        match s.read(buf).await? {
+            0 => return Ok(got),
+            k => got += k as u64,
+        }
+    }
 }
 
 /// One transfer through `a.addr`; its throughput.
@@ -111,24 +121,9 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<serde_json::Value> {
     s.write_all(&head).await?;
     let mut buf = vec![0u8; CHUNK];
     let moved = match a.direction {
-        Direction::Down => {
-            let mut got = 0u64;
-            loop {
-                let k = s.read(&mut buf).await?;
-                if k == 0 {
-                    break;
-                }
-                got += k as u64;
-            }
-            got
-        }
+        Direction::Down => receive(&mut s, &mut buf).await?,
         Direction::Up => {
-            let mut left = bytes;
-            while left > 0 {
-                let k = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-                s.write_all(&buf[..k]).await?;
-                left -= k as u64;
-            }
+            send(&mut s, bytes, &buf).await?;
             s.shutdown().await?;
             let mut count = [0u8; 8];
             s.read_exact(&mut count).await?;

@@ -145,10 +145,8 @@ netwall_tests::over_every_transport! {
             "cache",
             &format!("client_ca = \"{}\"", certs.ca.display()),
         );
-        let gateway = start_gateway(&pki.gateway_toml(&route)).await;
         let services = format!("cache = \"tcp+unix:{}\"", redis.socket.display());
-        let _connector = start_connector(&pki.connector_toml_for(&gateway, &services, ""), &pki.credential);
-        wait_tunnel(&gateway, 1).await;
+        let (gateway, _connector) = start_stack(&pki, &route, &services).await;
         let addr = gateway.tcp_addrs[0];
         let ours = Some((certs.cert.as_path(), certs.key.as_path()));
         assert_eq!(tls_cli(addr, &pki.ca, ours, &["SET", "wall", "holds"]).await, ("OK".into(), true));
@@ -182,13 +180,8 @@ async fn the_address_allow_list_admits_its_networks_and_closes_everyone_else() {
         ),
     ]
     .concat();
-    let gateway = start_gateway(&pki.gateway_toml(&routes)).await;
     let services = format!("cache = \"tcp+unix:{}\"", redis.socket.display());
-    let _connector = start_connector(
-        &pki.connector_toml_for(&gateway, &services, ""),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
+    let (gateway, _connector) = start_stack(&pki, &routes, &services).await;
     let (open, closed) = (gateway.tcp_addrs[0], gateway.tcp_addrs[1]);
     let (host, port) = (open.ip().to_string(), open.port().to_string());
     assert_eq!(
@@ -232,12 +225,7 @@ netwall_tests::over_every_transport! {
             }
         });
         let pki = Pki::new();
-        let gateway = start_gateway(&pki.gateway_toml(&tcp_route("127.0.0.1:0", "db", "allow_ips = [\"127.0.0.1\"]"))).await;
-        let _connector = start_connector(
-            &pki.connector_toml_for(&gateway, &format!("db = \"tcp://{service}\""), ""),
-            &pki.credential,
-        );
-        wait_tunnel(&gateway, 1).await;
+        let (gateway, _connector) = tcp_stack(&pki, service).await;
         let mut s = tokio::net::TcpStream::connect(gateway.tcp_addrs[0]).await.expect("connect");
         s.write_all(&vec![b'q'; 256 * 1024]).await.expect("send");
         s.shutdown().await.expect("half-close");
@@ -286,13 +274,8 @@ async fn psql_reaches_postgres_behind_the_wall_only_with_our_certificate() {
             certs.ca.display()
         ),
     );
-    let gateway = start_gateway(&pki.gateway_toml(&route)).await;
     let services = format!("db = \"tcp+unix:{}\"", pg.socket.display());
-    let _connector = start_connector(
-        &pki.connector_toml_for(&gateway, &services, ""),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
+    let (gateway, _connector) = start_stack(&pki, &route, &services).await;
     let addr = gateway.tcp_addrs[0];
     let base = format!(
         "host=localhost hostaddr={} port={} user=postgres dbname=postgres sslrootcert={}",
@@ -406,13 +389,11 @@ netwall_tests::over_every_transport! {
              [[tcp_route]]\nsni = \"other.test\"\ntls = \"passthrough\"\ntunnel = \"app\"\nservice = \"vault\"\nallow_ips = [\"127.0.0.1\"]\n",
             certs.ca.display()
         );
-        let gateway = start_gateway(&pki.gateway_toml(&routes)).await;
         let services = format!(
             "web = \"http://{web}\"\ncache = \"tcp+unix:{}\"\nvault = \"tcp://{echo}\"",
             redis.socket.display()
         );
-        let _connector = start_connector(&pki.connector_toml_for(&gateway, &services, ""), &pki.credential);
-        wait_tunnel(&gateway, 1).await;
+        let (gateway, _connector) = start_stack(&pki, &routes, &services).await;
         let https = gateway.https_addr;
         assert!(gateway.tcp_addrs.is_empty(), "no listener of their own");
 
@@ -546,18 +527,8 @@ async fn tcp_stack(
     netwall_gateway::RunningGateway,
     netwall_connector::RunningConnector,
 ) {
-    let gateway = start_gateway(&pki.gateway_toml(&tcp_route(
-        "127.0.0.1:0",
-        "svc",
-        "allow_ips = [\"127.0.0.1\"]",
-    )))
-    .await;
-    let connector = start_connector(
-        &pki.connector_toml_for(&gateway, &format!("svc = \"tcp://{service}\""), ""),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
-    (gateway, connector)
+    let route = tcp_route("127.0.0.1:0", "svc", "allow_ips = [\"127.0.0.1\"]");
+    start_stack(pki, &route, &format!("svc = \"tcp://{service}\"")).await
 }
 
 netwall_tests::over_every_transport! {
@@ -652,18 +623,17 @@ async fn a_route_full_of_sessions_closes_the_next_at_accept_and_takes_one_when_a
     init_logs();
     let redis = start_redis().await;
     let pki = Pki::new();
-    let gateway = start_gateway(&pki.gateway_toml(&tcp_route(
-        "127.0.0.1:0",
-        "cache",
-        "allow_ips = [\"127.0.0.1\"]\nmax_connections = 2",
-    )))
-    .await;
     let services = format!("cache = \"tcp+unix:{}\"", redis.socket.display());
-    let _connector = start_connector(
-        &pki.connector_toml_for(&gateway, &services, ""),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
+    let (gateway, _connector) = start_stack(
+        &pki,
+        &tcp_route(
+            "127.0.0.1:0",
+            "cache",
+            "allow_ips = [\"127.0.0.1\"]\nmax_connections = 2",
+        ),
+        &services,
+    )
+    .await;
     let addr = gateway.tcp_addrs[0];
     let mut first = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect");
