@@ -202,6 +202,9 @@ pub struct GatewayConfig {
     /// Spike detection on new WebSocket connections.
     #[serde(default)]
     pub spike: crate::spike::SpikeConfig,
+    /// Keys of the proof-of-work challenge (`[route.challenge]`).
+    #[serde(default)]
+    pub challenge: crate::challenge::config::ChallengeKeysConfig,
 }
 
 /// `[https]`
@@ -437,6 +440,9 @@ pub struct RouteConfig {
     /// Response headers the edge sets or removes.
     #[serde(default)]
     pub headers: Option<Spanned<ResponseHeadersConfig>>,
+    /// Proof-of-work challenge for visitors without a pass (off by default).
+    #[serde(default)]
+    pub challenge: Option<Spanned<crate::challenge::config::ChallengeConfig>>,
 }
 
 /// `[route.cors]`: which other origins' pages may call this route, answered at the edge.
@@ -699,6 +705,22 @@ impl GatewayConfig {
                     at.find("admin", Some("listen")),
                     "admin.listen",
                     "the production profile keeps the admin listener on loopback",
+                ));
+            }
+            let keys = &self.challenge;
+            if keys.keys_file.is_none()
+                && keys.keys_env.is_none()
+                && let Some((i, Some(c))) = self
+                    .routes
+                    .iter()
+                    .map(|r| r.challenge.as_ref())
+                    .enumerate()
+                    .find(|(_, c)| c.is_some())
+            {
+                errs.push(at.error(
+                    Some(c.span()),
+                    &format!("route[{i}].challenge"),
+                    "the production profile needs [challenge] keys_file or keys_env: every gateway must sign passes with the same key",
                 ));
             }
             for (i, r) in self.routes.iter().enumerate() {
@@ -985,6 +1007,11 @@ fn validate_route(
         && let Err(e) = h.get_ref().policy()
     {
         errs.push(at.error(Some(h.span()), &format!("route[{i}].headers"), &e));
+    }
+    if let Some(c) = &r.challenge {
+        for (key, e) in c.get_ref().problems(r.auth.is_some()) {
+            errs.push(at.error(Some(c.span()), &format!("route[{i}].challenge.{key}"), &e));
+        }
     }
     if let Err(e) = crate::policy::host::HostPattern::parse(r.host.get_ref()) {
         errs.push(at.error(Some(r.host.span()), &format!("route[{i}].host"), &e));

@@ -7,6 +7,7 @@
 //! binary and the end-to-end tests both use it.
 
 pub mod auth;
+pub mod challenge;
 pub mod config;
 pub mod linger;
 pub mod listener;
@@ -177,7 +178,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     let resolve = |p: &Path| base.join(p);
     let metrics = Arc::new(Metrics::new());
     let codec = Codec::default();
-    let routes = RouteTable::new(&config.routes, &base).map_err(StartError::Config)?;
+    let routes = RouteTable::new(&config, &base).map_err(StartError::Config)?;
     let gateway_id = config.gateway_id.clone().unwrap_or_else(host_name);
 
     // Public certificates.
@@ -324,6 +325,17 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
 
     let https_listener = bind_tcp(config.https.listen).await?;
     let https_addr = local_addr(&https_listener, config.https.listen)?;
+    let challenged: Vec<_> = routes
+        .routes()
+        .filter_map(|r| r.challenge.clone().map(|c| (r.name.clone(), c)))
+        .collect();
+    if !challenged.is_empty() {
+        tokio::spawn(proxy::challenge_difficulty_gauges(
+            challenged,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let proxy = Arc::new(proxy::Proxy::new(
         routes,
         registry.clone(),
@@ -466,7 +478,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
 /// (`netwall-gateway check`).
 pub fn check(path: &Path) -> Result<GatewayConfig, String> {
     let loaded = GatewayConfig::load(path).map_err(|e| e.to_string())?;
-    RouteTable::new(&loaded.config.routes, &loaded.base)
+    RouteTable::new(&loaded.config, &loaded.base)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(loaded.config)
 }

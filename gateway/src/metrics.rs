@@ -63,6 +63,15 @@ pub struct RouteLabel {
     pub route: String,
 }
 
+/// Label: a route and what became of a challenge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChallengeLabel {
+    /// Route name.
+    pub route: String,
+    /// `issued`, `solved`, `failed` or `bypassed`.
+    pub outcome: &'static str,
+}
+
 /// Label: a direction of relayed messages.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
@@ -151,6 +160,12 @@ pub struct Metrics {
     pub tcp_bytes: Family<TcpDirLabel, Counter>,
     /// How long relayed TCP connections stayed open, seconds.
     pub tcp_duration_seconds: Histogram,
+    /// Challenges by route and outcome.
+    pub challenges: Family<ChallengeLabel, Counter>,
+    /// Current challenge difficulty per route, in bits.
+    pub challenge_difficulty: Family<RouteLabel, Gauge>,
+    /// Solve times the challenge page reported, per route.
+    pub challenge_solve_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -185,6 +200,9 @@ impl Metrics {
             tcp_active: Family::default(),
             tcp_bytes: Family::default(),
             tcp_duration_seconds: Histogram::new(duration_buckets()),
+            challenges: Family::default(),
+            challenge_difficulty: Family::default(),
+            challenge_solve_seconds: Family::new_with_constructor(solve_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -292,6 +310,21 @@ impl Metrics {
             "How long relayed TCP connections stayed open",
             m.tcp_duration_seconds.clone(),
         );
+        registry.register(
+            "challenges",
+            "Proof-of-work challenges by route and outcome (issued, solved, failed, bypassed)",
+            m.challenges.clone(),
+        );
+        registry.register(
+            "challenge_difficulty_bits",
+            "Current proof-of-work difficulty per route",
+            m.challenge_difficulty.clone(),
+        );
+        registry.register(
+            "challenge_solve_seconds",
+            "Time browsers took to solve the challenge, as the page reported it",
+            m.challenge_solve_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -307,6 +340,11 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The solve-time histogram: 50 ms to about 7 minutes (a seed's lifetime).
+fn solve_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 14))
 }
 
 /// Buckets of the WebSocket connection-duration histogram, in seconds: a tenth of a second to a

@@ -30,7 +30,8 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug};
 
 use crate::auth::{Auth, AuthError, Identity, Revocations};
-use crate::metrics::{Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
+use crate::challenge::{Challenge, Endpoint, Gate};
+use crate::metrics::{ChallengeLabel, Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
 use crate::policy::cors::Preflight;
 use crate::policy::headers::{
     HeaderError, check_limits, drop_underscored, join_cookies, request_host, strip_edge_owned,
@@ -52,6 +53,46 @@ const OPEN_ATTEMPTS: usize = 3;
 /// Body of every response the gateway sends.
 pub type ResponseBody =
     Either<Full<Bytes>, Either<TunnelBody<StreamRead, ResponseGuard>, Empty<Bytes>>>;
+
+/// What the challenge step leaves of a request.
+enum Challenged {
+    /// Go on (with the identity a bypassing JWT proved, if any).
+    Continue(Box<Request<Incoming>>, Option<Identity>),
+    /// The challenge answered it.
+    Answer(Response<ResponseBody>),
+}
+
+/// Set a route's difficulty gauge; a change is a security event (a flood raised it or its
+/// end lowered it).
+fn set_difficulty(metrics: &Metrics, route: &str, difficulty: u8) {
+    let gauge = metrics.challenge_difficulty.get_or_create(&RouteLabel {
+        route: route.to_owned(),
+    });
+    let before = gauge.set(i64::from(difficulty));
+    if before != 0 && before != i64::from(difficulty) {
+        crate::security_event!(event = "challenge_difficulty", route = %route, from = before, to = difficulty, "challenge difficulty changed");
+    }
+}
+
+/// Keep every challenged route's difficulty gauge current, also while no visitor arrives.
+pub async fn challenge_difficulty_gauges(
+    routes: Vec<(String, Arc<Challenge>)>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    /// The gauge is as fresh as a scrape interval needs.
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        for (name, challenge) in &routes {
+            set_difficulty(&metrics, name, challenge.difficulty());
+        }
+    }
+}
 
 /// Holds a response's lease on its tunnel connection and counts the bytes it relays.
 pub struct ResponseGuard {
@@ -219,9 +260,20 @@ impl Proxy {
         let peer = client_addr(req.headers(), peer, route.trusted_proxy_hops);
         // Client copies of edge-owned headers (identity, forwarding) are removed once, where
         // the head is built (`request_head`); nothing before it reads them.
-        let identity = match &route.auth {
-            Some(auth) => Some(self.authenticate(auth, &req, &route, peer)?),
-            None => None,
+        let mut identity = None;
+        if let Some(challenge) = route.challenge.clone() {
+            match self.challenge(&challenge, req, &route, peer, &host).await? {
+                Challenged::Continue(r, id) => {
+                    req = *r;
+                    identity = id;
+                }
+                Challenged::Answer(resp) => return Ok(resp),
+            }
+        }
+        let identity = match (&route.auth, identity) {
+            (_, Some(id)) => Some(id),
+            (Some(auth), None) => Some(self.authenticate(auth, &req, &route, peer)?),
+            (None, None) => None,
         };
         if let Some(rl) = &route.rate_limit {
             let key = match (&identity, rl.by_sub) {
@@ -355,6 +407,125 @@ impl Proxy {
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         Ok(resp)
+    }
+
+    fn count_challenge(&self, route: &Route, outcome: &'static str) {
+        self.metrics
+            .challenges
+            .get_or_create(&ChallengeLabel {
+                route: route.name.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The route's proof-of-work challenge: its own endpoints, its bypasses, the pass cookie,
+    /// else a challenge page.
+    async fn challenge(
+        &self,
+        challenge: &Challenge,
+        req: Request<Incoming>,
+        route: &Route,
+        peer: SocketAddr,
+        host: &str,
+    ) -> Result<Challenged, EdgeError> {
+        let now = crate::auth::now_secs();
+        let ip = peer.ip();
+        let gate = challenge.gate(req.method(), req.uri().path(), ip, host, req.headers(), now);
+        let answer = |resp: Response<Full<Bytes>>| {
+            let mut resp = resp;
+            // The route's own response headers (HSTS and the like) join the challenge's, but
+            // never replace its policy, content type or caching.
+            if let Some(h) = &route.response_headers {
+                let mut extra = HeaderMap::new();
+                h.apply(&mut extra);
+                for (name, value) in &extra {
+                    if !resp.headers().contains_key(name) {
+                        resp.headers_mut().insert(name.clone(), value.clone());
+                    }
+                }
+            }
+            Ok(Challenged::Answer(resp.map(Either::Left)))
+        };
+        match gate {
+            Gate::Pass => Ok(Challenged::Continue(Box::new(req), None)),
+            Gate::Bypass(_) => {
+                self.count_challenge(route, "bypassed");
+                Ok(Challenged::Continue(Box::new(req), None))
+            }
+            Gate::Endpoint(Endpoint::Verify) => {
+                let headers = req.headers().clone();
+                let body = http_body_util::Limited::new(
+                    req.into_body(),
+                    crate::challenge::MAX_VERIFY_BODY_BYTES,
+                );
+                let body = match tokio::time::timeout(
+                    crate::challenge::VERIFY_BODY_TIMEOUT,
+                    http_body_util::BodyExt::collect(body),
+                )
+                .await
+                {
+                    Ok(Ok(b)) => b.to_bytes(),
+                    Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                        self.count_challenge(route, "failed");
+                        crate::security_event!(event = "challenge_failed", route = %route.name, client = %peer, reason = "body too large");
+                        return Err(EdgeError::BodyTooLarge);
+                    }
+                    _ => {
+                        self.count_challenge(route, "failed");
+                        return Err(EdgeError::BadRequestBody);
+                    }
+                };
+                match challenge.verify(&body, ip, host, &headers, now) {
+                    Ok(v) => {
+                        self.count_challenge(route, "solved");
+                        if let Some(t) = v.solve_time {
+                            self.metrics
+                                .challenge_solve_seconds
+                                .get_or_create(&RouteLabel {
+                                    route: route.name.clone(),
+                                })
+                                .observe(t.as_secs_f64());
+                        }
+                        debug!(route = %route.name, client = %peer, solve_ms = ?v.solve_time.map(|t| t.as_millis()), "challenge solved");
+                        answer(v.response)
+                    }
+                    Err(reason) => {
+                        self.count_challenge(route, "failed");
+                        crate::security_event!(event = "challenge_failed", route = %route.name, client = %peer, reason);
+                        Err(EdgeError::ChallengeFailed)
+                    }
+                }
+            }
+            Gate::Endpoint(endpoint) => {
+                let pass =
+                    endpoint == Endpoint::Check && challenge.has_pass(ip, host, req.headers(), now);
+                match challenge.asset(endpoint, pass) {
+                    Some(resp) => answer(resp),
+                    None => Err(EdgeError::ChallengeFailed),
+                }
+            }
+            Gate::Unsigned => {
+                // API clients with a valid token for the route pass when the route says so;
+                // the identity is kept so the token is not verified twice.
+                if challenge.bypass_jwt
+                    && let Some(auth) = &route.auth
+                    && let Some(token) = auth.token(req.headers(), req.uri().query())
+                    && let Ok(id) = auth.verify(&token, &self.revocations)
+                {
+                    self.count_challenge(route, "bypassed");
+                    return Ok(Challenged::Continue(Box::new(req), Some(id)));
+                }
+                let issued = challenge.issue(ip, host, req.headers(), now);
+                self.count_challenge(route, "issued");
+                self.difficulty_gauge(route, issued.difficulty);
+                answer(issued.response)
+            }
+        }
+    }
+
+    fn difficulty_gauge(&self, route: &Route, difficulty: u8) {
+        set_difficulty(&self.metrics, &route.name, difficulty);
     }
 
     fn to_client_bytes(&self, route: &Route) -> Counter {

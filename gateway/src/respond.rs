@@ -62,6 +62,9 @@ pub enum EdgeError {
     OriginNotAllowed,
     /// A CORS preflight the route's `[route.cors]` does not allow.
     CorsRefused,
+    /// A proof-of-work solution that is wrong, expired, replayed or for another client, or a
+    /// request for a challenge endpoint that does not exist.
+    ChallengeFailed,
 }
 
 /// Body of the 403 sent for a disallowed WebSocket origin (a JSON close-code style answer
@@ -103,7 +106,9 @@ impl EdgeError {
             EdgeError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             EdgeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            EdgeError::OriginNotAllowed | EdgeError::CorsRefused => StatusCode::FORBIDDEN,
+            EdgeError::OriginNotAllowed | EdgeError::CorsRefused | EdgeError::ChallengeFailed => {
+                StatusCode::FORBIDDEN
+            }
         }
     }
 
@@ -131,6 +136,7 @@ impl EdgeError {
             EdgeError::BadRequestBody => "bad_body",
             EdgeError::OriginNotAllowed => "origin",
             EdgeError::CorsRefused => "cors_refused",
+            EdgeError::ChallengeFailed => "challenge_failed",
         }
     }
 
@@ -162,6 +168,7 @@ impl EdgeError {
             EdgeError::BadRequestBody => "400 bad request: malformed request body\n",
             EdgeError::OriginNotAllowed => ORIGIN_REJECTED_BODY,
             EdgeError::CorsRefused => "403 forbidden: cross-origin request not allowed\n",
+            EdgeError::ChallengeFailed => "403 forbidden: challenge not passed\n",
         }
     }
 

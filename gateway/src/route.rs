@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::RouteConfig;
 pub use crate::config::valid_name;
+use crate::config::{GatewayConfig, RouteConfig};
 pub use crate::policy::host::HostPattern;
 pub use crate::policy::path::normalize_prefix;
 
@@ -46,6 +46,8 @@ pub struct Route {
     pub cors: Option<crate::policy::cors::Cors>,
     /// Response headers set and removed.
     pub response_headers: Option<crate::policy::response_headers::ResponseHeaders>,
+    /// Proof-of-work challenge for visitors without a pass.
+    pub challenge: Option<Arc<crate::challenge::Challenge>>,
 }
 
 /// A route's HTTP rate limit.
@@ -73,7 +75,8 @@ impl Route {
     }
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+/// Whether `path` is under `prefix`, on segment boundaries.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || (path.starts_with(prefix)
             && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
@@ -126,9 +129,18 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Build from validated configuration.
-    /// Key files named by `[route.auth]` resolve against `base`.
-    pub fn new(routes: &[RouteConfig], base: &std::path::Path) -> Result<RouteTable, String> {
+    /// Key files named by `[route.auth]` and `[challenge]` resolve against `base`.
+    pub fn new(config: &GatewayConfig, base: &std::path::Path) -> Result<RouteTable, String> {
         let mut table = RouteTable::default();
+        let routes: &[RouteConfig] = &config.routes;
+        // The challenge's keys are loaded once, for every challenged route.
+        let challenges = if routes.iter().any(|r| r.challenge.is_some()) {
+            let keys = crate::challenge::keys::load(&config.challenge, base)
+                .map_err(|e| format!("challenge.{e}"))?;
+            Some(Arc::new(crate::challenge::Shared::new(keys)))
+        } else {
+            None
+        };
         for (i, r) in routes.iter().enumerate() {
             let pattern = HostPattern::parse(r.host.get_ref())?;
             let auth = match &r.auth {
@@ -139,7 +151,15 @@ impl RouteTable {
                 None => None,
             };
             let prefix = normalize_prefix(r.path.get_ref());
+            let challenge = match (&r.challenge, &challenges) {
+                (Some(c), Some(shared)) => Some(Arc::new(
+                    crate::challenge::Challenge::new(c.get_ref(), &prefix, shared.clone())
+                        .map_err(|e| format!("route[{i}].challenge.{e}"))?,
+                )),
+                _ => None,
+            };
             let route = Arc::new(Route {
+                challenge,
                 name: format!("{}{}", r.host.get_ref(), r.path.get_ref()),
                 tunnel: r.tunnel.get_ref().clone(),
                 service: r.service.clone(),
@@ -204,6 +224,15 @@ impl RouteTable {
         Ok(table)
     }
 
+    /// Every route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.exact
+            .values()
+            .chain(self.suffixes.iter().map(|(_, p)| p))
+            .chain(self.any.iter())
+            .flat_map(|p| p.0.iter().map(|(_, r)| r))
+    }
+
     /// The route for `host` (lower case, no port) and a path normalised by
     /// [`crate::policy::path::normalize`]; `;params` do not change which route matches.
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
@@ -238,7 +267,7 @@ mod tests {
         );
         let cfg =
             GatewayConfig::parse(std::path::Path::new("test.toml"), &src).expect("valid config");
-        RouteTable::new(&cfg.routes, std::path::Path::new("")).expect("valid routes")
+        RouteTable::new(&cfg, std::path::Path::new("")).expect("valid routes")
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! headers: cookie crumbs joined, `_` names dropped, count and bytes -> 431
 //! upgrade: `websocket` only, others stripped
 //! CORS preflight (policy::cors) -> 204 answered at the edge, or 403
+//! proof-of-work challenge (crate::challenge) -> its endpoints, bypasses, pass cookie, else
+//!   403 (429 under a flood) challenge page; a bypassing JWT is the identity below
 //! auth (JWT) -> 401;  rate limit (per route, by IP or `sub`) -> 429
 //! ```
 //!
