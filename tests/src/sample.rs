@@ -126,6 +126,26 @@ pub async fn handle(
             );
             r
         }
+        // A page whose title names the path and query it was asked for (where a browser landed).
+        p if p.starts_with("/content/") => {
+            let asked = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or(p)
+                .replace(['<', '>', '&'], "");
+            let mut r = full(
+                StatusCode::OK,
+                format!(
+                    "<!doctype html><html><head><title>content:{asked}</title></head><body>content</body></html>"
+                ),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
         "/ws-stats" => {
             let (messages, bytes) = ws_stats(&name);
             full(

@@ -39,81 +39,139 @@ fn chromium(url: &str, profile: &Path) -> Proc {
     Proc::spawn(cmd, profile.join("chromium.log"))
 }
 
-/// The page Chromium opened, driven over the DevTools protocol.
+/// Open another tab on `url` in the browser at DevTools `endpoint`.
+async fn open_tab(endpoint: &str, url: &str) {
+    let answer = http_call(http::Method::PUT, endpoint, &format!("/json/new?{url}")).await;
+    assert!(answer.contains("webSocketDebuggerUrl"), "{answer}");
+}
+
+/// A page Chromium opened, driven over the DevTools protocol.
 struct Page {
     devtools: yawc::WebSocket<tokio::net::TcpStream>,
     next_id: u64,
 }
 
-/// Attach to the page of `browser`.
-async fn attach(browser: &Proc) -> Page {
+/// The DevTools address of `browser`.
+async fn devtools_endpoint(browser: &Proc) -> String {
     let line = tokio::task::block_in_place(|| {
         browser.wait_line("DevTools listening on ws://", Duration::from_secs(30))
     });
-    let endpoint = line
-        .split("ws://")
+    line.split("ws://")
         .nth(1)
         .and_then(|r| r.split('/').next())
         .expect("DevTools address")
-        .to_owned();
-    // Find the page target.
-    let list = http_get(&endpoint, "/json/list").await;
-    let targets: serde_json::Value = serde_json::from_str(&list).expect("target list");
-    let page = targets
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["type"] == "page"))
-        .expect("a page target")
-        .clone();
-    let debugger: url::Url = page["webSocketDebuggerUrl"]
-        .as_str()
-        .expect("debugger url")
-        .parse()
-        .expect("url");
-    let tcp = tokio::net::TcpStream::connect(&endpoint)
-        .await
-        .expect("connect DevTools");
-    let devtools = yawc::WebSocket::handshake(debugger, tcp, yawc::Options::default())
-        .await
-        .expect("DevTools handshake");
-    Page {
-        devtools,
-        next_id: 1,
+        .to_owned()
+}
+
+/// Attach to every page target of the browser at DevTools `endpoint` once there are `n`.
+async fn attach_all(endpoint: &str, n: usize) -> Vec<Page> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let pages = loop {
+        let list = http_get(endpoint, "/json/list").await;
+        let targets: serde_json::Value = serde_json::from_str(&list).expect("target list");
+        let pages: Vec<serde_json::Value> = targets
+            .as_array()
+            .map(|t| t.iter().filter(|t| t["type"] == "page").cloned().collect())
+            .unwrap_or_default();
+        if pages.len() >= n {
+            break pages;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} tabs opened",
+            pages.len()
+        );
+        // Poll interval while the tabs open, under the deadline above.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut out = Vec::new();
+    for page in pages {
+        let debugger: url::Url = page["webSocketDebuggerUrl"]
+            .as_str()
+            .expect("debugger url")
+            .parse()
+            .expect("url");
+        let tcp = tokio::net::TcpStream::connect(endpoint)
+            .await
+            .expect("connect DevTools");
+        let devtools = yawc::WebSocket::handshake(debugger, tcp, yawc::Options::default())
+            .await
+            .expect("DevTools handshake");
+        out.push(Page {
+            devtools,
+            next_id: 1,
+        });
     }
+    out
+}
+
+/// Attach to the page of `browser`.
+async fn attach(browser: &Proc) -> Page {
+    attach_all(&devtools_endpoint(browser).await, 1)
+        .await
+        .remove(0)
 }
 
 impl Page {
+    /// Call a DevTools method; its result.
+    async fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let ask = json!({"id": id, "method": method, "params": params});
+        self.devtools
+            .send(yawc::Frame::text(ask.to_string()))
+            .await
+            .expect("ask");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let f = tokio::time::timeout_at(deadline, self.devtools.next_frame())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method}"))
+                .expect("frame");
+            let v: serde_json::Value = serde_json::from_slice(f.payload()).unwrap_or_default();
+            if v["id"] == id {
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// The string value of `expression` in the page.
+    async fn eval(&mut self, expression: &str) -> String {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        r["result"]["value"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Load `url` in this tab.
+    async fn navigate(&mut self, url: &str) {
+        self.call("Page.navigate", json!({"url": url})).await;
+    }
+
     /// The page's title once `done` holds for it, within 30 s.
     async fn title_when(&mut self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        self.eval_when(what, "document.title", done).await
+    }
+
+    /// `expression` once `done` holds for its value, within 30 s.
+    async fn eval_when(
+        &mut self,
+        what: &str,
+        expression: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
         loop {
-            let id = self.next_id;
-            self.next_id += 1;
-            let ask = json!({"id": id, "method": "Runtime.evaluate", "params": {"expression": "document.title", "returnByValue": true}});
-            self.devtools
-                .send(yawc::Frame::text(ask.to_string()))
-                .await
-                .expect("ask");
-            let title = loop {
-                let f = tokio::time::timeout_at(deadline, self.devtools.next_frame())
-                    .await
-                    .unwrap_or_else(|_| panic!("{what}: the title is still {last:?}"))
-                    .expect("frame");
-                let v: serde_json::Value = serde_json::from_slice(f.payload()).unwrap_or_default();
-                if v["id"] == id {
-                    break v["result"]["result"]["value"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                }
-            };
-            if done(&title) {
-                return title;
+            let value = self.eval(expression).await;
+            if done(&value) {
+                return value;
             }
-            last = title.clone();
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{what}: the title is still {title:?}"
+                "{what}: {expression} is still {value:?}"
             );
             // Poll interval while waiting for the page's condition, under the deadline above.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -132,6 +190,10 @@ async fn page_title(browser: &Proc) -> String {
 }
 
 async fn http_get(authority: &str, path: &str) -> String {
+    http_call(http::Method::GET, authority, path).await
+}
+
+async fn http_call(method: http::Method, authority: &str, path: &str) -> String {
     let tcp = tokio::net::TcpStream::connect(authority)
         .await
         .expect("connect");
@@ -139,7 +201,9 @@ async fn http_get(authority: &str, path: &str) -> String {
         .await
         .expect("handshake");
     tokio::spawn(conn);
-    let req = http::Request::get(path)
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", authority)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("req");
@@ -274,4 +338,155 @@ async fn the_admin_status_page_shows_the_live_tunnel_and_sees_its_connector_go()
     assert_eq!(v["gateway_id"], "test-gw");
     assert_eq!(v["tunnels"][0]["name"], "app");
     assert_eq!(v["tunnels"][0]["connections"], json!([]));
+}
+
+/// A gateway with a challenged route on `app.test` (default difficulty) and one on
+/// `short.app.test` whose passes last 3 s, in front of the sample service.
+async fn challenged_stack(
+    name: &str,
+) -> (
+    netwall_gateway::RunningGateway,
+    netwall_connector::RunningConnector,
+) {
+    let pki = Pki::new();
+    let sample = start_sample(name).await;
+    let routes = "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.challenge]\ntitle = \"Checking your browser\"\n\
+                  [[route]]\nhost = \"short.app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.challenge]\ncookie_ttl = \"3s\"\n";
+    let stack = start_stack(&pki, routes, &format!("web = \"http://{sample}\"")).await;
+    std::mem::forget(pki);
+    stack
+}
+
+fn challenges(m: &str, route: &str, outcome: &str) -> f64 {
+    metric(
+        m,
+        &format!("netwall_challenges_total{{route=\"{route}\",outcome=\"{outcome}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_solves_the_challenge_lands_on_the_page_asked_for_and_is_challenged_again_only_when_the_pass_expires()
+ {
+    init_logs();
+    let (gateway, _c) = challenged_stack("challenge-browser").await;
+    let admin = gateway.admin_addr.expect("admin");
+    let port = gateway.https_addr.port();
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = chromium(
+        &format!("https://app.test:{port}/content/first?from=link"),
+        profile.path(),
+    );
+    let mut page = attach(&browser).await;
+    page.title_when("the page asked for, after the challenge", |t| {
+        t == "content:/content/first?from=link"
+    })
+    .await;
+    let m = metrics_text(admin).await;
+    assert_eq!(challenges(&m, "app.test/", "issued"), 1.0, "{m}");
+    assert_eq!(challenges(&m, "app.test/", "solved"), 1.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "netwall_challenge_solve_seconds_count{route=\"app.test/\"}"
+        ),
+        1.0
+    );
+    // A second navigation carries the pass: no new challenge.
+    page.navigate(&format!("https://app.test:{port}/content/second"))
+        .await;
+    page.title_when("the second page", |t| t == "content:/content/second")
+        .await;
+    let m = metrics_text(admin).await;
+    assert_eq!(challenges(&m, "app.test/", "issued"), 1.0, "{m}");
+
+    // On the route whose passes last 3 s: solved once, then challenged (and solved) again
+    // once the pass has expired, landing on the page each time.
+    page.navigate(&format!("https://short.app.test:{port}/content/short-0"))
+        .await;
+    page.title_when("the short-pass page", |t| t == "content:/content/short-0")
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        let m = metrics_text(admin).await;
+        if challenges(&m, "short.app.test/", "issued") >= 2.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired pass was never challenged: {m}"
+        );
+        n += 1;
+        page.navigate(&format!("https://short.app.test:{port}/content/short-{n}"))
+            .await;
+        let want = format!("content:/content/short-{n}");
+        page.title_when("each visit lands on its page", |t| t == want)
+            .await;
+    }
+    // Solved twice (the content pages' favicon requests may add unsolved challenges).
+    let m = metrics_text(admin).await;
+    assert_eq!(challenges(&m, "short.app.test/", "solved"), 2.0, "{m}");
+    assert_eq!(challenges(&m, "app.test/", "failed"), 0.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_solving_at_once_both_get_through_and_refused_cookies_are_explained() {
+    init_logs();
+    let (gateway, _c) = challenged_stack("challenge-tabs").await;
+    let admin = gateway.admin_addr.expect("admin");
+    let port = gateway.https_addr.port();
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = chromium("about:blank", profile.path());
+    let endpoint = devtools_endpoint(&browser).await;
+    open_tab(&endpoint, "about:blank").await;
+    let mut tabs = attach_all(&endpoint, 2).await;
+    // Both tabs ask for a page at once: each gets its own puzzle while the other solves.
+    for (tab, name) in tabs.iter_mut().zip(["tab-a", "tab-b"]) {
+        tab.navigate(&format!("https://app.test:{port}/content/{name}"))
+            .await;
+    }
+    let mut landed = Vec::new();
+    for tab in &mut tabs {
+        landed.push(
+            tab.title_when("each tab on its page", |t| t.starts_with("content:"))
+                .await,
+        );
+    }
+    landed.sort();
+    assert_eq!(landed, ["content:/content/tab-a", "content:/content/tab-b"]);
+    // Every puzzle a tab was given was solved and accepted (both, unless one tab's request
+    // came after the other's pass was set, in which case it needed none).
+    let m = metrics_text(admin).await;
+    assert_eq!(challenges(&m, "app.test/", "failed"), 0.0, "{m}");
+    let issued = challenges(&m, "app.test/", "issued");
+    assert!(issued >= 1.0, "{m}");
+    assert_eq!(challenges(&m, "app.test/", "solved"), issued, "{m}");
+    drop(tabs);
+    drop(browser);
+
+    // A browser that refuses cookies is told so, and the page does not loop.
+    let profile = tempfile::tempdir().expect("profile");
+    std::fs::create_dir_all(profile.path().join("Default")).expect("profile dir");
+    std::fs::write(
+        profile.path().join("Default/Preferences"),
+        r#"{"profile":{"default_content_setting_values":{"cookies":2}}}"#,
+    )
+    .expect("preferences");
+    let before = challenges(&metrics_text(admin).await, "app.test/", "issued");
+    let browser = chromium(
+        &format!("https://app.test:{port}/content/c"),
+        profile.path(),
+    );
+    let mut page = attach(&browser).await;
+    let problem = page
+        .eval_when(
+            "the cookie problem to be shown",
+            "document.getElementById('problem') ? document.getElementById('problem').textContent : ''",
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(problem.contains("cookies"), "{problem}");
+    assert_eq!(page.eval("document.title").await, "Checking your browser");
+    let m = metrics_text(admin).await;
+    assert_eq!(challenges(&m, "app.test/", "issued"), before + 1.0, "{m}");
 }

@@ -16,7 +16,7 @@ pub const WORKER_JS: &str = include_str!("assets/worker.js");
 
 /// The policy every challenge response carries: only this origin's scripts, styles, workers
 /// and fetches; no frames, forms, plugins or base rewriting.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; worker-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; worker-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What the page's script reads.
 #[derive(Serialize)]
