@@ -13,6 +13,48 @@ import subprocess
 import sys
 from glob import glob
 
+
+
+def challenge_report(path):
+    """The proof-of-work challenge's table (ops/bench --challenge), as Markdown."""
+    with open(path) as f:
+        r = json.load(f)
+    g = r["gateway"]
+    b = r["browser"]
+    lines = [
+        "# netwall proof-of-work challenge",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; Chromium sees "
+        f"{b['chromium_cores']} cores and solves in {b['workers']}.",
+        "",
+        "## The gateway's cost (in process, per operation)",
+        "",
+        "| operation | µs |",
+        "|---|---:|",
+        f"| issue a challenge (sign a seed, render the page) | {g['issue_us']:.1f} |",
+        f"| verify a solution (seed HMAC, SHA-256, once-only set, sign a pass) | {g['verify_us']:.1f} |",
+        f"| check a pass (every request on a challenged route) | {g['pass_check_us']:.2f} |",
+        "",
+        "## Headless Chromium, navigation to landing on the content",
+        "",
+        "Includes loading the page, solving, the verify and cookie-check requests and the reload;"
+        " `page` is the mean solve time the page itself reported.",
+        "",
+        "| bits | samples | median s | p95 s | min s | max s | page mean s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in b["rows"]:
+        lines.append(
+            f"| {row['bits']} | {row['samples']} | {row['median_s']:.2f} | {row['p95_s']:.2f} | "
+            f"{row['min_s']:.2f} | {row['max_s']:.2f} | {row['page_reported_mean_s']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if len(sys.argv) == 3 and sys.argv[1] == "--challenge":
+    sys.stdout.write(challenge_report(sys.argv[2]))
+    sys.exit(0)
+
 out, mode, repeats, duration, concurrency, fixed_rate, bulk_mib, redis_requests, redis_pipeline = sys.argv[1:10]
 raw = os.path.join(out, "raw")
 PATHS = ["direct", "nginx", "rathole", "netwall", "netwall_tls", "netwall_unix"]

@@ -1,6 +1,7 @@
 //! Support for netwall's end-to-end tests: the sample service, and (in `harness`) helpers that
 //! start gateways, connectors and clients over real sockets.
 
+pub mod browser;
 pub mod databases;
 pub mod harness;
 pub mod sample;

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
+#[path = "../loadgen_challenge.rs"]
+mod loadgen_challenge;
 #[path = "../loadgen_mux.rs"]
 mod loadgen_mux;
 #[path = "../loadgen_tcp.rs"]
@@ -53,6 +55,9 @@ enum Cmd {
     TcpSink(loadgen_tcp::SinkArgs),
     /// One bulk raw TCP transfer through a path.
     TcpCopy(loadgen_tcp::CopyArgs),
+    /// The proof-of-work challenge: the gateway's cost per operation and solve times in
+    /// headless Chromium at each difficulty.
+    Challenge(loadgen_challenge::ChallengeArgs),
 }
 
 #[derive(clap::Args)]
@@ -123,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Mux(a) => loadgen_mux::run(a).await,
             Cmd::TcpSink(a) => loadgen_tcp::sink(a).await,
             Cmd::TcpCopy(a) => loadgen_tcp::copy(a).await,
+            Cmd::Challenge(a) => loadgen_challenge::run(a).await,
         }
     })?;
     println!("{report}");
