@@ -52,6 +52,7 @@ fn examples_parse() {
         Some("production")
     );
     assert_eq!(prod.config.routes[1].websocket.max_message_bytes, 10240);
+    assert!(prod.config.routes[2].challenge.is_some());
     let path = repo().join("examples/connector.toml");
     let src = std::fs::read_to_string(&path).expect("read");
     let c = netwall_connector::config::ConnectorConfig::parse(
