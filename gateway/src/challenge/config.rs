@@ -19,9 +19,12 @@ pub const DEFAULT_ADAPTIVE_HEADROOM_BITS: u8 = 4;
 /// Lifetime of a pass (the cookie): a day, so a visitor solves about once a day per network and
 /// browser, and a stolen pass stops working by the next one.
 pub const DEFAULT_COOKIE_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Lifetime of a seed: the slowest browser at the highest difficulty has time to solve and
-/// post it, and a harvested seed is useless soon after.
-pub const DEFAULT_SEED_TTL: Duration = Duration::from_secs(5 * 60);
+/// Lifetime of a seed: long enough that a slow browser at a high difficulty finishes before
+/// it ends (24 bits averages about two minutes on one core of a 2-core machine, and a 5-minute
+/// life sent one in fourteen such visitors back to the start in `ops/bench --challenge`).
+/// A longer life gives an attacker nothing: a seed still costs its work, is bound to one
+/// network and host, and is redeemed once.
+pub const DEFAULT_SEED_TTL: Duration = Duration::from_secs(30 * 60);
 /// A second with more new visitors than this multiple of the recent average raises the
 /// difficulty (the WebSocket spike detector's default).
 pub const DEFAULT_SPIKE_MULTIPLE: f64 = crate::spike::DEFAULT_MULTIPLE;

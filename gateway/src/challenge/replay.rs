@@ -9,7 +9,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
-/// Redeemed seeds remembered at most (about 48 bytes each: some 12 MiB when full).
+/// Redeemed seeds remembered at most (about 48 bytes each: some 12 MiB when full), enough for
+/// 145 solutions a second over a seed's default 30-minute life.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 262_144;
 
 /// Seeds already redeemed, shared by every challenged route of a gateway.

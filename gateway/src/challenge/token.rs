@@ -489,4 +489,25 @@ mod tests {
         assert!(KeyRing::new(vec![vec![1; 31]]).is_err());
         assert!(KeyRing::new(vec![vec![1; 32], vec![1; 32]]).is_err());
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends as a seed, a nonce or a pass, nothing panics and nothing
+        /// that was not issued verifies; any change to an issued token voids it.
+        #[test]
+        fn arbitrary_tokens_never_verify(junk in ".{0,200}", flip in 0usize..200, nonce in "[0-9]{1,20}") {
+            let r = ring(9);
+            let b = binding("192.0.2.1");
+            proptest::prop_assert!(verify_seed(&r, &b, &junk, 0).is_err());
+            proptest::prop_assert!(verify_pass(&r, &b, &junk, 0).is_err());
+            let _ = verify_work(&junk, &nonce, 1);
+            for token in [issue_seed(&r, &b, 1, 100), issue_pass(&r, &b, 100)] {
+                let mut bytes = token.clone().into_bytes();
+                let i = flip % bytes.len();
+                bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+                let changed = String::from_utf8(bytes).unwrap_or_default();
+                proptest::prop_assert!(verify_seed(&r, &b, &changed, 0).is_err());
+                proptest::prop_assert!(verify_pass(&r, &b, &changed, 0).is_err());
+            }
+        }
+    }
 }
