@@ -256,7 +256,17 @@ async fn connector_keeps_one_connection_per_gateway() {
     );
     wait_tunnel(&g1, 2).await;
     wait_tunnel(&g2, 2).await;
-    assert_eq!(*c.live_connections().borrow(), 4);
+    // The gateways register a connection before the connector has counted it as live.
+    let live = c.live_connections();
+    wait_until(
+        Duration::from_secs(10),
+        "the connector to count 4 live connections",
+        || {
+            let n = *live.borrow();
+            async move { n == 4 }
+        },
+    )
+    .await;
     for g in [&g1, &g2] {
         let r = HttpsClient::new(g.https_addr, &pki.ca_der, false)
             .get("https://app.test/")
