@@ -212,16 +212,19 @@ async fn chromium_solves_the_challenge_lands_on_the_page_asked_for_and_is_challe
         .await;
     page.title_when("the short-pass page", |t| t == "content:/content/short-0")
         .await;
+    // Navigating again and again lands on each page; once the pass has expired one of the
+    // navigations is challenged and solved on the way. (The content pages' favicon requests
+    // may add challenges nobody solves, so solutions are what is counted.)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut n = 0;
     loop {
         let m = metrics_text(admin).await;
-        if challenges(&m, "short.app.test/", "issued") >= 2.0 {
+        if challenges(&m, "short.app.test/", "solved") >= 2.0 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the expired pass was never challenged: {m}"
+            "the expired pass was never challenged again: {m}"
         );
         n += 1;
         page.navigate(&format!("https://short.app.test:{port}/content/short-{n}"))
@@ -230,7 +233,6 @@ async fn chromium_solves_the_challenge_lands_on_the_page_asked_for_and_is_challe
         page.title_when("each visit lands on its page", |t| t == want)
             .await;
     }
-    // Solved twice (the content pages' favicon requests may add unsolved challenges).
     let m = metrics_text(admin).await;
     assert_eq!(challenges(&m, "short.app.test/", "solved"), 2.0, "{m}");
     assert_eq!(challenges(&m, "app.test/", "failed"), 0.0, "{m}");
