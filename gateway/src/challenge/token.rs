@@ -30,14 +30,29 @@ pub const MAX_DIFFICULTY_BITS: u8 = 32;
 /// Longest nonce a solution may carry: a `u64` in decimal.
 const MAX_NONCE_DIGITS: usize = 20;
 
-const SEED_VERSION: u8 = 1;
-const PASS_VERSION: u8 = 1;
-const SEED_DOMAIN: &[u8] = b"netwall challenge seed v1\0";
-const PASS_DOMAIN: &[u8] = b"netwall challenge pass v1\0";
-/// version, key id, difficulty, expiry, random.
-const SEED_LEN: usize = 1 + 4 + 1 + 8 + 16;
-/// version, key id, expiry.
-const PASS_LEN: usize = 1 + 4 + 8;
+/// What tells the two tokens apart: version, payload length, the MAC's domain, and whether
+/// the MAC covers the browser.
+struct Kind {
+    version: u8,
+    len: usize,
+    domain: &'static [u8],
+    agent: bool,
+}
+
+/// Seed payload: version, key id, difficulty, expiry, random.
+const SEED: Kind = Kind {
+    version: 1,
+    len: 1 + 4 + 1 + 8 + 16,
+    domain: b"netwall challenge seed v1\0",
+    agent: false,
+};
+/// Pass payload: version, key id, expiry.
+const PASS: Kind = Kind {
+    version: 1,
+    len: 1 + 4 + 8,
+    domain: b"netwall challenge pass v1\0",
+    agent: true,
+};
 
 /// Why a seed, solution or pass was refused (logged and counted, never shown in detail).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -164,46 +179,57 @@ pub fn client_network(ip: IpAddr) -> [u8; 9] {
     out
 }
 
-fn mac(key: &Key, domain: &[u8], payload: &[u8], binding: &Binding, agent: bool) -> HmacSha256 {
+fn mac(key: &Key, kind: &Kind, payload: &[u8], binding: &Binding) -> HmacSha256 {
     // A key of any length is valid for HMAC; `new_from_slice` cannot fail for it.
     let mut m = <HmacSha256 as Mac>::new_from_slice(&key.secret)
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-    m.update(domain);
+    m.update(kind.domain);
     m.update(payload);
     m.update(&binding.network);
-    if agent {
+    if kind.agent {
         m.update(&binding.agent);
     }
     m.update(binding.host.as_bytes());
     m
 }
 
-fn encode(payload: &[u8], mac: HmacSha256) -> String {
-    let mut s = B64.encode(payload);
+/// `base64url(payload) "." base64url(mac)`; the payload's first byte is the version and the
+/// next four are filled with the signing key's id here.
+fn seal(ring: &KeyRing, kind: &Kind, payload: &mut [u8], binding: &Binding) -> String {
+    let key = ring.signer();
+    payload[0] = kind.version;
+    payload[1..5].copy_from_slice(&key.id);
+    let mut s = B64.encode(&*payload);
     s.push('.');
-    B64.encode_string(mac.finalize().into_bytes(), &mut s);
+    B64.encode_string(
+        mac(key, kind, payload, binding).finalize().into_bytes(),
+        &mut s,
+    );
     s
 }
 
-/// Split and decode a token of payload length `len`; checks version and finds the key.
-fn decode<'r>(
-    ring: &'r KeyRing,
+/// The payload of `token` once its form, version, key and MAC for `binding` are checked.
+fn open(
+    ring: &KeyRing,
+    kind: &Kind,
     token: &str,
-    len: usize,
-    version: u8,
-) -> Result<(Vec<u8>, Vec<u8>, &'r Key), TokenError> {
+    binding: &Binding,
+) -> Result<Vec<u8>, TokenError> {
     // Generous bound on the encoded length, so junk is not decoded at all.
-    if token.len() > 2 * (len + 32) + 8 {
+    if token.len() > 2 * (kind.len + 32) + 8 {
         return Err(TokenError::Malformed);
     }
     let (p, m) = token.split_once('.').ok_or(TokenError::Malformed)?;
     let payload = B64.decode(p).map_err(|_| TokenError::Malformed)?;
     let sig = B64.decode(m).map_err(|_| TokenError::Malformed)?;
-    if payload.len() != len || sig.len() != 32 || payload[0] != version {
+    if payload.len() != kind.len || sig.len() != 32 || payload[0] != kind.version {
         return Err(TokenError::Malformed);
     }
     let key = ring.find(&payload[1..5]).ok_or(TokenError::UnknownKey)?;
-    Ok((payload, sig, key))
+    mac(key, kind, &payload, binding)
+        .verify_slice(&sig)
+        .map_err(|_| TokenError::BadSignature)?;
+    Ok(payload)
 }
 
 fn expiry(bytes: &[u8]) -> u64 {
@@ -225,15 +251,11 @@ pub struct Seed {
 
 /// A new seed of `difficulty` expiring at `expires` (Unix seconds), bound to `binding`.
 pub fn issue_seed(ring: &KeyRing, binding: &Binding, difficulty: u8, expires: u64) -> String {
-    let key = ring.signer();
-    let mut payload = [0u8; SEED_LEN];
-    payload[0] = SEED_VERSION;
-    payload[1..5].copy_from_slice(&key.id);
+    let mut payload = [0u8; SEED.len];
     payload[5] = difficulty.min(MAX_DIFFICULTY_BITS);
     payload[6..14].copy_from_slice(&expires.to_be_bytes());
     payload[14..30].copy_from_slice(&rand::random::<[u8; 16]>());
-    let m = mac(key, SEED_DOMAIN, &payload, binding, false);
-    encode(&payload, m)
+    seal(ring, &SEED, &mut payload, binding)
 }
 
 /// Check that `seed` was issued by this ring for `binding` and has not expired at `now`.
@@ -243,10 +265,7 @@ pub fn verify_seed(
     seed: &str,
     now: u64,
 ) -> Result<Seed, TokenError> {
-    let (payload, sig, key) = decode(ring, seed, SEED_LEN, SEED_VERSION)?;
-    mac(key, SEED_DOMAIN, &payload, binding, false)
-        .verify_slice(&sig)
-        .map_err(|_| TokenError::BadSignature)?;
+    let payload = open(ring, &SEED, seed, binding)?;
     let difficulty = payload[5];
     if difficulty > MAX_DIFFICULTY_BITS {
         return Err(TokenError::Malformed);
@@ -307,13 +326,9 @@ pub fn verify_work(seed: &str, nonce: &str, difficulty: u8) -> Result<(), TokenE
 
 /// A pass for `binding` expiring at `expires` (Unix seconds).
 pub fn issue_pass(ring: &KeyRing, binding: &Binding, expires: u64) -> String {
-    let key = ring.signer();
-    let mut payload = [0u8; PASS_LEN];
-    payload[0] = PASS_VERSION;
-    payload[1..5].copy_from_slice(&key.id);
+    let mut payload = [0u8; PASS.len];
     payload[5..13].copy_from_slice(&expires.to_be_bytes());
-    let m = mac(key, PASS_DOMAIN, &payload, binding, true);
-    encode(&payload, m)
+    seal(ring, &PASS, &mut payload, binding)
 }
 
 /// Check a pass for `binding` at `now`; returns its expiry.
@@ -323,10 +338,7 @@ pub fn verify_pass(
     pass: &str,
     now: u64,
 ) -> Result<u64, TokenError> {
-    let (payload, sig, key) = decode(ring, pass, PASS_LEN, PASS_VERSION)?;
-    mac(key, PASS_DOMAIN, &payload, binding, true)
-        .verify_slice(&sig)
-        .map_err(|_| TokenError::BadSignature)?;
+    let payload = open(ring, &PASS, pass, binding)?;
     let expires = expiry(&payload[5..13]);
     if now >= expires {
         return Err(TokenError::Expired);
