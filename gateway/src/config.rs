@@ -639,6 +639,23 @@ pub struct Loaded {
     pub config: GatewayConfig,
     /// Folder of the file, against which relative paths resolve.
     pub base: PathBuf,
+    /// The file, which a reload reads again (`None`: configured in code, nothing to re-read).
+    pub path: Option<PathBuf>,
+    /// The file as a TOML table, so a reload can tell which sections changed.
+    pub raw: toml::Table,
+}
+
+impl Loaded {
+    /// A configuration made in code (relative paths resolve against `base`); it cannot be
+    /// reloaded.
+    pub fn in_code(config: GatewayConfig, base: PathBuf) -> Loaded {
+        Loaded {
+            config,
+            base,
+            path: None,
+            raw: toml::Table::new(),
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -652,7 +669,14 @@ impl GatewayConfig {
         })?;
         let config = Self::parse(path, &src)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(Loaded { config, base })
+        // `parse` accepted it, so it is a table.
+        let raw = src.parse::<toml::Table>().unwrap_or_default();
+        Ok(Loaded {
+            config,
+            base,
+            path: Some(path.to_path_buf()),
+            raw,
+        })
     }
 
     /// Parse and validate `src`, reporting errors against `path`.

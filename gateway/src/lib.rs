@@ -7,6 +7,7 @@
 //! binary and the end-to-end tests both use it.
 
 pub mod auth;
+pub mod certs;
 pub mod challenge;
 pub mod config;
 pub mod linger;
@@ -14,10 +15,12 @@ pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod security_log;
 pub mod spike;
+pub mod state;
 pub mod status;
 pub mod tcp;
 pub mod tls;
@@ -38,10 +41,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{GatewayConfig, Loaded};
 use crate::metrics::Metrics;
-use crate::route::{HostPattern, RouteTable};
-use crate::tls::{CertPair, SniResolver};
+use crate::route::RouteTable;
+use crate::tls::{CertPair, CertStore, SniResolver};
 use crate::tunnel::Registry;
-use crate::tunnel::listen::{Listeners, MUX_MAX_STREAMS, SocketOwner};
+use crate::tunnel::listen::{Listeners, MUX_MAX_STREAMS};
 use crate::tunnel::server::{CLOSE_SHUTDOWN, TunnelServer};
 use netwall_tunnel::mux::MuxParams;
 use netwall_tunnel::quic::{QuicListener, QuicParams};
@@ -116,6 +119,7 @@ pub struct RunningGateway {
     endpoint: QuicListener,
     tunnel_server: Arc<TunnelServer>,
     drain_timeout: Duration,
+    reloader: Arc<reload::Reloader>,
 }
 
 impl RunningGateway {
@@ -148,6 +152,12 @@ impl RunningGateway {
         drained
     }
 
+    /// Re-read the configuration file and apply it (see [`reload`]); an invalid file
+    /// changes nothing.
+    pub fn reload(&self) -> reload::Outcome {
+        self.reloader.reload()
+    }
+
     /// A token cancelled when shutdown begins.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -173,52 +183,29 @@ fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartErro
 
 /// Load certificates, bind every listener and start serving.
 pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
-    let Loaded { config, base } = loaded;
+    let config = &loaded.config;
+    let base = &loaded.base;
     // Relative paths in the config are relative to its folder; `join` keeps absolute ones.
     let resolve = |p: &Path| base.join(p);
     let metrics = Arc::new(Metrics::new());
     let codec = Codec::default();
-    let routes = RouteTable::new(&config, &base).map_err(StartError::Config)?;
+    let policy_state = Arc::new(state::PolicyState::default());
+    let mut carry = policy_state.begin();
+    let routes = RouteTable::build(config, base, &mut carry).map_err(StartError::Config)?;
+    policy_state.commit(carry);
     let gateway_id = config.gateway_id.clone().unwrap_or_else(host_name);
 
     // Public certificates.
-    let mut entries = Vec::new();
-    let mut https_cert_pem = None;
+    let public = certs::load(config, base, &routes, &metrics, None)?;
+    let https_cert_pem = public
+        .generated
+        .as_ref()
+        .and_then(|g| g.pair.generated_pem.clone());
+    let generated = public.generated;
+    let entries = public.entries;
     let expires = |listener: &'static str, file: String, pair: &CertPair| {
-        if let Some(t) = pair.not_after_unix() {
-            metrics
-                .certificate_not_after
-                .get_or_create(&metrics::CertificateLabel { listener, file })
-                .set(i64::try_from(t).unwrap_or(i64::MAX));
-        }
+        certs::expiry(&metrics, listener, file, pair)
     };
-    for c in &config.https.certificates {
-        let pair = CertPair::load(&resolve(c.cert.get_ref()), &resolve(c.key.get_ref()))?;
-        expires("https", c.cert.get_ref().display().to_string(), &pair);
-        let hosts = c
-            .hosts
-            .iter()
-            .filter_map(|h| HostPattern::parse(h).ok())
-            .collect();
-        entries.push((hosts, pair));
-    }
-    if config.https.self_signed {
-        let mut names: Vec<String> = routes.exact_hosts().map(str::to_owned).collect();
-        names.extend(
-            config
-                .routes
-                .iter()
-                .map(|r| r.host.get_ref().to_ascii_lowercase())
-                .filter(|h| h.starts_with("*.")),
-        );
-        names.push("localhost".to_owned());
-        names.sort();
-        names.dedup();
-        let pair = CertPair::self_signed(&names)?;
-        expires("https", "generated".into(), &pair);
-        https_cert_pem = pair.generated_pem.clone();
-        entries.push((vec![HostPattern::Any], pair));
-    }
     // Tunnel certificate.
     let tl = &config.tunnel_listener;
     let tunnel_pair = match (&tl.cert, &tl.key) {
@@ -233,12 +220,13 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             pair
         }
     };
-    let tcp_entries = entries.clone();
+    let tcp_certs = CertStore::new(SniResolver::new(entries.clone())?);
     let mut resolver = SniResolver::new(entries)?;
     if tl.tls_on_https {
         resolver = resolver.with_tunnel(&tunnel_pair)?;
     }
-    let acceptor = TlsAcceptor::from(tls::public_server_config(resolver)?);
+    let public_certs = CertStore::new(resolver);
+    let acceptor = TlsAcceptor::from(tls::public_server_config(public_certs.clone())?);
     let tunnel_fingerprint = tunnel_pair.fingerprint();
     if let (Some(out), Some(pem)) = (&tl.self_signed_cert_out, &tunnel_pair.generated_pem) {
         let out = resolve(out);
@@ -254,14 +242,10 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     let users = Arc::new(ws::UserSessions::default());
     let revocations = Arc::new(auth::Revocations::default());
 
-    let tunnels = config.tunnels.iter().map(|t| {
-        let hash = t
-            .credential_sha256
-            .as_ref()
-            .and_then(|c| tunnel::parse_credential_hash(c.get_ref()));
-        (t.name.get_ref().clone(), hash)
-    });
-    let registry = Arc::new(Registry::new(tunnels, metrics.clone()));
+    let registry = Arc::new(Registry::new(
+        reload::declared_tunnels(config),
+        metrics.clone(),
+    ));
     let quic_params = QuicParams {
         idle_timeout: tl.idle_timeout,
         keep_alive: tl.keep_alive,
@@ -302,40 +286,8 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             .serve_quic(endpoint.clone())
             .instrument(info_span!("tunnel_listener", transport = "quic")),
     );
-    let mut tunnel_sockets = Vec::new();
-    for t in &config.tunnels {
-        let Some(path) = &t.unix_socket else { continue };
-        let path = resolve(path.get_ref());
-        let (uid, gid) = t.socket_owner();
-        let l = tunnel::listen::bind_unix(&path, t.socket_mode(), SocketOwner { uid, gid })
-            .map_err(|source| StartError::Socket {
-                path: path.display().to_string(),
-                source,
-            })?;
-        tunnel_sockets.push((t.name.get_ref().clone(), path.clone()));
-        tokio::spawn(
-            listeners
-                .clone()
-                .serve_unix(l, path.clone(), t.name.get_ref().clone())
-                .instrument(
-                    info_span!("tunnel_listener", transport = "unix", socket = %path.display()),
-                ),
-        );
-    }
-
     let https_listener = bind_tcp(config.https.listen).await?;
     let https_addr = local_addr(&https_listener, config.https.listen)?;
-    let challenged: Vec<_> = routes
-        .routes()
-        .filter_map(|r| r.challenge.clone().map(|c| (r.name.clone(), c)))
-        .collect();
-    if !challenged.is_empty() {
-        tokio::spawn(proxy::challenge_difficulty_gauges(
-            challenged,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
     let proxy = Arc::new(proxy::Proxy::new(
         routes,
         registry.clone(),
@@ -350,6 +302,27 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             max_header_bytes: config.https.max_header_bytes,
         },
     ));
+    tokio::spawn(proxy::challenge_difficulty_gauges(
+        proxy.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let (reloader, tunnel_sockets) = reload::Reloader::new(
+        &loaded,
+        reload::Parts {
+            proxy: proxy.clone(),
+            registry: registry.clone(),
+            public_certs: public_certs.clone(),
+            tcp_certs: tcp_certs.clone(),
+            tunnel_pair: tl.tls_on_https.then(|| tunnel_pair.clone()),
+            state: policy_state,
+            listeners: listeners.clone(),
+            metrics: metrics.clone(),
+        },
+        generated,
+    )
+    .map_err(|(path, source)| StartError::Socket { path, source })?;
+    let reloader = Arc::new(reloader);
     // Raw TCP routes: on listeners of their own, or by server name on the HTTPS port.
     let mut tcp_addrs = Vec::new();
     let mut sni_routes = std::collections::HashMap::new();
@@ -359,7 +332,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         } else {
             let ca = r.client_ca.as_ref().map(|ca| resolve(ca.get_ref()));
             Some(TlsAcceptor::from(tls::tcp_server_config(
-                SniResolver::new(tcp_entries.clone())?,
+                tcp_certs.clone(),
                 ca.as_deref(),
             )?))
         };
@@ -439,6 +412,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
                 gateway_id: gateway_id.clone(),
                 started: std::time::Instant::now(),
             },
+            reloader.clone(),
         );
         // The admin listener outlives the drain so metrics stay readable during it.
         tokio::spawn(listener::serve_plain(
@@ -471,6 +445,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         endpoint,
         tunnel_server: server,
         drain_timeout: config.shutdown.drain_timeout,
+        reloader,
     })
 }
 

@@ -391,8 +391,29 @@ pub fn admin_handler(
     revocations: Arc<Revocations>,
     users: Arc<UserSessions>,
     status: StatusSource,
+    reloader: Arc<crate::reload::Reloader>,
 ) -> LocalHandler {
     Arc::new(move |req| match req.uri().path() {
+        "/reload" if req.method() == http::Method::POST => {
+            let outcome = reloader.reload();
+            let status = if outcome.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            let body = serde_json::to_string(&outcome).unwrap_or_default() + "\n";
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        "/reload" => plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 method not allowed: POST /reload\n",
+        ),
         "/status" => asset(crate::status::STATUS_HTML, "text/html; charset=utf-8"),
         "/status.js" => asset(crate::status::STATUS_JS, "text/javascript; charset=utf-8"),
         "/status.css" => asset(crate::status::STATUS_CSS, "text/css; charset=utf-8"),

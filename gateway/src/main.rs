@@ -120,10 +120,16 @@ async fn run(config: PathBuf) -> anyhow::Result<()> {
     let gateway = netwall_gateway::start(loaded)
         .await
         .context("cannot start")?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            // The outcome is logged and counted by the reload itself.
+            _ = hangup.recv() => { gateway.reload(); }
+        }
     }
     gateway.shutdown().await;
     Ok(())

@@ -88,6 +88,13 @@ pub struct WsCloseLabel {
     pub code: u16,
 }
 
+/// Label: how a configuration reload ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    /// `applied`, or `invalid` (the running configuration stayed).
+    pub outcome: &'static str,
+}
+
 /// Label: a certificate the gateway serves.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabel {
@@ -132,6 +139,12 @@ pub struct Metrics {
     pub tunnel_transport_connections: Family<TransportLabel, Gauge>,
     /// Requests in flight per tunnel (from stream open to response end).
     pub tunnel_in_flight: Family<TunnelLabel, Gauge>,
+    /// Configuration reloads by outcome.
+    pub config_reloads: Family<ReloadLabel, Counter>,
+    /// Configurations applied since start (1 at start).
+    pub config_generation: Gauge,
+    /// 1 when the last reload was applied (or none was tried), 0 when it was refused.
+    pub config_last_reload_ok: Gauge,
     /// Tunnel handshakes by outcome.
     pub tunnel_handshakes: Family<ResultLabel, Counter>,
     /// When each served certificate expires (Unix seconds), for expiry alerts.
@@ -186,6 +199,9 @@ impl Metrics {
             tunnel_connections: Family::default(),
             tunnel_transport_connections: Family::default(),
             tunnel_in_flight: Family::default(),
+            config_reloads: Family::default(),
+            config_generation: Gauge::default(),
+            config_last_reload_ok: Gauge::default(),
             tunnel_handshakes: Family::default(),
             tunnel_bytes: Family::default(),
             ws_active: Family::default(),
@@ -239,6 +255,21 @@ impl Metrics {
             "tunnel_requests_in_flight",
             "Requests in flight per tunnel",
             m.tunnel_in_flight.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by outcome",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Configurations applied since start",
+            m.config_generation.clone(),
+        );
+        registry.register(
+            "config_last_reload_ok",
+            "Whether the last configuration reload was applied (1) or refused (0)",
+            m.config_last_reload_ok.clone(),
         );
         registry.register(
             "tunnel_handshakes",

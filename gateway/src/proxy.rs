@@ -74,9 +74,10 @@ fn set_difficulty(metrics: &Metrics, route: &str, difficulty: u8) {
     }
 }
 
-/// Keep every challenged route's difficulty gauge current, also while no visitor arrives.
+/// Keep every challenged route's difficulty gauge current, also while no visitor arrives
+/// (and across reloads: the routes are read from the proxy each time).
 pub async fn challenge_difficulty_gauges(
-    routes: Vec<(String, Arc<Challenge>)>,
+    proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -88,8 +89,10 @@ pub async fn challenge_difficulty_gauges(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        for (name, challenge) in &routes {
-            set_difficulty(&metrics, name, challenge.difficulty());
+        for route in proxy.routes().routes() {
+            if let Some(challenge) = &route.challenge {
+                set_difficulty(&metrics, &route.name, challenge.difficulty());
+            }
         }
     }
 }
@@ -128,7 +131,8 @@ pub struct Sessions {
 
 /// Relays public requests into tunnels.
 pub struct Proxy {
-    routes: RouteTable,
+    /// Replaced whole by a reload; a request keeps the table it started with.
+    routes: arc_swap::ArcSwap<RouteTable>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     codec: Codec,
@@ -159,7 +163,7 @@ impl Proxy {
             max_header_bytes,
         } = sessions;
         Proxy {
-            routes,
+            routes: arc_swap::ArcSwap::from_pointee(routes),
             registry,
             metrics,
             codec,
@@ -171,6 +175,17 @@ impl Proxy {
             tasks,
             max_header_bytes,
         }
+    }
+
+    /// The routes in force.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Serve `routes` from the next request on; requests under way keep the table they
+    /// were routed by.
+    pub fn set_routes(&self, routes: RouteTable) {
+        self.routes.store(Arc::new(routes));
     }
 
     /// Answer one public request; never fails (errors become responses).
@@ -225,6 +240,7 @@ impl Proxy {
         }
         let route = self
             .routes
+            .load()
             .find(&host, req.uri().path())
             .ok_or(EdgeError::UnknownHost)?
             .clone();

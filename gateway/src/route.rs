@@ -14,6 +14,7 @@ pub use crate::config::valid_name;
 use crate::config::{GatewayConfig, RouteConfig};
 pub use crate::policy::host::HostPattern;
 pub use crate::policy::path::normalize_prefix;
+use crate::state::{Carry, PolicyState};
 
 /// One resolved route.
 #[derive(Debug, Clone)]
@@ -82,8 +83,12 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
             && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
 }
 
-fn rate_limit(rl: &crate::config::RateLimitConfig) -> Option<RouteRateLimit> {
-    use crate::policy::rate_limit::{Limit, MemoryLimiter};
+fn rate_limit(
+    rl: &crate::config::RateLimitConfig,
+    route: &str,
+    carry: &mut Carry,
+) -> Option<RouteRateLimit> {
+    use crate::policy::rate_limit::Limit;
     let requests = std::num::NonZeroU32::new(rl.requests)?;
     let limit = Limit {
         requests,
@@ -94,7 +99,7 @@ fn rate_limit(rl: &crate::config::RateLimitConfig) -> Option<RouteRateLimit> {
             .unwrap_or(requests),
     };
     Some(RouteRateLimit {
-        limiter: Arc::new(MemoryLimiter::new(limit)?),
+        limiter: carry.rate_limiter(route, limit)?,
         limit,
         by_sub: rl.key == "sub",
     })
@@ -128,16 +133,26 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Build from validated configuration.
+    /// Build from validated configuration, with fresh counters.
     /// Key files named by `[route.auth]` and `[challenge]` resolve against `base`.
     pub fn new(config: &GatewayConfig, base: &std::path::Path) -> Result<RouteTable, String> {
+        Self::build(config, base, &mut PolicyState::default().begin())
+    }
+
+    /// Build from validated configuration, keeping the counters `carry` holds for routes
+    /// whose policies did not change (see [`crate::state`]).
+    pub fn build(
+        config: &GatewayConfig,
+        base: &std::path::Path,
+        carry: &mut Carry,
+    ) -> Result<RouteTable, String> {
         let mut table = RouteTable::default();
         let routes: &[RouteConfig] = &config.routes;
         // The challenge's keys are loaded once, for every challenged route.
         let challenges = if routes.iter().any(|r| r.challenge.is_some()) {
             let keys = crate::challenge::keys::load(&config.challenge, base)
                 .map_err(|e| format!("challenge.{e}"))?;
-            Some(Arc::new(crate::challenge::Shared::new(keys)))
+            Some(carry.challenge_shared(keys))
         } else {
             None
         };
@@ -151,22 +166,34 @@ impl RouteTable {
                 None => None,
             };
             let prefix = normalize_prefix(r.path.get_ref());
+            let name = format!("{}{}", r.host.get_ref(), r.path.get_ref());
             let challenge = match (&r.challenge, &challenges) {
-                (Some(c), Some(shared)) => Some(Arc::new(
-                    crate::challenge::Challenge::new(c.get_ref(), &prefix, shared.clone())
+                (Some(c), Some(shared)) => Some(
+                    carry
+                        .challenge(&name, &prefix, c.get_ref(), || {
+                            crate::challenge::Challenge::new(c.get_ref(), &prefix, shared.clone())
+                        })
                         .map_err(|e| format!("route[{i}].challenge.{e}"))?,
-                )),
+                ),
                 _ => None,
+            };
+            let attempts = crate::ws::WsPolicy::attempt_limit(&r.websocket)
+                .and_then(|l| carry.attempt_limiter(&name, l));
+            let rate_limit = match &r.rate_limit {
+                Some(rl) => Some(rate_limit(rl.get_ref(), &name, carry).ok_or(format!(
+                    "route[{i}].rate_limit: the limit cannot be expressed"
+                ))?),
+                None => None,
             };
             let route = Arc::new(Route {
                 challenge,
-                name: format!("{}{}", r.host.get_ref(), r.path.get_ref()),
+                name,
                 tunnel: r.tunnel.get_ref().clone(),
                 service: r.service.clone(),
                 timeout: r.timeout,
                 max_body_bytes: r.max_body_bytes,
                 websocket: Arc::new(
-                    crate::ws::WsPolicy::new(r.websocket.clone(), base)
+                    crate::ws::WsPolicy::new(r.websocket.clone(), base, attempts)
                         .map_err(|e| format!("route[{i}].websocket: {e}"))?,
                 ),
                 auth,
@@ -179,12 +206,7 @@ impl RouteTable {
                     .collect(),
                 allow_trace: r.allow_trace,
                 allow_underscores_in_headers: r.allow_underscores_in_headers,
-                rate_limit: match &r.rate_limit {
-                    Some(rl) => Some(rate_limit(rl.get_ref()).ok_or(format!(
-                        "route[{i}].rate_limit: the limit cannot be expressed"
-                    ))?),
-                    None => None,
-                },
+                rate_limit,
                 cors: match &r.cors {
                     Some(c) => Some(
                         c.get_ref()

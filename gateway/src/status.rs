@@ -97,6 +97,7 @@ pub fn snapshot(
 ) -> serde_json::Value {
     let tunnels: Vec<serde_json::Value> = registry
         .all()
+        .iter()
         .map(|t| {
             let connections: Vec<serde_json::Value> = t
                 .live()

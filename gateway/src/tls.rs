@@ -198,6 +198,38 @@ impl ResolvesServerCert for SniResolver {
 
 /// Lifetime of a generated development certificate: what public CAs issue, so nothing
 /// comes to rely on a certificate that never expires.
+/// The certificates a listener serves, replaceable while it runs: a reload stores a new
+/// [`SniResolver`] and the next handshake uses it; handshakes already done are not touched.
+#[derive(Debug)]
+pub struct CertStore {
+    current: arc_swap::ArcSwap<SniResolver>,
+}
+
+impl CertStore {
+    /// A store serving `resolver`.
+    pub fn new(resolver: SniResolver) -> Arc<CertStore> {
+        Arc::new(CertStore {
+            current: arc_swap::ArcSwap::from_pointee(resolver),
+        })
+    }
+
+    /// Serve `resolver` from the next handshake on.
+    pub fn replace(&self, resolver: SniResolver) {
+        self.current.store(Arc::new(resolver));
+    }
+
+    /// Whether tunnel connections are accepted (fixed at start: the ALPN list is).
+    pub fn accepts_tunnels(&self) -> bool {
+        self.current.load().accepts_tunnels()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load().resolve(hello)
+    }
+}
+
 pub const SELF_SIGNED_VALIDITY: time::Duration = time::Duration::days(90);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -208,12 +240,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// resolver accepts tunnels; no browser offers it). The server's cipher-suite order
 /// (rustls's: AEADs with forward secrecy, strongest first) wins over the client's, so a
 /// client cannot steer the handshake to the weakest suite both support.
-pub fn public_server_config(resolver: SniResolver) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn public_server_config(
+    resolver: Arc<CertStore>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let tunnels = resolver.accepts_tunnels();
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(resolver);
     cfg.ignore_client_order = true;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if tunnels {
@@ -226,14 +260,14 @@ pub fn public_server_config(resolver: SniResolver) -> Result<Arc<rustls::ServerC
 /// and 1.3, and, with `client_ca`, a client certificate it issued required in the handshake,
 /// so a client without one is refused before a byte reaches the tunnel.
 pub fn tcp_server_config(
-    resolver: SniResolver,
+    resolver: Arc<CertStore>,
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let Some(client_ca) = client_ca else {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(resolver));
+            .with_cert_resolver(resolver.clone());
         cfg.ignore_client_order = true;
         return Ok(Arc::new(cfg));
     };
@@ -257,7 +291,7 @@ pub fn tcp_server_config(
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(resolver);
     cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }

@@ -203,13 +203,29 @@ pub struct WsPolicy {
     /// The configuration.
     pub config: WsConfig,
     origins: Vec<OriginPattern>,
-    attempts: Option<crate::policy::rate_limit::MemoryLimiter>,
+    attempts: Option<Arc<crate::policy::rate_limit::MemoryLimiter>>,
     schema: Option<jsonschema::Validator>,
 }
 
 impl WsPolicy {
-    /// Compile a validated configuration, loading the JSON Schema (relative to `base`).
-    pub fn new(config: WsConfig, base: &std::path::Path) -> Result<WsPolicy, String> {
+    /// The per-user limit on opening attempts `config` asks for, if any.
+    pub fn attempt_limit(config: &WsConfig) -> Option<crate::policy::rate_limit::Limit> {
+        NonZeroU32::new(config.connect_attempts_per_user_per_minute).map(|n| {
+            crate::policy::rate_limit::Limit {
+                requests: n,
+                window: Duration::from_secs(60),
+                burst: n,
+            }
+        })
+    }
+
+    /// Compile a validated configuration, loading the JSON Schema (relative to `base`);
+    /// `attempts` counts opening attempts (see [`WsPolicy::attempt_limit`]).
+    pub fn new(
+        config: WsConfig,
+        base: &std::path::Path,
+        attempts: Option<Arc<crate::policy::rate_limit::MemoryLimiter>>,
+    ) -> Result<WsPolicy, String> {
         let schema = match &config.json_schema {
             Some(p) => {
                 // `join` keeps an absolute `p` as it is.
@@ -228,13 +244,6 @@ impl WsPolicy {
             .iter()
             .filter_map(|o| OriginPattern::parse(o).ok())
             .collect();
-        let attempts = NonZeroU32::new(config.connect_attempts_per_user_per_minute).and_then(|n| {
-            crate::policy::rate_limit::MemoryLimiter::new(crate::policy::rate_limit::Limit {
-                requests: n,
-                window: Duration::from_secs(60),
-                burst: n,
-            })
-        });
         Ok(WsPolicy {
             config,
             origins,

@@ -211,7 +211,7 @@ async fn a_drain_waits_for_the_last_lease_then_closes() {
     let mut s = handshake::say_hello(client, hello("app", CREDENTIAL), Codec::default())
         .await
         .expect("welcome");
-    let tunnel = gw.registry.get("app").expect("tunnel").clone();
+    let tunnel = gw.registry.get("app").expect("tunnel");
     let lease = tunnel.pick().expect("a live connection");
     s.control_w.send(&Frame::Drain).await.expect("drain");
     s.control_w.flush().await.expect("flush");

@@ -12,6 +12,10 @@ pub const CLOSE_SHUTDOWN: u32 = 0x2;
 /// Application close code once a draining connection has no request left.
 pub const CLOSE_DRAINED: u32 = 0x3;
 
+/// Application close code when the connection's tunnel was removed from the gateway's
+/// configuration by a reload.
+pub const CLOSE_TUNNEL_REMOVED: u32 = 0x4;
+
 /// Application close code for a rejected handshake; the [`RejectCode`](crate::RejectCode)
 /// is added to it, so a connector that lost the reject frame still learns why.
 pub const CLOSE_REJECTED: u32 = 0x100;

@@ -300,10 +300,10 @@ pub async fn start_gateway(toml: &str) -> netwall_gateway::RunningGateway {
     let config =
         netwall_gateway::config::GatewayConfig::parse(Path::new("test-gateway.toml"), toml)
             .unwrap_or_else(|e| panic!("gateway config: {e}"));
-    netwall_gateway::start(netwall_gateway::config::Loaded {
+    netwall_gateway::start(netwall_gateway::config::Loaded::in_code(
         config,
-        base: PathBuf::new(),
-    })
+        PathBuf::new(),
+    ))
     .await
     .expect("gateway starts")
 }

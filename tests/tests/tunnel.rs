@@ -221,10 +221,7 @@ async fn connector_reconnects_by_itself_after_a_gateway_restart() {
             .expect("config");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let gw2 = loop {
-        let loaded = netwall_gateway::config::Loaded {
-            config: config.clone(),
-            base: Default::default(),
-        };
+        let loaded = netwall_gateway::config::Loaded::in_code(config.clone(), Default::default());
         match netwall_gateway::start(loaded).await {
             Ok(g) => break g,
             Err(e) if tokio::time::Instant::now() < deadline => {
@@ -291,7 +288,7 @@ async fn drain_finishes_in_flight_requests_and_takes_no_new_ones() {
         Duration::from_secs(5),
         "requests in flight on both replicas",
         || {
-            let t = gw.registry.get("app").cloned();
+            let t = gw.registry.get("app");
             async move { t.is_some_and(|t| t.live().iter().all(|c| c.in_flight() > 0)) }
         },
     )

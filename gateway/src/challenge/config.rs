@@ -77,7 +77,7 @@ pub struct ChallengeKeysConfig {
 
 /// `[route.challenge]`: a proof-of-work check before a visitor without a pass reaches the
 /// route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChallengeConfig {
     /// Leading zero bits of SHA-256 the solution needs (each bit doubles the work).

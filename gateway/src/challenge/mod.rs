@@ -56,10 +56,11 @@ pub const VERIFY_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// make the edge compute many HMACs.
 const MAX_PASS_CANDIDATES: usize = 4;
 
-/// State every challenged route of a gateway shares.
+/// State every challenged route of a gateway shares. It outlives a reload: the keys are
+/// replaced when `[challenge]` names new ones, the set of redeemed seeds stays.
 #[derive(Debug)]
 pub struct Shared {
-    keys: KeyRing,
+    keys: arc_swap::ArcSwap<KeyRing>,
     redeemed: Redeemed,
 }
 
@@ -67,9 +68,14 @@ impl Shared {
     /// Shared state over `keys`.
     pub fn new(keys: KeyRing) -> Shared {
         Shared {
-            keys,
+            keys: arc_swap::ArcSwap::from_pointee(keys),
             redeemed: Redeemed::default(),
         }
+    }
+
+    /// Sign with `keys` from now on (a reload that rotated them).
+    pub fn set_keys(&self, keys: KeyRing) {
+        self.keys.store(Arc::new(keys));
     }
 }
 
@@ -282,7 +288,9 @@ impl Challenge {
             .filter_map(|c| c.trim().split_once('='))
             .filter(|(name, _)| *name == self.cookie)
             .take(MAX_PASS_CANDIDATES)
-            .any(|(_, value)| token::verify_pass(&self.shared.keys, &binding, value, now).is_ok())
+            .any(|(_, value)| {
+                token::verify_pass(&self.shared.keys.load(), &binding, value, now).is_ok()
+            })
     }
 
     fn second(&self) -> u64 {
@@ -308,7 +316,7 @@ impl Challenge {
         };
         let binding = self.binding(ip, host, headers);
         let expires = now + self.seed_ttl.as_secs();
-        let seed = token::issue_seed(&self.shared.keys, &binding, difficulty, expires);
+        let seed = token::issue_seed(&self.shared.keys.load(), &binding, difficulty, expires);
         let body = page::render(&self.dir, &self.title, &self.text, &seed, difficulty);
         let status = if raised {
             StatusCode::TOO_MANY_REQUESTS
@@ -337,15 +345,13 @@ impl Challenge {
     ) -> Result<Verified, &'static str> {
         let solution: Solution = serde_json::from_slice(body).map_err(|_| "malformed body")?;
         let binding = self.binding(ip, host, headers);
-        let seed =
-            token::verify_seed(&self.shared.keys, &binding, &solution.seed, now).map_err(|e| {
-                match e {
-                    token::TokenError::Malformed => "malformed seed",
-                    token::TokenError::UnknownKey => "seed of an unknown key",
-                    token::TokenError::BadSignature => "seed not issued for this client",
-                    token::TokenError::Expired => "seed expired",
-                    token::TokenError::InsufficientWork => "insufficient work",
-                }
+        let seed = token::verify_seed(&self.shared.keys.load(), &binding, &solution.seed, now)
+            .map_err(|e| match e {
+                token::TokenError::Malformed => "malformed seed",
+                token::TokenError::UnknownKey => "seed of an unknown key",
+                token::TokenError::BadSignature => "seed not issued for this client",
+                token::TokenError::Expired => "seed expired",
+                token::TokenError::InsufficientWork => "insufficient work",
             })?;
         token::verify_work(&solution.seed, &solution.nonce, seed.difficulty).map_err(|e| {
             if e == token::TokenError::Malformed {
@@ -358,7 +364,7 @@ impl Challenge {
             return Err("solution already used");
         }
         let ttl = self.cookie_ttl.as_secs().max(1);
-        let pass = token::issue_pass(&self.shared.keys, &binding, now + ttl);
+        let pass = token::issue_pass(&self.shared.keys.load(), &binding, now + ttl);
         let cookie = format!(
             "{}={pass}; Path={}; Max-Age={ttl}; Secure; HttpOnly; SameSite=Lax",
             self.cookie, self.base

@@ -39,7 +39,7 @@ pub enum Decision {
 }
 
 /// A limit: `requests` per `window`, bursts of up to `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limit {
     /// Requests per window.
     pub requests: NonZeroU32,

@@ -4,7 +4,7 @@
 //! its own, tracked apart from public connections so it outlives the public drain.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,8 +107,18 @@ impl Listeners {
         );
     }
 
-    /// Accept connections on tunnel `tunnel`'s Unix socket until shutdown.
-    pub async fn serve_unix(self, listener: UnixListener, path: PathBuf, tunnel: String) {
+    /// Accept connections on tunnel `tunnel`'s Unix socket until `stop` (a child of the
+    /// shutdown token; a reload that removes or moves the socket cancels it). Connections
+    /// already accepted keep running.
+    pub async fn serve_unix(
+        self,
+        listener: UnixListener,
+        path: PathBuf,
+        tunnel: String,
+        stop: CancellationToken,
+    ) {
+        // The file this listener owns: a reload may bind a new socket at the same path.
+        let inode = std::fs::symlink_metadata(&path).ok().map(|m| m.ino());
         loop {
             let stream = tokio::select! {
                 r = listener.accept() => match r {
@@ -119,7 +129,7 @@ impl Listeners {
                         continue;
                     }
                 },
-                _ = self.shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
             };
             let uid = stream.peer_cred().ok().map(|c| c.uid());
             let peer = Peer::Unix {
@@ -136,8 +146,14 @@ impl Listeners {
                 span,
             );
         }
-        // The socket file goes with the listener, so a restart binds cleanly.
-        let _ = std::fs::remove_file(&path);
+        // The socket file goes with the listener, so a restart binds cleanly; a file another
+        // listener has bound since is left alone.
+        let still_ours = std::fs::symlink_metadata(&path)
+            .ok()
+            .is_some_and(|m| Some(m.ino()) == inode);
+        if still_ours {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 

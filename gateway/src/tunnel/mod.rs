@@ -159,10 +159,13 @@ impl Drop for Lease {
 pub struct Tunnel {
     /// Name from the config.
     pub name: String,
-    credential_hash: Option<[u8; 32]>,
+    /// Replaced by a reload that rotated the credential; read once per handshake.
+    credential_hash: RwLock<Option<[u8; 32]>>,
     in_flight: Gauge,
     live: RwLock<Vec<Arc<TunnelConn>>>,
     rotate: AtomicUsize,
+    /// Set when a reload removed the tunnel: no connection may join it any more.
+    retired: AtomicBool,
 }
 
 impl Tunnel {
@@ -172,17 +175,22 @@ impl Tunnel {
     pub fn new(name: String, credential_hash: Option<[u8; 32]>, in_flight: Gauge) -> Self {
         Tunnel {
             name,
-            credential_hash,
+            credential_hash: RwLock::new(credential_hash),
             in_flight,
             live: RwLock::new(Vec::new()),
             rotate: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    fn credential(&self) -> Option<[u8; 32]> {
+        self.credential_hash.read().map(|h| *h).unwrap_or(None)
     }
 
     /// Constant-time check of a presented credential; a tunnel without one accepts none.
     pub fn verify(&self, credential: &[u8]) -> bool {
         let presented: [u8; 32] = Sha256::digest(credential).into();
-        match &self.credential_hash {
+        match &self.credential() {
             Some(h) => presented.ct_eq(h).into(),
             None => {
                 let _ = std::hint::black_box(presented.ct_eq(&[0u8; 32]));
@@ -193,7 +201,12 @@ impl Tunnel {
 
     /// Whether a connection must present a credential (one is configured).
     pub fn requires_credential(&self) -> bool {
-        self.credential_hash.is_some()
+        self.credential().is_some()
+    }
+
+    /// Whether a reload removed this tunnel.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// The same work as [`Tunnel::verify`], for a tunnel name that does not exist.
@@ -261,9 +274,21 @@ impl Tunnel {
     }
 }
 
+/// What a reload changed among the tunnels.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TunnelChanges {
+    /// Tunnels declared anew.
+    pub added: Vec<String>,
+    /// Tunnels removed; their connections were closed.
+    pub removed: Vec<String>,
+    /// Tunnels whose credential changed (new handshakes need the new one).
+    pub rotated: Vec<String>,
+}
+
 /// Every tunnel of the gateway.
 pub struct Registry {
-    tunnels: HashMap<String, Arc<Tunnel>>,
+    /// Replaced whole by a reload that adds or removes a tunnel.
+    tunnels: arc_swap::ArcSwap<HashMap<String, Arc<Tunnel>>>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -276,31 +301,85 @@ impl Registry {
     ) -> Self {
         let tunnels = tunnels
             .into_iter()
-            .map(|(name, hash)| {
-                let gauge = metrics
-                    .tunnel_in_flight
-                    .get_or_create(&TunnelLabel {
-                        tunnel: name.clone(),
-                    })
-                    .clone();
-                (name.clone(), Arc::new(Tunnel::new(name, hash, gauge)))
-            })
+            .map(|(name, hash)| (name.clone(), Self::tunnel(&metrics, name, hash)))
             .collect();
         Registry {
-            tunnels,
+            tunnels: arc_swap::ArcSwap::from_pointee(tunnels),
             next_id: AtomicU64::new(1),
             metrics,
         }
     }
 
+    fn tunnel(metrics: &Metrics, name: String, hash: Option<[u8; 32]>) -> Arc<Tunnel> {
+        let gauge = metrics
+            .tunnel_in_flight
+            .get_or_create(&TunnelLabel {
+                tunnel: name.clone(),
+            })
+            .clone();
+        Arc::new(Tunnel::new(name, hash, gauge))
+    }
+
     /// The tunnel named `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<Tunnel>> {
-        self.tunnels.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Tunnel>> {
+        self.tunnels.load().get(name).cloned()
     }
 
     /// Every tunnel.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Tunnel>> {
-        self.tunnels.values()
+    pub fn all(&self) -> Vec<Arc<Tunnel>> {
+        self.tunnels.load().values().cloned().collect()
+    }
+
+    /// Make the declared tunnels `(name, credential hash)`: add the new ones, update
+    /// credentials, and remove the others, closing their connections with
+    /// [`CLOSE_TUNNEL_REMOVED`](netwall_proto::wire::CLOSE_TUNNEL_REMOVED). Live
+    /// connections of a tunnel whose credential changed keep running.
+    pub fn reconcile(
+        &self,
+        declared: impl IntoIterator<Item = (String, Option<[u8; 32]>)>,
+    ) -> TunnelChanges {
+        let mut changes = TunnelChanges::default();
+        let old = self.tunnels.load_full();
+        let mut next = HashMap::new();
+        for (name, hash) in declared {
+            match old.get(&name) {
+                Some(t) => {
+                    if t.credential() != hash {
+                        if let Ok(mut h) = t.credential_hash.write() {
+                            *h = hash;
+                        }
+                        changes.rotated.push(name.clone());
+                    }
+                    next.insert(name, t.clone());
+                }
+                None => {
+                    changes.added.push(name.clone());
+                    next.insert(name.clone(), Self::tunnel(&self.metrics, name, hash));
+                }
+            }
+        }
+        let removed: Vec<Arc<Tunnel>> = old
+            .iter()
+            .filter(|(n, _)| !next.contains_key(*n))
+            .map(|(_, t)| t.clone())
+            .collect();
+        self.tunnels.store(Arc::new(next));
+        for t in removed {
+            // Retired first: a handshake that found the tunnel before the swap registers
+            // after this and is closed by `register`, or is here in the live set.
+            t.retired.store(true, Ordering::SeqCst);
+            for c in t.live() {
+                c.transport.close(
+                    netwall_proto::wire::CLOSE_TUNNEL_REMOVED,
+                    b"tunnel removed from the gateway configuration",
+                );
+            }
+            changes.removed.push(t.name.clone());
+        }
+        changes.added.sort();
+        changes.removed.sort();
+        changes.rotated.sort();
+        changes
     }
 
     /// A fresh connection id.
@@ -317,13 +396,19 @@ impl Registry {
                 transport: conn.transport.kind().as_str(),
             })
             .inc();
-        tunnel.add(conn);
+        tunnel.add(conn.clone());
         self.metrics
             .tunnel_connections
             .get_or_create(&TunnelLabel {
                 tunnel: tunnel.name.clone(),
             })
             .inc();
+        if tunnel.is_retired() {
+            conn.transport.close(
+                netwall_proto::wire::CLOSE_TUNNEL_REMOVED,
+                b"tunnel removed from the gateway configuration",
+            );
+        }
     }
 
     /// Forget a closed connection.

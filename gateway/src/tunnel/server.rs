@@ -240,7 +240,7 @@ impl TunnelServer {
         // gateway's own metrics and logs still tell them apart.
         let tunnel = match binding {
             Binding::Tunnel(name) if *name != hello.tunnel => None,
-            _ => self.registry.get(&hello.tunnel).cloned(),
+            _ => self.registry.get(&hello.tunnel),
         };
         let verified = match (&tunnel, binding) {
             // The socket's permissions authenticated the peer; a configured credential must
