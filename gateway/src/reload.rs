@@ -145,16 +145,26 @@ impl Reloader {
     /// Re-read the configuration file and apply it, or change nothing and say why.
     pub fn reload(&self) -> Outcome {
         let Some(path) = self.path.clone() else {
-            return self.refused(vec![
-                "the configuration was not read from a file; there is nothing to re-read".into(),
-            ]);
+            let generation = self.generation();
+            return self.refused(
+                generation,
+                vec![
+                    "the configuration was not read from a file; there is nothing to re-read"
+                        .into(),
+                ],
+            );
         };
         let Ok(mut current) = self.current.lock() else {
-            return self.refused(vec!["an earlier reload failed midway".into()]);
+            return self.refused(0, vec!["an earlier reload failed midway".into()]);
         };
         let loaded = match GatewayConfig::load(&path) {
             Ok(l) => l,
-            Err(e) => return self.refused(e.0.iter().map(ToString::to_string).collect()),
+            Err(e) => {
+                return self.refused(
+                    current.generation,
+                    e.0.iter().map(ToString::to_string).collect(),
+                );
+            }
         };
         match self.apply(&loaded, &mut current) {
             Ok(outcome) => {
@@ -184,6 +194,7 @@ impl Reloader {
                 outcome
             }
             Err(errors) => self.refused(
+                current.generation,
                 errors
                     .into_iter()
                     .map(|e| format!("{}: {e}", path.display()))
@@ -192,7 +203,16 @@ impl Reloader {
         }
     }
 
-    fn refused(&self, errors: Vec<String>) -> Outcome {
+    fn generation(&self) -> u64 {
+        self.current
+            .lock()
+            .map(|c| c.generation)
+            .unwrap_or_default()
+    }
+
+    /// Count and log a refused reload. `generation` is the one still serving; the caller may
+    /// hold the lock on `current`, so this does not take it.
+    fn refused(&self, generation: u64, errors: Vec<String>) -> Outcome {
         self.parts
             .metrics
             .config_reloads
@@ -204,11 +224,7 @@ impl Reloader {
         }
         Outcome {
             ok: false,
-            generation: self
-                .current
-                .lock()
-                .map(|c| c.generation)
-                .unwrap_or_default(),
+            generation,
             errors,
             ..Outcome::default()
         }

@@ -87,12 +87,16 @@ impl CertPair {
         if chain.is_empty() {
             return Err(file_err(cert, "contains no PEM certificate".into()));
         }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
-        Ok(CertPair {
+        let key_der =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+        let pair = CertPair {
             chain,
-            key,
+            key: key_der,
             generated_pem: None,
-        })
+        };
+        pair.certified()
+            .map_err(|e| file_err(cert, format!("{e} (key {})", key.display())))?;
+        Ok(pair)
     }
 
     /// A self-signed certificate for `names` (development only), valid from a day ago (for
@@ -118,7 +122,11 @@ impl CertPair {
 
     fn certified(&self) -> Result<Arc<CertifiedKey>, TlsError> {
         let signer = ring::sign::any_supported_type(&self.key)?;
-        Ok(Arc::new(CertifiedKey::new(self.chain.clone(), signer)))
+        let ck = CertifiedKey::new(self.chain.clone(), signer);
+        // A key that does not belong to the certificate would fail every handshake; refuse
+        // it here (at start, or in a reload that keeps the old pair serving).
+        ck.keys_match()?;
+        Ok(Arc::new(ck))
     }
 }
 

@@ -78,6 +78,22 @@ pub struct Pki {
     pub credential: String,
     /// Its SHA-256, for gateways.
     pub credential_sha256: String,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+/// A leaf certificate for `names` signed by the CA: (certificate PEM, key PEM).
+fn sign_leaf(
+    names: Vec<String>,
+    ca: &rcgen::Certificate,
+    ca_key: &rcgen::KeyPair,
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("leaf key");
+    let cert = rcgen::CertificateParams::new(names)
+        .expect("leaf params")
+        .signed_by(&key, ca, ca_key)
+        .expect("leaf cert");
+    (cert.pem(), key.serialize_pem())
 }
 
 impl Pki {
@@ -97,14 +113,7 @@ impl Pki {
         ];
         let ca_key = KeyPair::generate().expect("ca key");
         let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-        let leaf = |names: Vec<String>| {
-            let key = KeyPair::generate().expect("leaf key");
-            let cert = CertificateParams::new(names)
-                .expect("leaf params")
-                .signed_by(&key, &ca_cert, &ca_key)
-                .expect("leaf cert");
-            (cert.pem(), key.serialize_pem())
-        };
+        let leaf = |names: Vec<String>| sign_leaf(names, &ca_cert, &ca_key);
         let write = |name: &str, text: &str| {
             let p = dir.path().join(name);
             std::fs::write(&p, text).expect("write pki file");
@@ -131,7 +140,24 @@ impl Pki {
             credential_sha256: netwall_gateway::tunnel::credential_hash(credential.as_bytes()),
             credential,
             dir,
+            ca_cert,
+            ca_key,
         }
+    }
+
+    /// Write a fresh certificate for `names`, signed by the CA, to `stem.pem` and `stem.key`
+    /// in the folder (replacing them); returns both paths.
+    pub fn issue(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (cert, key) = sign_leaf(
+            names.iter().map(|n| (*n).to_owned()).collect(),
+            &self.ca_cert,
+            &self.ca_key,
+        );
+        let c = self.dir.path().join(format!("{stem}.pem"));
+        let k = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&c, cert).expect("write certificate");
+        std::fs::write(&k, key).expect("write key");
+        (c, k)
     }
 
     /// A gateway config on ephemeral loopback ports with one tunnel `app`; `extra` appends
@@ -604,27 +630,33 @@ pub async fn close_code(ws: &mut Wss, limit: Duration) -> Option<u16> {
     .expect("the connection was closed in time")
 }
 
-/// Fetch the gateway's Prometheus text.
-pub async fn metrics_text(admin: SocketAddr) -> String {
+/// Send `method path` to the gateway's admin listener; the status and body.
+pub async fn admin_request(admin: SocketAddr, method: http::Method, path: &str) -> (u16, String) {
     let tcp = TcpStream::connect(admin).await.expect("connect admin");
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .expect("admin handshake");
     tokio::spawn(conn);
-    let req = Request::get("/metrics")
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "admin")
         .body(Full::new(Bytes::new()))
         .expect("request");
     let resp = send.send_request(req).await.expect("admin request");
-    String::from_utf8_lossy(
-        &resp
-            .into_body()
-            .collect()
-            .await
-            .expect("admin body")
-            .to_bytes(),
-    )
-    .into_owned()
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("admin body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Fetch the gateway's Prometheus text.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    admin_request(admin, http::Method::GET, "/metrics").await.1
 }
 
 /// The value of a metric sample line `name{labels}` (exact prefix match), or 0.

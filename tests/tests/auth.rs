@@ -88,27 +88,10 @@ impl Setup {
     }
 
     async fn admin_post(&self, path: &str) -> String {
-        let tcp = tokio::net::TcpStream::connect(self.gateway.admin_addr.expect("admin"))
-            .await
-            .expect("connect");
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::post(path)
-            .header("host", "admin")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("req");
-        let resp = send.send_request(req).await.expect("send");
-        assert_eq!(resp.status(), StatusCode::OK);
-        String::from_utf8_lossy(
-            &http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .expect("body")
-                .to_bytes(),
-        )
-        .into_owned()
+        let admin = self.gateway.admin_addr.expect("admin");
+        let (status, body) = admin_request(admin, http::Method::POST, path).await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 }
 
