@@ -312,6 +312,8 @@ pub struct Resolved {
     pub connector_id: String,
     /// Where the status is kept, resolved.
     pub status_file: Option<PathBuf>,
+    /// The file as a TOML table, to tell which settings a reload changed.
+    pub raw: toml::Table,
 }
 
 impl ConnectorConfig {
@@ -502,7 +504,10 @@ impl ConnectorConfig {
             (Some(c), trust) if errs.is_empty() && (trust.is_some() || !networked) => {
                 let connector_id = config.connector_id.clone().unwrap_or_else(host_name);
                 let status_file = config.status_file.as_deref().map(resolve);
+                // `at.parse` has read it already; a table is the same file without types.
+                let raw = toml::from_str(src).unwrap_or_default();
                 Ok(Resolved {
+                    raw,
                     status_file,
                     config,
                     credential: Secret(c.into_bytes().into()),

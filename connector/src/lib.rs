@@ -12,6 +12,7 @@ pub mod config;
 pub mod dial;
 pub mod local;
 pub mod proxy_v2;
+pub mod reload;
 pub mod replay;
 pub mod status;
 pub mod tcp;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use netwall_proto::{Codec, Frame};
 use netwall_tunnel::handshake::Session;
 use netwall_tunnel::{Closed, TransportKind};
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::config::{GatewayAddr, Resolved};
+use crate::config::{ConfigErrors, ConnectorConfig, GatewayAddr, Resolved};
 use crate::dial::{Backoff, DialError, Dialer};
 use crate::replay::Services;
 
@@ -43,9 +45,14 @@ const CLOSE_LINGER: Duration = Duration::from_millis(300);
 const CLOSE_SHUTDOWN: u32 = netwall_proto::wire::CLOSE_SHUTDOWN;
 
 struct Ctx {
+    /// The configuration the connector started with; connections are shaped by it.
     resolved: Resolved,
+    /// The configuration last applied by a reload (services, credential).
+    applied: std::sync::Mutex<Resolved>,
     dialer: Dialer,
-    services: Arc<Services>,
+    codec: Codec,
+    /// Swapped by a reload; a stream being replayed keeps the map it started with.
+    services: ArcSwap<Services>,
     drain: CancellationToken,
     /// Cancelled when the drain deadline has passed: every connection closes at once.
     stop: CancellationToken,
@@ -86,6 +93,48 @@ impl RunningConnector {
         self.ctx.transports.subscribe()
     }
 
+    /// Apply a newly read configuration: the services map and the credential (see
+    /// [`reload`]). Requests already running finish against the services they started with.
+    pub fn reload(&self, new: Resolved) -> reload::Outcome {
+        let Ok(mut applied) = self.ctx.applied.lock() else {
+            // Only a panic while applying poisons it; the old map keeps serving.
+            return reload::Outcome::default();
+        };
+        let outcome = reload::compare(&applied, &new);
+        let services = Services::reusing(&new, self.ctx.codec, Some(&self.ctx.services.load()));
+        self.ctx.services.store(Arc::new(services));
+        self.ctx.dialer.reload(&new);
+        *applied = new;
+        outcome
+    }
+
+    /// Re-read `path` and apply it, logging what changed; a file that does not load changes
+    /// nothing and its errors (file, line, key) are logged.
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<reload::Outcome, ConfigErrors> {
+        let new = match ConnectorConfig::load(path) {
+            Ok(new) => new,
+            Err(errors) => {
+                for e in &errors.0 {
+                    error!(error = %e, "reload refused; the running configuration stays in force");
+                }
+                return Err(errors);
+            }
+        };
+        let outcome = self.reload(new);
+        info!(
+            file = %path.display(),
+            added = ?outcome.added,
+            removed = ?outcome.removed,
+            changed = ?outcome.changed,
+            credential_rotated = outcome.credential_rotated,
+            "configuration reloaded"
+        );
+        if !outcome.restart_required.is_empty() {
+            warn!(keys = ?outcome.restart_required, "changed settings take effect at the next start");
+        }
+        Ok(outcome)
+    }
+
     /// Drain every connection (no new requests, finish the ones sent) up to the drain
     /// deadline, then close. Returns whether everything drained in time.
     pub async fn shutdown(self) -> bool {
@@ -112,11 +161,13 @@ impl RunningConnector {
 pub fn start(resolved: Resolved) -> Result<RunningConnector, String> {
     let codec = Codec::default();
     let dialer = Dialer::new(&resolved, codec)?;
-    let services = Arc::new(Services::new(&resolved, codec));
+    let services = ArcSwap::from_pointee(Services::new(&resolved, codec));
     let (live, _) = watch::channel(0);
     let (transports, _) = watch::channel(Vec::new());
     let ctx = Arc::new(Ctx {
+        applied: std::sync::Mutex::new(resolved.clone()),
         dialer,
+        codec,
         services,
         drain: CancellationToken::new(),
         stop: CancellationToken::new(),
@@ -356,7 +407,7 @@ async fn serve(
             stream = s.conn.accept() => match stream {
                 Ok(stream) => {
                     accepted += 1;
-                    tokio::spawn(ctx.services.clone().replay(stream).in_current_span());
+                    tokio::spawn(ctx.services.load_full().replay(stream).in_current_span());
                 }
                 Err(e) => break e,
             },

@@ -135,6 +135,17 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Watched before the first dial, so a signal sent once the tunnel is up is handled.
+        let watch = |kind: tokio::signal::unix::SignalKind, name: &str| {
+            tokio::signal::unix::signal(kind)
+                .map_err(|e| eprintln!("netwall-connector: cannot watch {name}: {e}"))
+        };
+        let (Ok(mut term), Ok(mut hup)) = (
+            watch(tokio::signal::unix::SignalKind::terminate(), "SIGTERM"),
+            watch(tokio::signal::unix::SignalKind::hangup(), "SIGHUP"),
+        ) else {
+            return ExitCode::FAILURE;
+        };
         let connector = match netwall_connector::start(resolved) {
             Ok(c) => c,
             Err(e) => {
@@ -142,21 +153,19 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("netwall-connector: cannot watch SIGTERM: {e}");
-                    return ExitCode::FAILURE;
+        loop {
+            tokio::select! {
+                reason = connector.fatal() => {
+                    eprintln!("netwall-connector: {reason}");
+                    return ExitCode::from(EXIT_REJECTED);
                 }
-            };
-        tokio::select! {
-            reason = connector.fatal() => {
-                eprintln!("netwall-connector: {reason}");
-                return ExitCode::from(EXIT_REJECTED);
+                _ = hup.recv() => {
+                    // Errors are logged by the reload; the running configuration stays.
+                    let _ = connector.reload_file(&cli.config);
+                }
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
             }
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
         }
         if connector.shutdown().await {
             ExitCode::SUCCESS

@@ -31,12 +31,15 @@ const SMALL_BODY: u64 = 16 * 1024;
 type ReqBody = Either<TunnelBody<StreamRead>, Empty<Bytes>>;
 
 /// A local service and its pooled client.
+#[derive(Clone)]
 pub struct Service {
     client: Client<LocalConnector, ReqBody>,
     /// Dialer for raw connections (WebSockets).
     connector: LocalConnector,
     /// Authority put in request URIs (the client pools by it).
     authority: String,
+    /// Where it lives, so a reload that keeps it keeps its pool.
+    target: ServiceTarget,
 }
 
 /// Every local service, by name.
@@ -44,19 +47,35 @@ pub struct Services {
     by_name: BTreeMap<String, Service>,
     tcp: BTreeMap<String, LocalConnector>,
     codec: Codec,
+    /// The pool settings every client was built with.
+    pool: (std::time::Duration, usize),
 }
 
 impl Services {
     /// Clients for every configured service.
     pub fn new(resolved: &Resolved, codec: Codec) -> Self {
+        Self::reusing(resolved, codec, None)
+    }
+
+    /// Clients for every service of `resolved`; a service that `old` has with the same
+    /// target and pool settings keeps its client, so its warm connections stay in use.
+    pub fn reusing(resolved: &Resolved, codec: Codec, old: Option<&Services>) -> Self {
+        let timeout = resolved.config.service_connect_timeout;
+        let pool = (timeout, resolved.config.pool_max_idle_per_service);
+        let old = old.filter(|o| o.pool == pool);
         let by_name = resolved
             .services
             .iter()
             .map(|(name, target)| {
-                let connector =
-                    LocalConnector::new(target.clone(), resolved.config.service_connect_timeout);
+                if let Some(kept) = old
+                    .and_then(|o| o.by_name.get(name))
+                    .filter(|s| s.target == *target)
+                {
+                    return (name.clone(), kept.clone());
+                }
+                let connector = LocalConnector::new(target.clone(), timeout);
                 let client = Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(resolved.config.pool_max_idle_per_service)
+                    .pool_max_idle_per_host(pool.1)
                     .set_host(false)
                     .build(connector.clone());
                 let authority = match target {
@@ -69,6 +88,7 @@ impl Services {
                         client,
                         connector,
                         authority,
+                        target: target.clone(),
                     },
                 )
             })
@@ -76,16 +96,13 @@ impl Services {
         let tcp = resolved
             .tcp_services
             .iter()
-            .map(|(name, target)| {
-                let c =
-                    LocalConnector::new(target.clone(), resolved.config.service_connect_timeout);
-                (name.clone(), c)
-            })
+            .map(|(name, target)| (name.clone(), LocalConnector::new(target.clone(), timeout)))
             .collect();
         Services {
             by_name,
             tcp,
             codec,
+            pool,
         }
     }
 

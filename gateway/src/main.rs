@@ -117,12 +117,14 @@ fn main() -> ExitCode {
 async fn run(config: PathBuf) -> anyhow::Result<()> {
     let loaded = netwall_gateway::config::GatewayConfig::load(&config)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let gateway = netwall_gateway::start(loaded)
-        .await
-        .context("cannot start")?;
+    // Watched before the start is announced, so a signal sent the moment the gateway says
+    // it is up is handled rather than killing it.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    let gateway = netwall_gateway::start(loaded)
+        .await
+        .context("cannot start")?;
     loop {
         tokio::select! {
             _ = term.recv() => break,

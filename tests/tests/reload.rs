@@ -64,6 +64,77 @@ impl Reloadable {
     }
 }
 
+/// Eight clients (HTTP/1.1 and HTTP/2) requesting one URL in a loop; every answer must be a
+/// 200 whose body starts with one of the accepted prefixes.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    /// Start the clients and wait until requests are flowing.
+    async fn start(g: &Reloadable, url: &'static str, accepted: &'static [&'static str]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let client = HttpsClient::new(g.gateway.https_addr, &g.pki.ca_der, i % 2 == 1);
+            let (stop, ok) = (stop.clone(), ok.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let a = client.get(url).await;
+                    let text = a.text();
+                    if a.status == 200 && accepted.iter().any(|p| text.starts_with(p)) {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors.push(format!("{} {text}", a.status));
+                    }
+                }
+                errors
+            }));
+        }
+        let load = Load { stop, ok, tasks };
+        load.wait_for(100).await;
+        load
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Wait until `n` requests have succeeded in all.
+    async fn wait_for(&self, n: u64) {
+        let ok = self.ok.clone();
+        wait_until(Duration::from_secs(10), &format!("{n} requests"), || {
+            let ok = ok.clone();
+            async move { ok.load(Ordering::Relaxed) >= n }
+        })
+        .await;
+    }
+
+    /// Stop the clients and assert that no request failed.
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for t in self.tasks {
+            errors.extend(t.await.expect("load task"));
+        }
+        assert!(errors.is_empty(), "failed requests: {errors:?}");
+    }
+}
+
+/// Assert that `answer` is a 200 from sample service `name`.
+fn served_by(answer: &Answer, name: &str) {
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer.text().starts_with(&format!("hello from {name}")),
+        "{}",
+        answer.text()
+    );
+}
+
 fn route(host: &str, path: &str, service: &str, extra: &str) -> String {
     format!(
         "[[route]]\nhost = \"{host}\"\npath = \"{path}\"\ntunnel = \"app\"\nservice = \"{service}\"\n{extra}\n"
@@ -86,33 +157,7 @@ async fn reload_under_load_fails_no_request_and_serves_new_routes_at_once() {
     wait_tunnel(&g.gateway, 1).await;
 
     // Steady load on the route every configuration keeps, HTTP/1.1 and HTTP/2.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for i in 0..8 {
-        let client = HttpsClient::new(g.gateway.https_addr, &g.pki.ca_der, i % 2 == 1);
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        load.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.get("https://app.test/steady").await {
-                    a if a.status == 200 && a.text().starts_with("hello from a") => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    a => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.push(format!("{} {}", a.status, a.text()));
-                    }
-                }
-            }
-            errors
-        }));
-    }
-    wait_until(Duration::from_secs(10), "load is flowing", || {
-        let ok = ok.clone();
-        async move { ok.load(Ordering::Relaxed) > 100 }
-    })
-    .await;
+    let load = Load::start(&g, "https://app.test/steady", &["hello from a"]).await;
 
     let client = g.client();
     for round in 1..=6u64 {
@@ -130,19 +175,14 @@ async fn reload_under_load_fails_no_request_and_serves_new_routes_at_once() {
         } else {
             g.pki.gateway_toml(&base)
         };
-        let before = ok.load(Ordering::Relaxed);
+        let before = load.ok();
         let outcome = g.reload_with(&text);
         assert!(outcome.ok, "{outcome:?}");
         assert_eq!(outcome.generation, round + 1);
         assert!(outcome.restart_required.is_empty(), "{outcome:?}");
         let answer = client.get("https://app.test/new/x").await;
         if round % 2 == 1 {
-            assert_eq!(answer.status, 200, "{}", answer.text());
-            assert!(
-                answer.text().starts_with("hello from b"),
-                "{}",
-                answer.text()
-            );
+            served_by(&answer, "b");
             assert_eq!(
                 answer.headers.get("x-round").map(|v| v.as_bytes()),
                 Some(&b"on"[..])
@@ -156,19 +196,9 @@ async fn reload_under_load_fails_no_request_and_serves_new_routes_at_once() {
             );
         }
         // Traffic keeps flowing between reloads.
-        wait_until(Duration::from_secs(10), "requests after the reload", || {
-            let ok = ok.clone();
-            async move { ok.load(Ordering::Relaxed) > before + 50 }
-        })
-        .await;
+        load.wait_for(before + 50).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for l in load {
-        errors.extend(l.await.expect("load task"));
-    }
-    assert!(errors.is_empty(), "failed requests: {errors:?}");
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    load.finish().await;
     let m = metrics_text(g.admin()).await;
     assert_eq!(
         metric(&m, "netwall_config_reloads_total{outcome=\"applied\"}"),
@@ -489,4 +519,159 @@ async fn sighup_reloads_the_running_binary_and_a_moved_listener_waits_for_a_rest
     assert_ne!(client.get("https://new.app.test/").await.status, 404);
     let m = metrics_text(addrs.admin).await;
     assert_eq!(metric(&m, "netwall_config_generation"), 2.0);
+}
+
+/// A connector started from a file in the PKI's folder, so it can be reloaded.
+struct ConnectorFile {
+    file: PathBuf,
+    credential: PathBuf,
+}
+
+impl ConnectorFile {
+    fn new(g: &Reloadable) -> ConnectorFile {
+        let credential = g.pki.dir.path().join("connector-credential");
+        std::fs::write(&credential, &g.pki.credential).expect("write credential");
+        ConnectorFile {
+            file: g.pki.dir.path().join("connector.toml"),
+            credential,
+        }
+    }
+
+    /// A gateway routing `app.test` to service `a` and `b.app.test` to `b`, samples `a` and
+    /// `b` running, and a connector file offering only `a`.
+    async fn two_routes() -> (
+        Reloadable,
+        ConnectorFile,
+        std::net::SocketAddr,
+        std::net::SocketAddr,
+    ) {
+        let (a, b) = (start_sample("a").await, start_sample("b").await);
+        let routes = format!(
+            "{}{}",
+            route("app.test", "/", "a", ""),
+            route("b.app.test", "/", "b", "")
+        );
+        let g = Reloadable::new(&routes).await;
+        let file = ConnectorFile::new(&g);
+        file.write(&g, &format!("a = \"http://{a}\""), "");
+        (g, file, a, b)
+    }
+
+    /// Write the connector's file with `services` and `extra` top-level settings.
+    fn write(&self, g: &Reloadable, services: &str, extra: &str) {
+        let extra = format!(
+            "credential_file = \"{}\"\n{extra}",
+            self.credential.display()
+        );
+        std::fs::write(
+            &self.file,
+            g.pki.connector_toml_for(&g.gateway, services, &extra),
+        )
+        .expect("write connector config");
+    }
+
+    fn load(&self) -> netwall_connector::config::Resolved {
+        netwall_connector::config::ConnectorConfig::load(&self.file)
+            .unwrap_or_else(|e| panic!("connector config: {e}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connector_reload_retargets_adds_and_removes_services_under_load() {
+    let (g, file, _a, b) = ConnectorFile::two_routes().await;
+    let c = start_sample("c").await;
+    let connector = netwall_connector::start(file.load()).expect("connector starts");
+    wait_tunnel(&g.gateway, 1).await;
+    let client = g.client();
+    // `b` is routed but not offered: the connector refuses it, the gateway says which.
+    let answer = client.get("https://b.app.test/").await;
+    assert_eq!(answer.status, 502);
+    assert!(answer.text().contains("not offered"), "{}", answer.text());
+
+    // Service `a` moves to another address while requests to it run; `b` appears.
+    let load = Load::start(
+        &g,
+        "https://app.test/steady",
+        &["hello from a", "hello from c"],
+    )
+    .await;
+    file.write(
+        &g,
+        &format!("a = \"http://{c}\"\nb = \"http://{b}\""),
+        "connections_per_gateway = 2",
+    );
+    let outcome = connector.reload(file.load());
+    assert_eq!(outcome.added, vec!["b".to_owned()]);
+    assert_eq!(outcome.changed, vec!["a".to_owned()]);
+    assert!(outcome.removed.is_empty());
+    assert!(!outcome.credential_rotated);
+    assert_eq!(
+        outcome.restart_required,
+        vec!["connections_per_gateway".to_owned()]
+    );
+    // The next request sees the new map.
+    let answer = client.get("https://app.test/").await;
+    assert!(
+        answer.text().starts_with("hello from c"),
+        "{}",
+        answer.text()
+    );
+    let answer = client.get("https://b.app.test/").await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.text().starts_with("hello from b"),
+        "{}",
+        answer.text()
+    );
+    load.wait_for(load.ok() + 100).await;
+    load.finish().await;
+
+    // `b` goes away again; the tunnel connection stayed up throughout.
+    file.write(&g, &format!("a = \"http://{c}\""), "");
+    let outcome = connector.reload(file.load());
+    assert_eq!(outcome.removed, vec!["b".to_owned()]);
+    assert_eq!(client.get("https://b.app.test/").await.status, 502);
+    assert_eq!(*connector.live_connections().borrow(), 1);
+
+    // A new credential is what the next dial sends; the live connection keeps its session.
+    std::fs::write(&file.credential, "rotated-credential").expect("write credential");
+    let outcome = connector.reload(file.load());
+    assert!(outcome.credential_rotated);
+    assert_eq!(client.get("https://app.test/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_connector_binary_and_a_bad_file_changes_nothing() {
+    let (g, file, a, b) = ConnectorFile::two_routes().await;
+    let log = g.pki.dir.path().join("connector.log");
+    let proc = spawn_connector(&file.file, "", log);
+    wait_tunnel(&g.gateway, 1).await;
+    let client = g.client();
+    assert_eq!(client.get("https://b.app.test/").await.status, 502);
+
+    // A file that does not parse: the error names the file and line; nothing changes.
+    let good = std::fs::read_to_string(&file.file).expect("read");
+    let bad = format!("{good}b = \"ftp://{b}\"\n");
+    let line = bad.lines().count();
+    std::fs::write(&file.file, &bad).expect("write");
+    proc.signal(nix::sys::signal::Signal::SIGHUP);
+    let refused = proc.wait_line("reload refused", Duration::from_secs(10));
+    assert!(
+        refused.contains(&format!("connector.toml:{line}")),
+        "line {line}: {refused}"
+    );
+    assert_eq!(client.get("https://app.test/").await.status, 200);
+    assert_eq!(client.get("https://b.app.test/").await.status, 502);
+
+    file.write(&g, &format!("a = \"http://{a}\"\nb = \"http://{b}\""), "");
+    proc.signal(nix::sys::signal::Signal::SIGHUP);
+    let reloaded = proc.wait_line("configuration reloaded", Duration::from_secs(10));
+    let v: serde_json::Value = serde_json::from_str(&reloaded).expect("JSON log line");
+    assert_eq!(v["added"], "[\"b\"]", "{reloaded}");
+    let answer = client.get("https://b.app.test/").await;
+    served_by(&answer, "b");
+    assert_eq!(
+        g.gateway.registry.get("app").map(|t| t.live_count()),
+        Some(1)
+    );
 }

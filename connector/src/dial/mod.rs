@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use netwall_proto::{Codec, Hello, PROTOCOL_VERSION, RejectCode};
 use netwall_tunnel::handshake::{self, HelloError, Session};
 use netwall_tunnel::mux::MuxParams;
@@ -66,7 +67,8 @@ pub struct Dialer {
     tls: Option<Arc<rustls::ClientConfig>>,
     mux: MuxParams,
     codec: Codec,
-    hello: Hello,
+    /// Swapped by a reload: a new credential or services list is sent by the next dial.
+    hello: ArcSwap<Hello>,
     tunnel: String,
     choice: TransportChoice,
     tls_port: Option<u16>,
@@ -104,18 +106,7 @@ impl Dialer {
                 accept_backlog: netwall_tunnel::mux::CONNECTOR_ACCEPT_BACKLOG,
             },
             codec,
-            hello: Hello {
-                version: PROTOCOL_VERSION,
-                tunnel: cfg.tunnel.clone(),
-                credential: resolved.credential.clone(),
-                connector_id: resolved.connector_id.clone(),
-                services: resolved
-                    .services
-                    .keys()
-                    .chain(resolved.tcp_services.keys())
-                    .cloned()
-                    .collect(),
-            },
+            hello: ArcSwap::from_pointee(hello_for(resolved)),
             tunnel: cfg.tunnel.clone(),
             choice: cfg.transport,
             tls_port: cfg.tls_port,
@@ -123,6 +114,12 @@ impl Dialer {
             dial_timeout: cfg.dial_timeout,
             fallback_after: cfg.quic_fallback_after,
         })
+    }
+
+    /// Send what `resolved` says (credential, services) in the hello of every later dial;
+    /// connections already up keep the session they authenticated.
+    pub fn reload(&self, resolved: &Resolved) {
+        self.hello.store(Arc::new(hello_for(resolved)));
     }
 
     /// Whether `gw` starts on QUIC and falls back to TLS (`transport = "auto"`).
@@ -193,7 +190,7 @@ impl Dialer {
                 }
             }
         };
-        match handshake::say_hello(conn, self.hello.clone(), self.codec).await {
+        match handshake::say_hello(conn, Hello::clone(&self.hello.load()), self.codec).await {
             Ok(s) => Ok(s),
             Err(HelloError::Rejected { code, reason }) => {
                 // The gateway does not say which of the two was wrong; the connector's
@@ -213,6 +210,21 @@ impl Dialer {
             }
             Err(HelloError::Transport(e)) => Err(connect_err(e)),
         }
+    }
+}
+
+fn hello_for(resolved: &Resolved) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        tunnel: resolved.config.tunnel.clone(),
+        credential: resolved.credential.clone(),
+        connector_id: resolved.connector_id.clone(),
+        services: resolved
+            .services
+            .keys()
+            .chain(resolved.tcp_services.keys())
+            .cloned()
+            .collect(),
     }
 }
 
