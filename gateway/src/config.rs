@@ -245,6 +245,10 @@ pub struct HttpsConfig {
     /// load balancer); its source address is the client's. Connections without one are dropped.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Certificates from an ACME CA (Let's Encrypt and the like), issued and renewed while
+    /// the gateway runs.
+    #[serde(default)]
+    pub acme: Option<Spanned<crate::acme::config::AcmeConfig>>,
 }
 
 /// `[[https.certificate]]`
@@ -757,12 +761,18 @@ impl GatewayConfig {
                 }
             }
         }
-        if !self.https.self_signed && self.https.certificates.is_empty() {
+        if !self.https.self_signed
+            && self.https.certificates.is_empty()
+            && self.https.acme.is_none()
+        {
             errs.push(at.error(
                 at.find("https", None),
                 "https",
-                "needs `self_signed = true` or at least one [[https.certificate]]",
+                "needs `self_signed = true`, [https.acme] or at least one [[https.certificate]]",
             ));
+        }
+        if let Some(acme) = &self.https.acme {
+            errs.extend(acme.get_ref().validate(at, acme.span(), self));
         }
         if !(8192..=netwall_proto::MAX_CLIENT_HEADER_BYTES).contains(&self.https.max_header_bytes) {
             errs.push(at.error(

@@ -6,6 +6,7 @@
 //! [`RunningGateway`] whose [`shutdown`](RunningGateway::shutdown) drains gracefully; the
 //! binary and the end-to-end tests both use it.
 
+pub mod acme;
 pub mod auth;
 pub mod certs;
 pub mod challenge;
@@ -69,6 +70,9 @@ pub enum StartError {
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The ACME storage could not be opened.
+    #[error("[https.acme]: {0}")]
+    Acme(String),
     /// A tunnel's Unix socket could not be bound.
     #[error("cannot listen on unix:{path}")]
     Socket {
@@ -220,8 +224,21 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             pair
         }
     };
-    let tcp_certs = CertStore::new(SniResolver::new(entries.clone())?);
-    let mut resolver = SniResolver::new(entries)?;
+    // Certificates from an ACME CA: the stored one now, orders once the listeners are up.
+    let acme = match &config.https.acme {
+        Some(a) => {
+            let a = a.get_ref();
+            Some(
+                acme::Acme::prepare(a, a.names(config), base, metrics.clone())
+                    .map_err(StartError::Acme)?,
+            )
+        }
+        None => None,
+    };
+    let acme_state = acme.as_ref().map(acme::Acme::state);
+    let tcp_certs =
+        CertStore::new(SniResolver::new(entries.clone())?.with_acme(acme_state.clone()));
+    let mut resolver = SniResolver::new(entries)?.with_acme(acme_state.clone());
     if tl.tls_on_https {
         resolver = resolver.with_tunnel(&tunnel_pair)?;
     }
@@ -315,6 +332,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             public_certs: public_certs.clone(),
             tcp_certs: tcp_certs.clone(),
             tunnel_pair: tl.tls_on_https.then(|| tunnel_pair.clone()),
+            acme: acme_state.clone(),
             state: policy_state,
             listeners: listeners.clone(),
             metrics: metrics.clone(),
@@ -387,7 +405,13 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         let l = bind_tcp(http.listen).await?;
         http_addr = Some(local_addr(&l, http.listen)?);
         let port = http.https_port.unwrap_or(https_addr.port());
-        let handler = listener::redirect_handler(port, metrics.clone());
+        let http01 = config
+            .https
+            .acme
+            .as_ref()
+            .filter(|a| a.get_ref().challenge == acme::config::ChallengeKind::Http01)
+            .and(acme_state.clone());
+        let handler = listener::redirect_handler(port, metrics.clone(), http01);
         tokio::spawn(listener::serve_plain(
             l,
             handler,
@@ -425,6 +449,9 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         ));
     }
 
+    if let Some(acme) = acme {
+        tokio::spawn(acme.run(shutdown.clone()));
+    }
     info!(%gateway_id, https = %https_addr, http = ?http_addr, tunnel = %tunnel_addr, admin = ?admin_addr, tunnel_fingerprint = %tunnel_fingerprint, "gateway started");
     Ok(RunningGateway {
         https_addr,

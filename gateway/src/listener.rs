@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::acme::challenge::{ACME_TLS_ALPN, AcmeState, HTTP01_PREFIX};
 use crate::auth::Revocations;
 use crate::config::HttpsConfig;
 use crate::linger::{LingerFlag, Lingering};
@@ -221,6 +222,11 @@ pub async fn serve_https(
                     }
                 };
                 let (_, session) = tls.get_ref();
+                if session.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                    // An ACME CA's TLS-ALPN-01 check: the handshake was the answer.
+                    debug!("answered an ACME TLS-ALPN-01 check");
+                    return;
+                }
                 if session.alpn_protocol() == Some(TUNNEL_ALPN) {
                     // A connector whose network allows only outbound TCP: the tunnel server
                     // takes the connection over, with its own limits and deadline.
@@ -357,9 +363,25 @@ pub async fn serve_plain(
     }
 }
 
-/// The HTTP listener's handler: `308` to the same URL over HTTPS.
-pub fn redirect_handler(https_port: u16, metrics: Arc<Metrics>) -> LocalHandler {
+/// The HTTP listener's handler: `308` to the same URL over HTTPS; with `acme` (HTTP-01), the
+/// answers to the CA's checks under `/.well-known/acme-challenge/`.
+pub fn redirect_handler(
+    https_port: u16,
+    metrics: Arc<Metrics>,
+    acme: Option<Arc<AcmeState>>,
+) -> LocalHandler {
     Arc::new(move |req| {
+        if let Some(acme) = &acme
+            && let Some(token) = req.uri().path().strip_prefix(HTTP01_PREFIX)
+        {
+            return match acme.http_answer(token) {
+                Some(answer) => plain(StatusCode::OK, answer),
+                None => plain(
+                    StatusCode::NOT_FOUND,
+                    "404 not found: no such ACME challenge\n",
+                ),
+            };
+        }
         let Ok(host) = request_host(req) else {
             metrics.reject("missing_host");
             return plain(StatusCode::BAD_REQUEST, "400 bad request: no host\n");
@@ -512,8 +534,8 @@ fn asset(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>
     resp
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -149,6 +149,8 @@ pub struct Metrics {
     pub tunnel_handshakes: Family<ResultLabel, Counter>,
     /// When each served certificate expires (Unix seconds), for expiry alerts.
     pub certificate_not_after: Family<CertificateLabel, Gauge>,
+    /// ACME orders by result (`issued` or `failed`).
+    pub acme_orders: Family<ResultLabel, Counter>,
     /// Body bytes relayed per tunnel and direction.
     pub tunnel_bytes: Family<TunnelDirLabel, Counter>,
     /// Open WebSockets per route.
@@ -212,6 +214,7 @@ impl Metrics {
             ws_duration_seconds: Histogram::new(duration_buckets()),
             spikes: Counter::default(),
             certificate_not_after: Family::default(),
+            acme_orders: Family::default(),
             tcp_connections: Family::default(),
             tcp_active: Family::default(),
             tcp_bytes: Family::default(),
@@ -315,6 +318,11 @@ impl Metrics {
             "certificate_not_after_seconds",
             "When each certificate the gateway serves expires, in seconds since the Unix epoch",
             m.certificate_not_after.clone(),
+        );
+        registry.register(
+            "acme_orders",
+            "Certificate orders to the ACME CA, by result (issued or failed)",
+            m.acme_orders.clone(),
         );
         registry.register(
             "connection_spikes",

@@ -99,6 +99,8 @@ pub struct Parts {
     pub tcp_certs: Arc<CertStore>,
     /// The tunnel certificate served on the HTTPS port, if tunnels arrive there.
     pub tunnel_pair: Option<CertPair>,
+    /// Certificates from ACME (`[https.acme]` itself takes effect at the next start).
+    pub acme: Option<Arc<crate::acme::challenge::AcmeState>>,
     /// Counters that outlive a configuration.
     pub state: Arc<PolicyState>,
     /// Where tunnel sockets hand their connections.
@@ -245,8 +247,13 @@ impl Reloader {
         )
         .map_err(|e| vec![e.to_string()])?;
         let certificates = public.entries.len();
-        let tcp = SniResolver::new(public.entries.clone()).map_err(|e| vec![e.to_string()])?;
-        let mut resolver = SniResolver::new(public.entries).map_err(|e| vec![e.to_string()])?;
+        let acme = || self.parts.acme.clone();
+        let tcp = SniResolver::new(public.entries.clone())
+            .map_err(|e| vec![e.to_string()])?
+            .with_acme(acme());
+        let mut resolver = SniResolver::new(public.entries)
+            .map_err(|e| vec![e.to_string()])?
+            .with_acme(acme());
         if let Some(t) = &self.parts.tunnel_pair {
             resolver = resolver.with_tunnel(t).map_err(|e| vec![e.to_string()])?;
         }

@@ -14,6 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
+use crate::acme::challenge::{ACME_TLS_ALPN, AcmeState};
 use crate::policy::host::HostPattern;
 
 pub use netwall_proto::wire::TUNNEL_ALPN;
@@ -120,7 +121,7 @@ impl CertPair {
         hex::encode(Sha256::digest(self.chain[0].as_ref()))
     }
 
-    fn certified(&self) -> Result<Arc<CertifiedKey>, TlsError> {
+    pub(crate) fn certified(&self) -> Result<Arc<CertifiedKey>, TlsError> {
         let signer = ring::sign::any_supported_type(&self.key)?;
         let ck = CertifiedKey::new(self.chain.clone(), signer);
         // A key that does not belong to the certificate would fail every handshake; refuse
@@ -135,14 +136,18 @@ impl CertPair {
 #[derive(Debug)]
 pub struct SniResolver {
     entries: Vec<(HostPattern, Arc<CertifiedKey>)>,
-    default: Arc<CertifiedKey>,
+    /// The first configured certificate; none when every certificate comes from ACME.
+    default: Option<Arc<CertifiedKey>>,
+    /// Certificates from an ACME CA and the answers to its TLS-ALPN-01 checks.
+    acme: Option<Arc<AcmeState>>,
     /// Served to clients that offer only the tunnel ALPN (connectors on the HTTPS port), so
     /// they verify the same certificate as over QUIC.
     tunnel: Option<Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
-    /// Build from `(hosts, pair)` entries; the first entry is the default.
+    /// Build from `(hosts, pair)` entries; the first entry is the default. Entries may be
+    /// empty only when [`SniResolver::with_acme`] follows (the configuration checks it).
     pub fn new(entries: Vec<(Vec<HostPattern>, CertPair)>) -> Result<SniResolver, TlsError> {
         let mut out = Vec::new();
         let mut default = None;
@@ -159,15 +164,24 @@ impl SniResolver {
             HostPattern::Any => (2, 0),
         };
         out.sort_by_key(|(p, _)| rank(p));
-        let default = default.ok_or_else(|| TlsError::File {
-            path: "https".into(),
-            message: "no certificate configured".into(),
-        })?;
         Ok(SniResolver {
             entries: out,
             default,
+            acme: None,
             tunnel: None,
         })
+    }
+
+    /// Serve the ACME certificate for its names (ahead of the configured ones) and answer
+    /// the CA's TLS-ALPN-01 checks.
+    pub fn with_acme(mut self, acme: Option<Arc<AcmeState>>) -> SniResolver {
+        self.acme = acme;
+        self
+    }
+
+    /// Whether ACME checks may arrive (the ALPN list offers `acme-tls/1`).
+    pub fn answers_acme(&self) -> bool {
+        self.acme.is_some()
     }
 
     /// Also answer tunnel connections (ALPN `netwall/1`) with the tunnel certificate.
@@ -184,6 +198,15 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(acme) = &self.acme
+            && hello
+                .alpn()
+                .is_some_and(|mut a| a.any(|p| p == ACME_TLS_ALPN))
+        {
+            // Only the CA asks for it, and only the check's certificate answers it.
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return acme.tls_alpn_answer(&name);
+        }
         if let Some(t) = &self.tunnel
             && hello
                 .alpn()
@@ -191,16 +214,23 @@ impl ResolvesServerCert for SniResolver {
         {
             return Some(t.clone());
         }
+        let fallback = || {
+            self.default
+                .clone()
+                .or_else(|| self.acme.as_ref()?.certificate())
+        };
         let Some(name) = hello.server_name() else {
-            return Some(self.default.clone());
+            return fallback();
         };
         let name = name.to_ascii_lowercase();
-        let found = self
-            .entries
+        if let Some(ck) = self.acme.as_ref().and_then(|a| a.certificate_for(&name)) {
+            return Some(ck);
+        }
+        self.entries
             .iter()
             .find(|(p, _)| p.matches(&name))
-            .map(|(_, c)| c.clone());
-        Some(found.unwrap_or_else(|| self.default.clone()))
+            .map(|(_, c)| c.clone())
+            .or_else(fallback)
     }
 }
 
@@ -230,6 +260,11 @@ impl CertStore {
     pub fn accepts_tunnels(&self) -> bool {
         self.current.load().accepts_tunnels()
     }
+
+    /// Whether ACME TLS-ALPN-01 checks are answered (fixed at start, like the ALPN list).
+    pub fn answers_acme(&self) -> bool {
+        self.current.load().answers_acme()
+    }
 }
 
 impl ResolvesServerCert for CertStore {
@@ -252,6 +287,7 @@ pub fn public_server_config(
     resolver: Arc<CertStore>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let tunnels = resolver.accepts_tunnels();
+    let acme = resolver.answers_acme();
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
@@ -260,6 +296,9 @@ pub fn public_server_config(
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if tunnels {
         cfg.alpn_protocols.push(TUNNEL_ALPN.to_vec());
+    }
+    if acme {
+        cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
     Ok(Arc::new(cfg))
 }

@@ -4,4 +4,5 @@
 pub mod browser;
 pub mod databases;
 pub mod harness;
+pub mod pebble;
 pub mod sample;
