@@ -390,7 +390,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     tokio::spawn(listener::serve_https(
         https_listener,
         acceptor,
-        proxy,
+        proxy.clone(),
         config.https.clone(),
         per_ip.clone(),
         metrics.clone(),
@@ -433,6 +433,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             users.clone(),
             listener::StatusSource {
                 registry: registry.clone(),
+                proxy: proxy.clone(),
                 gateway_id: gateway_id.clone(),
                 started: std::time::Instant::now(),
             },

@@ -442,6 +442,7 @@ pub fn admin_handler(
         "/status.json" => {
             let snap = crate::status::snapshot(
                 &status.registry,
+                &status.proxy.routes(),
                 &status.gateway_id,
                 status.started,
                 shutdown.is_cancelled(),
@@ -511,6 +512,8 @@ pub fn admin_handler(
 pub struct StatusSource {
     /// The tunnels.
     pub registry: Arc<crate::tunnel::Registry>,
+    /// The routes in force (and their figures).
+    pub proxy: Arc<Proxy>,
     /// This gateway's id.
     pub gateway_id: String,
     /// When it started.

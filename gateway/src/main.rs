@@ -60,13 +60,19 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The status page's recent security events come from the same log lines.
+    let recent = netwall_gateway::security_log::RecentEvents;
     match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .finish()
+            .with(recent)
             .init(),
-        LogFormat::Pretty => builder.compact().init(),
+        LogFormat::Pretty => builder.compact().finish().with(recent).init(),
     }
 }
 

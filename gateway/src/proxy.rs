@@ -195,13 +195,18 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let started = Instant::now();
-        let resp = match self.forward(req, peer).await {
+        let mut routed = None;
+        let resp = match self.forward(req, peer, &mut routed).await {
             Ok(r) => r,
             Err(e) => respond(e, &self.metrics).map(Either::Left),
         };
+        let head = started.elapsed();
         self.metrics
             .response_head_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .observe(head.as_secs_f64());
+        if let Some(stats) = routed {
+            stats.record(resp.status().as_u16(), head);
+        }
         let class = match resp.status().as_u16() {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -221,6 +226,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        routed: &mut Option<Arc<crate::status::RouteStats>>,
     ) -> Result<Response<ResponseBody>, EdgeError> {
         if req.method() == Method::CONNECT {
             return Err(refused(EdgeError::MethodNotAllowed, "connect", peer));
@@ -244,6 +250,7 @@ impl Proxy {
             .find(&host, req.uri().path())
             .ok_or(EdgeError::UnknownHost)?
             .clone();
+        *routed = Some(route.stats.clone());
         if req.method() == Method::TRACE && !route.allow_trace {
             return Err(refused(EdgeError::MethodNotAllowed, "trace", peer));
         }

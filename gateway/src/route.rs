@@ -49,6 +49,8 @@ pub struct Route {
     pub response_headers: Option<crate::policy::response_headers::ResponseHeaders>,
     /// Proof-of-work challenge for visitors without a pass.
     pub challenge: Option<Arc<crate::challenge::Challenge>>,
+    /// Requests, errors and latency for the status page (kept across reloads).
+    pub stats: Arc<crate::status::RouteStats>,
 }
 
 /// A route's HTTP rate limit.
@@ -187,6 +189,7 @@ impl RouteTable {
             };
             let route = Arc::new(Route {
                 challenge,
+                stats: carry.route_stats(&name),
                 name,
                 tunnel: r.tunnel.get_ref().clone(),
                 service: r.service.clone(),

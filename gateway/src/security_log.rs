@@ -5,10 +5,14 @@
 //! process is within [`LINES_PER_SECOND`] (bursts up to [`BURST`]); past that lines are
 //! dropped, and the next line written carries `suppressed = N`, how many were dropped since
 //! the last one.
+//!
+//! [`RecentEvents`], a log layer the binary installs, keeps the last [`RECENT_EVENTS`] lines
+//! written for the admin status page ([`recent`]).
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -40,6 +44,68 @@ pub fn allow() -> Option<u64> {
     } else {
         b.suppressed.fetch_add(1, Ordering::Relaxed);
         None
+    }
+}
+
+/// The log target of security events.
+pub const TARGET: &str = "netwall::security";
+/// Security events the status page shows: enough to see what a scan or flood looks like,
+/// few enough that the page stays small.
+pub const RECENT_EVENTS: usize = 50;
+
+static RECENT: LazyLock<Mutex<VecDeque<serde_json::Value>>> =
+    LazyLock::new(|| Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)));
+
+/// The last security events written, oldest first, each with its fields and `at` (Unix
+/// seconds).
+pub fn recent() -> Vec<serde_json::Value> {
+    RECENT
+        .lock()
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// A log layer that keeps the last [`RECENT_EVENTS`] security events for [`recent`].
+pub struct RecentEvents;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != TARGET {
+            return;
+        }
+        let mut fields = Fields(serde_json::Map::new());
+        event.record(&mut fields);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        fields.0.insert("at".into(), at.into());
+        if let Ok(mut r) = RECENT.lock() {
+            if r.len() == RECENT_EVENTS {
+                r.pop_front();
+            }
+            r.push_back(serde_json::Value::Object(fields.0));
+        }
+    }
+}
+
+struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
     }
 }
 

@@ -18,6 +18,7 @@ use crate::challenge::config::ChallengeConfig;
 use crate::challenge::token::KeyRing;
 use crate::challenge::{Challenge, Shared};
 use crate::policy::rate_limit::{Limit, MemoryLimiter, RateLimiter};
+use crate::status::RouteStats;
 
 /// One reusable challenge: the route, its prefix and settings, and the gate itself.
 type ChallengeEntry = (String, String, ChallengeConfig, Arc<Challenge>);
@@ -28,6 +29,7 @@ struct Entries {
     attempts: HashMap<(String, Limit), Arc<MemoryLimiter>>,
     challenges: Vec<ChallengeEntry>,
     shared: Option<Arc<Shared>>,
+    stats: HashMap<String, Arc<RouteStats>>,
 }
 
 /// The counters of a gateway's policies, across reloads.
@@ -84,6 +86,13 @@ impl Carry {
         };
         self.next.rate.insert(key, limiter.clone());
         Some(limiter)
+    }
+
+    /// The status-page figures of `route`: the running ones while its name is kept.
+    pub fn route_stats(&mut self, route: &str) -> Arc<RouteStats> {
+        let stats = self.old.stats.get(route).cloned().unwrap_or_default();
+        self.next.stats.insert(route.to_owned(), stats.clone());
+        stats
     }
 
     /// The WebSocket attempt limiter of `route` for `limit`, kept like

@@ -47,9 +47,14 @@ where
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Security events reach the status page as in the binary; they are logged at warn.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
+        .finish()
+        .with(netwall_gateway::security_log::RecentEvents)
         .try_init();
 }
 

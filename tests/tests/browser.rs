@@ -3,6 +3,7 @@
 //! meets the edge. Chromium is driven over the DevTools protocol; the page reports the outcome
 //! in its title.
 
+use std::path::Path;
 use std::time::Duration;
 
 use netwall_tests::browser::*;
@@ -134,6 +135,57 @@ async fn the_admin_status_page_shows_the_live_tunnel_and_sees_its_connector_go()
         t == "netwall test-gw: 1 live tunnel connections"
     })
     .await;
+    // Traffic on the route, and a request the edge refuses as a disguised `..`.
+    let client = HttpsClient::new(gateway.https_addr, &pki.ca_der, false);
+    for _ in 0..5 {
+        assert_eq!(client.get("https://app.test/page").await.status, 200);
+    }
+    assert_eq!(
+        client
+            .get("https://app.test/public/%2e%2e/private")
+            .await
+            .status,
+        400
+    );
+    let routes = page
+        .eval_when(
+            "the route's requests on the page",
+            "document.querySelector('#routes tbody').innerText",
+            |t| {
+                t.lines()
+                    .any(|l| l.starts_with("app.test/\tapp\t") && l.trim_end().ends_with("\t5"))
+            },
+        )
+        .await;
+    assert!(routes.contains(" ms"), "a mean time to head: {routes}");
+    let events = page
+        .eval_when(
+            "the refusal among the recent security events",
+            "document.querySelector('#events tbody').innerText",
+            |t| t.contains("bad_path"),
+        )
+        .await;
+    assert!(
+        events.contains("disguised") || events.contains("reason="),
+        "{events}"
+    );
+    if let Ok(dir) = std::env::var("NETWALL_SCREENSHOTS") {
+        // The README's picture of the page, made by this test when asked.
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 820, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
+        let shot = page
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        let png = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            shot["data"].as_str().expect("screenshot data"),
+        )
+        .expect("base64");
+        std::fs::write(Path::new(&dir).join("status.png"), png).expect("write screenshot");
+    }
     assert!(connector.shutdown().await, "the connector drains");
     page.title_when("the connector to be gone", |t| {
         t == "netwall test-gw: 0 live tunnel connections"
@@ -145,6 +197,17 @@ async fn the_admin_status_page_shows_the_live_tunnel_and_sees_its_connector_go()
     assert_eq!(v["gateway_id"], "test-gw");
     assert_eq!(v["tunnels"][0]["name"], "app");
     assert_eq!(v["tunnels"][0]["connections"], json!([]));
+    assert_eq!(v["routes"][0]["name"], "app.test/");
+    // The refused request never reached a route: the edge refused its path first.
+    assert_eq!(v["routes"][0]["requests"], 5);
+    assert_eq!(v["routes"][0]["errors"], 0);
+    let refusal = v["security_events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["event"] == "bad_path")
+        .expect("the refusal");
+    assert!(refusal["at"].as_u64().is_some_and(|t| t > 0), "{refusal}");
 }
 
 /// A gateway with a challenged route on `app.test` (default difficulty) and one on
