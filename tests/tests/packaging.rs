@@ -210,3 +210,194 @@ fn the_kubernetes_sidecar_manifest_matches_the_schemas_and_admits_nothing_inboun
     // The probes run the connector's own status check.
     assert!(yaml.contains("\"--probe\", \"ready\"") && yaml.contains("\"--probe\", \"live\""));
 }
+
+fn container_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ops/container")
+        .join(name)
+}
+
+/// The compose file as JSON (YAML anchors and merge keys resolved, as compose reads it).
+fn compose() -> serde_json::Value {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(container_file("compose.yaml"))
+        .output()
+        .expect("python3 with PyYAML (ops/test installs python3-yaml)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("compose as JSON")
+}
+
+#[test]
+fn the_compose_demo_puts_the_application_behind_the_wall_with_hardened_containers() {
+    let c = compose();
+    let services = c["services"].as_object().expect("services");
+    assert_eq!(
+        services.keys().collect::<Vec<_>>(),
+        ["app", "connector", "gateway"]
+    );
+    for (name, s) in services {
+        // Every container: read-only root, no capability, no privilege gain, not root.
+        assert_eq!(s["read_only"], true, "{name}");
+        assert_eq!(s["cap_drop"], serde_json::json!(["ALL"]), "{name}");
+        assert_eq!(
+            s["security_opt"],
+            serde_json::json!(["no-new-privileges:true"]),
+            "{name}"
+        );
+        assert_eq!(s["user"], "65532:65532", "{name}");
+        assert!(s.get("privileged").is_none() && s.get("cap_add").is_none());
+        let target = s["build"]["target"].as_str().expect("an image target");
+        let file = std::fs::read_to_string(container_file("Containerfile")).expect("Containerfile");
+        assert!(
+            file.contains(&format!("AS {target}\n")),
+            "{name}: target {target}"
+        );
+    }
+    // The wall: the application has no network, its connector shares that namespace and
+    // reaches the gateway only through the socket volume; only the gateway publishes ports.
+    assert_eq!(services["app"]["network_mode"], "none");
+    assert_eq!(services["connector"]["network_mode"], "service:app");
+    assert!(services["app"].get("ports").is_none() && services["connector"].get("ports").is_none());
+    assert_eq!(
+        services["gateway"]["ports"],
+        serde_json::json!(["8443:8443", "8080:8080"])
+    );
+    for s in ["gateway", "connector"] {
+        let volumes = services[s]["volumes"].as_array().expect("volumes");
+        assert!(
+            volumes.iter().any(|v| v == "tunnel:/run/netwall"),
+            "{s}: {volumes:?}"
+        );
+    }
+    // Distroless, non-root runtime.
+    let file = std::fs::read_to_string(container_file("Containerfile")).expect("Containerfile");
+    assert!(file.contains("FROM gcr.io/distroless/cc-debian12:nonroot AS runtime"));
+    assert!(file.contains("USER 65532:65532"));
+}
+
+/// A network namespace with nothing but loopback: what `network_mode: none` gives a
+/// container. Removed when dropped.
+struct NoNetwork(String);
+
+impl NoNetwork {
+    fn new() -> NoNetwork {
+        let name = format!("nw-none-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let out = Command::new("ip").args(&args).output().expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        NoNetwork(name)
+    }
+
+    fn exec(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for NoNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn the_compose_configurations_serve_an_application_that_has_no_network() {
+    use netwall_tests::harness::{Proc, bin, spawn_gateway_with, wait_until};
+    // The shipped files, with the volume in a temporary folder and ports chosen by the OS.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let place = |name: &str| {
+        let text = std::fs::read_to_string(container_file(name))
+            .expect("config")
+            .replace("/run/netwall", &dir.path().display().to_string())
+            .replace("0.0.0.0:8443", "127.0.0.1:0")
+            .replace("0.0.0.0:8080", "127.0.0.1:0")
+            .replace("0.0.0.0:4443", "127.0.0.1:0")
+            .replace("127.0.0.1:9090", "127.0.0.1:0");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let (gateway_toml, connector_toml) = (place("gateway.toml"), place("connector.toml"));
+    for (program, args) in [
+        ("netwall-gateway", vec!["check", "--config"]),
+        ("netwall-connector", vec!["--check", "--config"]),
+    ] {
+        let out = Command::new(bin(program))
+            .args(args)
+            .arg(if program == "netwall-gateway" {
+                &gateway_toml
+            } else {
+                &connector_toml
+            })
+            .output()
+            .expect("check");
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_gateway, addrs) = spawn_gateway_with(
+        Command::new(bin("netwall-gateway")),
+        &gateway_toml,
+        dir.path().join("gateway.log"),
+    );
+    let none = NoNetwork::new();
+    let mut sample = none.exec(&bin("netwall-sample"));
+    sample.args(["--listen", "127.0.0.1:3000", "--name", "demo-service"]);
+    let _sample = Proc::spawn(sample, dir.path().join("sample.log"));
+    let mut connector = none.exec(&bin("netwall-connector"));
+    connector
+        .arg("--config")
+        .arg(&connector_toml)
+        .args(["--log-format", "json"]);
+    let _connector = Proc::spawn(connector, dir.path().join("connector.log"));
+    let url = format!("https://app.localhost:{}/", addrs.https.port());
+    let resolve = format!("app.localhost:{}:127.0.0.1", addrs.https.port());
+    let body = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = body.clone();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(wait_until(
+        std::time::Duration::from_secs(20),
+        "the application answers through the socket tunnel",
+        || {
+            let (url, resolve, seen) = (url.clone(), resolve.clone(), seen.clone());
+            async move {
+                let out = Command::new("curl")
+                    .args(["-sk", "--max-time", "5", "--resolve", &resolve, &url])
+                    .output()
+                    .expect("curl");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let ok = text.contains("demo-service");
+                *seen.lock().expect("lock") = text;
+                ok
+            }
+        },
+    ));
+    assert!(body.lock().expect("lock").contains("demo-service"));
+    // The namespace really has no way out: only loopback.
+    let links = Command::new("ip")
+        .args(["-n", &none.0, "-o", "link"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert_eq!(links.lines().count(), 1, "{links}");
+}
