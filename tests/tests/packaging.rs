@@ -59,6 +59,7 @@ fn the_gateway_unit_is_sandboxed_with_only_the_right_to_bind_low_ports() {
     let unit = std::fs::read_to_string(unit("netwall-gateway.service")).expect("unit");
     assert!(unit.contains("\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n"));
     assert!(unit.contains("\nDynamicUser=yes\n"));
+    assert!(unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
     eprintln!("gateway unit exposure {level}");
 }
 
@@ -70,6 +71,8 @@ fn the_connector_unit_is_sandboxed_with_no_capability_at_all() {
         text.contains("✓ CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE|BROADCAST|RAW)"),
         "{text}"
     );
+    let unit = std::fs::read_to_string(unit("netwall-connector.service")).expect("unit");
+    assert!(unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
     eprintln!("connector unit exposure {level}");
 }
 
