@@ -10,20 +10,31 @@ use rustls::pki_types::CertificateDer;
 
 use crate::harness::{HttpsClient, Pki, Proc};
 
-/// A free TCP port on loopback (bound, read and released: the caller binds it next).
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// Ports handed out for listeners the CA must know in advance: below the kernel's ephemeral
+/// range (32768 and up), so no outgoing connection of this or another test holds one.
+const FIXED_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A port in [`FIXED_PORTS`] that `bind` accepts now on loopback (the caller binds it next).
+fn free_port(bind: impl Fn(u16) -> bool) -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(FIXED_PORTS);
+        if bind(port) {
+            return port;
+        }
+    }
+    panic!("no free port in {FIXED_PORTS:?}");
 }
 
-/// A free UDP port on loopback.
+/// A free TCP port on loopback, outside the ephemeral range.
+pub fn free_tcp_port() -> u16 {
+    free_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// A free UDP port on loopback, outside the ephemeral range.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port()
+    free_port(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// A running pebble and its DNS server; both stop when dropped.

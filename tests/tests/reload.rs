@@ -675,3 +675,52 @@ async fn sighup_reloads_the_connector_binary_and_a_bad_file_changes_nothing() {
         Some(1)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_keeps_running_across_reloads() {
+    use futures_util::SinkExt;
+    let base = route("app.test", "/", "a", "");
+    let (g, _a, _connector) = Reloadable::serving_a(&base).await;
+    let mut ws = wss(
+        g.gateway.https_addr,
+        &g.pki.ca_der,
+        "wss://app.test/ws",
+        &[],
+        yawc::Options::default(),
+    )
+    .await
+    .expect("accepted");
+    for round in 0..4 {
+        // Routes added and taken away again: a new route table each time.
+        let text = if round % 2 == 0 {
+            g.pki
+                .gateway_toml(&format!("{base}{}", route("other.app.test", "/", "a", "")))
+        } else {
+            g.pki.gateway_toml(&base)
+        };
+        let outcome = g.reload_with(&text);
+        assert!(outcome.ok, "{outcome:?}");
+        let message = format!("after reload {round}");
+        ws.send(yawc::Frame::text(message.clone()))
+            .await
+            .expect("send");
+        let echoed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let f = ws.next_frame().await.expect("frame");
+                if matches!(f.opcode(), yawc::OpCode::Text | yawc::OpCode::Close) {
+                    return f;
+                }
+            }
+        })
+        .await
+        .expect("an echo in time");
+        assert_eq!(echoed.opcode(), yawc::OpCode::Text);
+        assert_eq!(echoed.payload().as_ref(), message.as_bytes());
+    }
+    let m = metrics_text(g.admin()).await;
+    assert_eq!(
+        metric(&m, "netwall_websocket_connections{route=\"app.test/\"}"),
+        1.0,
+        "{m}"
+    );
+}

@@ -20,7 +20,7 @@ use instant_acme::{
     RetryPolicy,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use self::challenge::AcmeState;
 use self::config::{AcmeConfig, ChallengeKind};
@@ -100,10 +100,15 @@ impl Acme {
         Ok(())
     }
 
-    /// How long until the certificate in use is due for renewal (zero when there is none).
+    /// How long until the certificate in use is due for renewal (zero when there is none;
+    /// `retry_after` when its expiry cannot be read, so a CA is never asked in a loop).
     fn until_due(&self) -> Duration {
         let Some(not_after) = self.not_after else {
-            return Duration::ZERO;
+            return if self.state.certificate().is_some() {
+                self.config.retry_after
+            } else {
+                Duration::ZERO
+            };
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -133,6 +138,15 @@ impl Acme {
                 Ok(pair) => {
                     self.count("issued");
                     info!(names = ?self.names, not_after = pair.not_after_unix(), directory = %self.config.directory, "ACME certificate issued; serving it from the next handshake");
+                    if self.until_due().is_zero() {
+                        // A lifetime shorter than `renew_before`: renewing at once would
+                        // order in a loop. Order again no sooner than `retry_after`.
+                        warn!(renew_before = ?self.config.renew_before, not_after = pair.not_after_unix(), "the CA's certificates live shorter than renew_before; renewing every retry_after");
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.config.retry_after) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
                 }
                 Err(e) => {
                     self.count("failed");
