@@ -53,6 +53,10 @@ pub const TARGET: &str = "netwall::security";
 /// few enough that the page stays small.
 pub const RECENT_EVENTS: usize = 50;
 
+/// Longest field value kept for the status page, in characters: a field can carry a client's
+/// header, and fifty events of 64 KiB headers would make the page megabytes.
+pub const RECENT_FIELD_CHARS: usize = 256;
+
 static RECENT: LazyLock<Mutex<VecDeque<serde_json::Value>>> =
     LazyLock::new(|| Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)));
 
@@ -90,13 +94,21 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentEvents {
 
 struct Fields(serde_json::Map<String, serde_json::Value>);
 
+/// `text`, cut to [`RECENT_FIELD_CHARS`] characters (an ellipsis marks a cut).
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(RECENT_FIELD_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 impl tracing::field::Visit for Fields {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         self.0
-            .insert(field.name().into(), format!("{value:?}").into());
+            .insert(field.name().into(), bounded(&format!("{value:?}")).into());
     }
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        self.0.insert(field.name().into(), bounded(value).into());
     }
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
         self.0.insert(field.name().into(), value.into());
@@ -122,6 +134,15 @@ macro_rules! security_event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_field_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(RECENT_FIELD_CHARS + 10);
+        let cut = bounded(&long);
+        assert_eq!(cut.chars().count(), RECENT_FIELD_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(bounded("short"), "short");
+    }
 
     #[test]
     fn a_flood_is_cut_and_the_next_line_says_how_much() {
