@@ -117,12 +117,13 @@ impl Acme {
         Duration::from_secs(due.saturating_sub(now))
     }
 
-    /// Order and renew until `shutdown`.
+    /// Order and renew until `shutdown`: one wait, then one order, each round; the wait is
+    /// until renewal after an issuance and `retry_after` after a failure.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut wait = self.until_due();
         loop {
-            let wait = self.until_due();
             if !wait.is_zero() {
-                info!(names = ?self.names, renew_in = ?wait, "ACME certificate valid; renewal scheduled");
+                info!(names = ?self.names, after = ?wait, "next ACME order scheduled");
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -133,30 +134,26 @@ impl Acme {
                 Err(_) => Err(format!("no certificate within {ORDER_TIMEOUT:?}")),
             };
             self.state.disarm();
-            let outcome = result.and_then(|pair| self.serve(&pair).map(|()| pair));
-            match outcome {
+            wait = match result.and_then(|pair| self.serve(&pair).map(|()| pair)) {
                 Ok(pair) => {
                     self.count("issued");
                     info!(names = ?self.names, not_after = pair.not_after_unix(), directory = %self.config.directory, "ACME certificate issued; serving it from the next handshake");
-                    if self.until_due().is_zero() {
+                    match self.until_due() {
                         // A lifetime shorter than `renew_before`: renewing at once would
                         // order in a loop. Order again no sooner than `retry_after`.
-                        warn!(renew_before = ?self.config.renew_before, not_after = pair.not_after_unix(), "the CA's certificates live shorter than renew_before; renewing every retry_after");
-                        tokio::select! {
-                            _ = tokio::time::sleep(self.config.retry_after) => {}
-                            _ = shutdown.cancelled() => return,
+                        due if due.is_zero() => {
+                            warn!(renew_before = ?self.config.renew_before, not_after = pair.not_after_unix(), "the CA's certificates live shorter than renew_before; renewing every retry_after");
+                            self.config.retry_after
                         }
+                        due => due,
                     }
                 }
                 Err(e) => {
                     self.count("failed");
                     error!(error = %e, names = ?self.names, directory = %self.config.directory, retry_in = ?self.config.retry_after, serving_until = self.not_after, "ACME order failed; the certificate in use keeps serving");
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.config.retry_after) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
+                    self.config.retry_after
                 }
-            }
+            };
         }
     }
 
