@@ -619,6 +619,23 @@ pub async fn wss(
     }
 }
 
+/// The next text, binary or close frame (pings and pongs skipped), within 5 s.
+pub async fn next_message(ws: &mut Wss) -> yawc::Frame {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let f = ws.next_frame().await.expect("frame");
+            if matches!(
+                f.opcode(),
+                yawc::OpCode::Text | yawc::OpCode::Binary | yawc::OpCode::Close
+            ) {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("a message in time")
+}
+
 /// Read frames until a close arrives (or `limit` passes); returns its code, or `None` when
 /// the connection ended without one.
 pub async fn close_code(ws: &mut Wss, limit: Duration) -> Option<u16> {

@@ -241,6 +241,7 @@ fn compose() -> serde_json::Value {
 #[test]
 fn the_compose_demo_puts_the_application_behind_the_wall_with_hardened_containers() {
     let c = compose();
+    let file = std::fs::read_to_string(container_file("Containerfile")).expect("Containerfile");
     let services = c["services"].as_object().expect("services");
     assert_eq!(
         services.keys().collect::<Vec<_>>(),
@@ -258,7 +259,6 @@ fn the_compose_demo_puts_the_application_behind_the_wall_with_hardened_container
         assert_eq!(s["user"], "65532:65532", "{name}");
         assert!(s.get("privileged").is_none() && s.get("cap_add").is_none());
         let target = s["build"]["target"].as_str().expect("an image target");
-        let file = std::fs::read_to_string(container_file("Containerfile")).expect("Containerfile");
         assert!(
             file.contains(&format!("AS {target}\n")),
             "{name}: target {target}"
@@ -281,7 +281,6 @@ fn the_compose_demo_puts_the_application_behind_the_wall_with_hardened_container
         );
     }
     // Distroless, non-root runtime.
-    let file = std::fs::read_to_string(container_file("Containerfile")).expect("Containerfile");
     assert!(file.contains("FROM gcr.io/distroless/cc-debian12:nonroot AS runtime"));
     assert!(file.contains("USER 65532:65532"));
 }

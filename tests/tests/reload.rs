@@ -704,16 +704,7 @@ async fn an_open_websocket_keeps_running_across_reloads() {
         ws.send(yawc::Frame::text(message.clone()))
             .await
             .expect("send");
-        let echoed = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                let f = ws.next_frame().await.expect("frame");
-                if matches!(f.opcode(), yawc::OpCode::Text | yawc::OpCode::Close) {
-                    return f;
-                }
-            }
-        })
-        .await
-        .expect("an echo in time");
+        let echoed = next_message(&mut ws).await;
         assert_eq!(echoed.opcode(), yawc::OpCode::Text);
         assert_eq!(echoed.payload().as_ref(), message.as_bytes());
     }

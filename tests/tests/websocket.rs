@@ -69,19 +69,6 @@ impl Setup {
     }
 }
 
-async fn next_message(ws: &mut Wss) -> Frame {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let f = ws.next_frame().await.expect("frame");
-            if matches!(f.opcode(), OpCode::Text | OpCode::Binary | OpCode::Close) {
-                return f;
-            }
-        }
-    })
-    .await
-    .expect("a message in time")
-}
-
 netwall_tests::over_every_transport! {
     #[tokio::test]
     async fn messages_are_echoed_through_the_tunnel_and_counted() {
