@@ -211,3 +211,58 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration `{s}`: {e} (write e.g. \"500ms\", \"10s\", \"2m\")"))
 }
+
+/// The keys that differ between two versions of a file and that a reload does not apply,
+/// sorted. `applied` names what a reload does apply: a top-level key (`"route"`) or a key of
+/// a table (`"https.certificate"`); a table holding applied keys is compared key by key, and
+/// its other changed keys are named `table.key`.
+pub fn unapplied_changes(old: &toml::Table, new: &toml::Table, applied: &[&str]) -> Vec<String> {
+    let mut keys = Vec::new();
+    collect_unapplied(old, new, applied, "", &mut keys);
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn collect_unapplied(
+    old: &toml::Table,
+    new: &toml::Table,
+    applied: &[&str],
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    for k in old.keys().chain(new.keys()) {
+        let name = format!("{prefix}{k}");
+        if applied.contains(&name.as_str()) {
+            continue;
+        }
+        let inner = format!("{name}.");
+        let (a, b) = (old.get(k), new.get(k));
+        if applied.iter().any(|p| p.starts_with(&inner))
+            && let (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) = (a, b)
+        {
+            collect_unapplied(a, b, applied, &inner, out);
+        } else if a != b {
+            out.push(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod unapplied_tests {
+    use super::unapplied_changes;
+
+    #[test]
+    fn applied_keys_are_skipped_and_tables_holding_them_compared_key_by_key() {
+        let old: toml::Table = toml::from_str("a = 1\nb = 2\n[t]\nx = 1\ny = 1\n").expect("toml");
+        let new: toml::Table =
+            toml::from_str("a = 9\nb = 3\nc = 1\n[t]\nx = 2\ny = 2\n").expect("toml");
+        assert_eq!(
+            unapplied_changes(&old, &new, &["a", "t.x"]),
+            ["b", "c", "t.y"]
+        );
+        // A table present on one side only is one change.
+        let bare: toml::Table = toml::from_str("a = 1\nb = 2\n").expect("toml");
+        assert_eq!(unapplied_changes(&old, &bare, &["t.x"]), ["t"]);
+    }
+}

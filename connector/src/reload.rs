@@ -38,7 +38,7 @@ pub fn compare(old: &Resolved, new: &Resolved) -> Outcome {
     let (before, after) = (every_service(old), every_service(new));
     let mut outcome = Outcome {
         credential_rotated: old.credential != new.credential,
-        restart_required: restart_required(&old.raw, &new.raw),
+        restart_required: netwall_config::unapplied_changes(&old.raw, &new.raw, RELOADED_KEYS),
         ..Outcome::default()
     };
     for (name, target) in &after {
@@ -63,19 +63,6 @@ fn every_service(r: &Resolved) -> BTreeMap<&String, (bool, &ServiceTarget)> {
         .map(|(n, t)| (n, (false, t)))
         .chain(r.tcp_services.iter().map(|(n, t)| (n, (true, t))))
         .collect()
-}
-
-/// The top-level keys that differ between `old` and `new` and that a reload does not apply.
-fn restart_required(old: &toml::Table, new: &toml::Table) -> Vec<String> {
-    let mut keys: Vec<String> = old
-        .keys()
-        .chain(new.keys())
-        .filter(|k| !RELOADED_KEYS.contains(&k.as_str()) && old.get(*k) != new.get(*k))
-        .cloned()
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
 }
 
 #[cfg(test)]

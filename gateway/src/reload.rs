@@ -30,10 +30,16 @@ use crate::tls::{CertPair, CertStore, SniResolver};
 use crate::tunnel::listen::{Listeners, SocketOwner};
 use crate::tunnel::{Registry, TunnelChanges};
 
-/// Top-level keys a reload applies; every other key waits for a restart.
-const RELOADED_KEYS: &[&str] = &["route", "tunnel", "challenge", "profile"];
-/// Keys of `[https]` a reload applies.
-const RELOADED_HTTPS_KEYS: &[&str] = &["certificate", "self_signed"];
+/// Keys a reload applies (top-level, and two of `[https]`); every other key waits for a
+/// restart.
+const RELOADED_KEYS: &[&str] = &[
+    "route",
+    "tunnel",
+    "challenge",
+    "profile",
+    "https.certificate",
+    "https.self_signed",
+];
 
 /// What a reload did, as `/reload` answers it.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -375,33 +381,7 @@ pub fn declared_tunnels(
 
 /// The keys that differ between `old` and `new` and that a reload does not apply.
 fn restart_required(old: &toml::Table, new: &toml::Table) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::new();
-    let names = old.keys().chain(new.keys());
-    for k in names {
-        if RELOADED_KEYS.contains(&k.as_str()) || keys.contains(k) {
-            continue;
-        }
-        let (a, b) = (old.get(k), new.get(k));
-        if k == "https"
-            && let (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) = (a, b)
-        {
-            for sub in a.keys().chain(b.keys()) {
-                let name = format!("https.{sub}");
-                if !RELOADED_HTTPS_KEYS.contains(&sub.as_str())
-                    && a.get(sub) != b.get(sub)
-                    && !keys.contains(&name)
-                {
-                    keys.push(name);
-                }
-            }
-            continue;
-        }
-        if a != b {
-            keys.push(k.clone());
-        }
-    }
-    keys.sort();
-    keys
+    netwall_config::unapplied_changes(old, new, RELOADED_KEYS)
 }
 
 #[cfg(test)]
