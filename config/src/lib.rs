@@ -212,6 +212,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration `{s}`: {e} (write e.g. \"500ms\", \"10s\", \"2m\")"))
 }
 
+/// Most runtime worker threads a file may ask for: beyond this the threads only contend for the
+/// same cores and each holds a stack and a run queue.
+pub const MAX_WORKERS: usize = 256;
+
+/// Worker threads when a file does not say: one per core the process may run on, which is
+/// right for an edge host that runs netwall and little else. On a host shared with the
+/// service (two processes on two cores), fewer workers mean fewer wakeups and cross-core
+/// hand-offs per request: set `workers` lower there (the benchmark runs one each).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Check a `workers` value: at least one, at most [`MAX_WORKERS`].
+pub fn check_workers(n: usize) -> Result<(), String> {
+    if (1..=MAX_WORKERS).contains(&n) {
+        Ok(())
+    } else {
+        Err(format!("must be between 1 and {MAX_WORKERS}"))
+    }
+}
+
 /// The keys that differ between two versions of a file and that a reload does not apply,
 /// sorted. `applied` names what a reload does apply: a top-level key (`"route"`) or a key of
 /// a table (`"https.certificate"`); a table holding applied keys is compared key by key, and

@@ -133,6 +133,10 @@ pub struct ConnectorConfig {
     pub connector_id: Option<String>,
     /// Tunnel to serve.
     pub tunnel: String,
+    /// Runtime worker threads; defaults to one per core
+    /// ([`netwall_config::default_workers`]). Read at start only.
+    #[serde(default)]
+    pub workers: Option<Spanned<usize>>,
     /// File holding the credential (trailing whitespace ignored).
     #[serde(default)]
     pub credential_file: Option<Spanned<PathBuf>>,
@@ -317,6 +321,13 @@ pub struct Resolved {
 }
 
 impl ConnectorConfig {
+    /// Runtime worker threads: the file's `workers`, else one per core.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .as_ref()
+            .map_or_else(netwall_config::default_workers, |w| *w.get_ref())
+    }
+
     /// Read, parse, validate and resolve a file.
     pub fn load(path: &Path) -> Result<Resolved, ConfigErrors> {
         let src = std::fs::read_to_string(path).map_err(|e| {
@@ -343,6 +354,11 @@ impl ConnectorConfig {
         let resolve = |p: &Path| base.join(p);
         let mut errs = Vec::new();
 
+        if let Some(w) = &config.workers
+            && let Err(e) = netwall_config::check_workers(*w.get_ref())
+        {
+            errs.push(at.error(Some(w.span()), "workers", &e));
+        }
         if config.gateways.get_ref().is_empty() {
             errs.push(at.error(Some(config.gateways.span()), "gateways", "lists no gateway"));
         }

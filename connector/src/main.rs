@@ -125,6 +125,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(resolved.config.workers())
         .enable_all()
         .build()
     {

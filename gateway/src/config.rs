@@ -177,6 +177,10 @@ pub struct GatewayConfig {
     /// Name of this gateway instance in logs and handshakes; defaults to the host name.
     #[serde(default)]
     pub gateway_id: Option<String>,
+    /// Runtime worker threads; defaults to one per core
+    /// ([`netwall_config::default_workers`]). Read at start only.
+    #[serde(default)]
+    pub workers: Option<Spanned<usize>>,
     /// Public HTTPS listener.
     pub https: HttpsConfig,
     /// Public plain-HTTP listener that redirects to HTTPS.
@@ -663,6 +667,13 @@ impl Loaded {
 }
 
 impl GatewayConfig {
+    /// Runtime worker threads: the file's `workers`, else one per core.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .as_ref()
+            .map_or_else(netwall_config::default_workers, |w| *w.get_ref())
+    }
+
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
         let src = std::fs::read_to_string(path).map_err(|e| {
@@ -713,6 +724,11 @@ impl GatewayConfig {
                 false
             }
         };
+        if let Some(w) = &self.workers
+            && let Err(e) = netwall_config::check_workers(*w.get_ref())
+        {
+            errs.push(at.error(Some(w.span()), "workers", &e));
+        }
         if production {
             if self.https.self_signed {
                 errs.push(at.error(

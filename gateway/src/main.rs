@@ -119,10 +119,18 @@ fn main() -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn run(config: PathBuf) -> anyhow::Result<()> {
+fn run(config: PathBuf) -> anyhow::Result<()> {
     let loaded = netwall_gateway::config::GatewayConfig::load(&config)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(loaded.config.workers())
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(serve(loaded))
+}
+
+async fn serve(loaded: netwall_gateway::config::Loaded) -> anyhow::Result<()> {
     // Watched before the start is announced, so a signal sent the moment the gateway says
     // it is up is handled rather than killing it.
     use tokio::signal::unix::{SignalKind, signal};
