@@ -19,6 +19,33 @@ use crate::transport::{BoxFuture, Closed, Conn, Connection, Peer, Stream, Transp
 /// Requests flow on gateway-opened streams only.
 const GATEWAY_MAX_PEER_STREAMS: u32 = 4;
 
+/// Bytes a peer may send on one stream ahead of what this side has read: quinn's default,
+/// sized for 100 Mbit/s per stream at a 100 ms round trip.
+const STREAM_RECEIVE_WINDOW: u32 = 1_250_000;
+
+/// Bytes a peer may send on one connection, all streams together, ahead of what this side has
+/// read. quinn leaves it unbounded, so a tunnel carrying many slow readers (clients that do not
+/// read their responses) could make either end buffer `streams x stream window`: gigabytes.
+/// 16 MiB is a dozen streams at full window, some 1.3 Gbit/s per tunnel connection at 100 ms.
+const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Kernel buffer asked for on each tunnel UDP socket, each way. Linux's default (about 208 KiB)
+/// overflows under a bulk transfer's bursts and every dropped datagram costs a retransmission;
+/// quinn's documentation advises raising it. The kernel caps the request at
+/// `net.core.rmem_max` / `net.core.wmem_max` (the README's tuning section says how to raise
+/// them).
+const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `addr`, its kernel buffers raised toward [`UDP_SOCKET_BUFFER`].
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = UdpSocket::bind(addr)?;
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: a kernel that grants less still works, only with more loss under bursts.
+    let _ = sock.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    Ok(socket)
+}
+
 /// Liveness and stream settings of QUIC connections.
 #[derive(Debug, Clone, Copy)]
 pub struct QuicParams {
@@ -40,7 +67,11 @@ fn transport_config(p: &QuicParams) -> Result<quinn::TransportConfig, String> {
     ))
     .keep_alive_interval(Some(p.keep_alive))
     .max_concurrent_bidi_streams(p.max_peer_streams.into())
-    .max_concurrent_uni_streams(0u32.into());
+    .max_concurrent_uni_streams(0u32.into())
+    .stream_receive_window(STREAM_RECEIVE_WINDOW.into())
+    .receive_window(CONNECTION_RECEIVE_WINDOW.into())
+    // The tunnel carries streams only: no unreliable datagrams, so none are buffered.
+    .datagram_receive_buffer_size(None);
     Ok(t)
 }
 
@@ -153,8 +184,15 @@ impl QuicListener {
             transport_config(&params).map_err(io::Error::other)?,
         ));
         server.migration(true);
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| io::Error::other("no async runtime for QUIC"))?;
         Ok(QuicListener {
-            endpoint: quinn::Endpoint::server(server, listen)?,
+            endpoint: quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                udp_socket(listen)?,
+                runtime,
+            )?,
         })
     }
 
@@ -229,7 +267,7 @@ impl QuicDialer {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let socket = UdpSocket::bind(bind).map_err(|e| format!("udp bind: {e}"))?;
+        let socket = udp_socket(bind).map_err(|e| format!("udp bind: {e}"))?;
         socket
             .connect(target)
             .map_err(|e| format!("udp connect {target}: {e}"))?;
