@@ -55,7 +55,7 @@ if len(sys.argv) == 3 and sys.argv[1] == "--challenge":
     sys.stdout.write(challenge_report(sys.argv[2]))
     sys.exit(0)
 
-out, mode, repeats, duration, concurrency, fixed_rate, bulk_mib, redis_requests, redis_pipeline = sys.argv[1:10]
+out, mode, repeats, duration, concurrency, fixed_rate, bulk_mib, redis_requests, redis_pipeline, workers = sys.argv[1:11]
 raw = os.path.join(out, "raw")
 PATHS = ["direct", "nginx", "rathole", "netwall", "netwall_tls", "netwall_unix"]
 # netwall's tunnel transports: "netwall" is the default, QUIC.
@@ -199,6 +199,75 @@ results["tcp"] = {
 }
 
 
+ROLES = ["edge", "inner", "backend"]
+
+
+def cpu_seconds(name):
+    """CPU seconds (user + system) each role on the path spent during one measurement (raw/name.cpu,
+    written by ops/bench: `hz N`, then `role ticks_before ticks_after` per process), or None."""
+    try:
+        with open(os.path.join(raw, f"{name}.cpu")) as fh:
+            lines = [l.split() for l in fh if l.strip()]
+    except OSError:
+        return None
+    hz = next((float(l[1]) for l in lines if l[0] == "hz"), 100.0)
+    used = {}
+    for l in lines:
+        if l[0] != "hz" and len(l) == 3:
+            used[l[0]] = used.get(l[0], 0.0) + (float(l[2]) - float(l[1])) / hz
+    return used or None
+
+
+def oha_count(name):
+    """Requests answered in one oha measurement, or None."""
+    try:
+        with open(os.path.join(raw, f"{name}.json")) as fh:
+            d = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return sum(d.get("statusCodeDistribution", {}).values()) or None
+
+
+def cpu_per_unit(prefix, paths, units, scale):
+    """For each path, the median over passes of each role's CPU time per unit of work (units(name)
+    gives the units one measurement did), times scale (1e6: µs; 1e9: ns), with a total."""
+    table = {}
+    for p in paths:
+        per_pass = []
+        for f in sorted(glob(os.path.join(raw, f"{prefix}.{p}.*.cpu"))):
+            name = os.path.basename(f)[:-4]
+            used, n = cpu_seconds(name), units(name)
+            if used and n:
+                row = {r: used[r] * scale / n for r in used}
+                row["total"] = sum(used.values()) * scale / n
+                per_pass.append(row)
+        table[p] = ({k: statistics.median(r.get(k, 0.0) for r in per_pass) for k in per_pass[0]}
+                    if per_pass else None)
+    return table
+
+
+bulk_bytes = int(bulk_mib) * 1024 * 1024
+CPU_ROWS = [  # (key, label, unit, paths, units, scale)
+    ("small_h1", f"small responses, h1, {concurrency} conns", "µs/req", PATHS, oha_count, 1e6),
+    ("small_h2", "small responses, h2, 8x8 streams", "µs/req", PATHS, oha_count, 1e6),
+    ("fixed_rate", f"fixed {fixed_rate} req/s", "µs/req", PATHS, oha_count, 1e6),
+    ("handshakes", "new connections (TLS handshake + request)", "µs/conn", PATHS, oha_count, 1e6),
+    ("bulk_down", f"bulk download {bulk_mib} MiB", "ns/byte", PATHS, lambda _n: bulk_bytes, 1e9),
+    ("bulk_up", f"bulk upload {bulk_mib} MiB", "ns/byte", PATHS, lambda _n: bulk_bytes, 1e9),
+]
+TCP_COPY_PATHS = [p for p in TCP_PATHS if p != "netwall_mtls"]
+CPU_ROWS += [
+    ("redis", "redis-benchmark SET and GET", "µs/req", TCP_PATHS, lambda _n: 2 * int(redis_requests), 1e6),
+    ("redis_pipelined", f"redis-benchmark, pipeline {redis_pipeline}", "µs/req", TCP_PATHS,
+     lambda _n: 20 * int(redis_requests), 1e6),
+    # The client-certificate route carries no bulk copy.
+    ("tcp_down", f"TCP copy {bulk_mib} MiB, service to client", "ns/byte", TCP_COPY_PATHS, lambda _n: bulk_bytes, 1e9),
+    ("tcp_up", f"TCP copy {bulk_mib} MiB, client to service", "ns/byte", TCP_COPY_PATHS, lambda _n: bulk_bytes, 1e9),
+]
+results["cpu"] = {key: {"unit": unit, "paths": cpu_per_unit(key, paths, units, scale)}
+                  for key, _label, unit, paths, units, scale in CPU_ROWS}
+
+
 def cpu_model():
     try:
         for line in open("/proc/cpuinfo"):
@@ -278,7 +347,8 @@ if fixed["netwall"] and fixed["direct"]:
         added[k] = fixed["netwall"][k] - fixed["direct"][k]
 summary = [
     f"Mode: {mode}, {repeats} pass(es), medians; {duration} per load measurement. Machine: {machine['cpus']} CPUs ({machine['cpu']}), "
-    f"{machine['memory_gib']} GiB, {machine['rustc']}. No CPU pinning.",
+    f"{machine['memory_gib']} GiB, {machine['rustc']}. No CPU pinning. netwall gateways and connectors run "
+    f"`workers = {workers}`.",
     f"Paths: direct = {machine['backend']}; nginx = {machine['nginx']}; rathole = {machine['rathole']}; netwall = {machine['netwall']}; "
     f"netwall_tls = {machine['netwall_tls']}; netwall_unix = {machine['netwall_unix']}.",
     f"Latency added by netwall over direct at {fixed_rate} req/s: "
@@ -325,13 +395,35 @@ tcp_note = ("TCP services: Redis 7 (redis-benchmark, `-t set,get`) and a bulk co
             "direct = the server on loopback; rathole = plain TCP forwarding; netwall = a `[[tcp_route]]` admitting "
             "127.0.0.1 by address (no TLS from the client) over each tunnel transport; netwall_mtls = the QUIC "
             "gateway's route that requires a client certificate (TLS 1.3 from the client to the edge; no bulk copy).")
+CPU_PATHS = PATHS + ["netwall_mtls"]
+
+
+def cpu_cell(r):
+    if not r:
+        return "n/a"
+    return " / ".join(f"{r[k]:.1f}" if k in r else "–" for k in ROLES) + f" = {r['total']:.1f}"
+
+
+cpu_lines = [
+    "CPU time per unit of work of each process on the path, as edge / inner / backend = total "
+    "(edge: nginx's workers, rathole's server, netwall's gateway; inner: rathole's client, netwall's "
+    "connector; backend: the service). From /proc/<pid>/stat (user + system, every thread) before "
+    "and after each measurement; the load generator is not counted.",
+    "",
+    f"| scenario | unit | {' | '.join(CPU_PATHS)} |",
+    "| --- | --- | " + " | ".join("---:" for _ in CPU_PATHS) + " |",
+]
+for key, label, unit, paths, _units, _scale in CPU_ROWS:
+    table = results["cpu"][key]["paths"]
+    cpu_lines.append(f"| {label} | {unit} | " + " | ".join(cpu_cell(table.get(p)) if p in paths else "" for p in CPU_PATHS) + " |")
 report_md = ("\n".join(lines) + "\n\n" + "\n\n".join(summary) + "\n"
+             + "\n" + "\n".join(cpu_lines) + "\n"
              + "\n" + "\n".join(tcp_lines) + "\n\n" + tcp_note + "\n"
              + ("\n" + "\n".join(mux_lines) + "\n" if mux_lines else ""))
 with open(os.path.join(out, "report.md"), "w") as fh:
     fh.write(report_md)
 with open(os.path.join(out, "report.json"), "w") as fh:
-    json.dump({"machine": machine, "mode": mode, "repeats": int(repeats), "results": results,
+    json.dump({"machine": machine, "mode": mode, "repeats": int(repeats), "workers": int(workers), "results": results,
                "memory": memory, "latency_added_over_direct_ms": added, "tunnels": tunnels}, fh, indent=1)
 
 try:

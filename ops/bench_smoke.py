@@ -57,6 +57,11 @@ for path in ["netwall", "netwall_tls", "netwall_unix", "netwall_mtls"]:
         for k in ["copy_down_mib_per_s", "copy_up_mib_per_s"]:
             if not (t[k] or 0) > 0:
                 problems.append(f"TCP: no {k} through {path}")
+# CPU per unit of work: every netwall path's gateway and connector measured in every scenario.
+for key, row in results["cpu"].items():
+    for path, r in row["paths"].items():
+        if path.startswith("netwall") and not (r and r.get("edge", 0) > 0 and r.get("inner", 0) > 0):
+            problems.append(f"CPU {key}: no gateway and connector figures through {path}: {r}")
 header, rows = table[0], table[2:]
 columns = [c.strip() for c in header.strip("|").split("|")]
 netwall = columns.index("netwall")
