@@ -10,7 +10,7 @@
 //! Revocation (by subject or token id) comes from the admin listener; WebSocket sessions
 //! re-check it periodically and are closed at once when it happens.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -369,13 +369,21 @@ impl Auth {
     }
 }
 
-/// Revoked subjects and token ids.
-#[derive(Default)]
+/// Revoked subjects and token ids, kept for a retention time (the longest a token the
+/// gateway accepts may live; see `[state] revocation_retention`), so the table is bounded by
+/// the revocations of one retention period.
 pub struct Revocations {
     /// Subject -> revocation time (seconds since the epoch): tokens issued before are dead.
     subs: RwLock<HashMap<String, u64>>,
-    /// Revoked token ids.
-    jtis: RwLock<HashSet<String>>,
+    /// Revoked token id -> revocation time.
+    jtis: RwLock<HashMap<String, u64>>,
+    retention: u64,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations::new(crate::state::config::DEFAULT_REVOCATION_RETENTION)
+    }
 }
 
 /// Seconds since the epoch.
@@ -387,18 +395,61 @@ pub fn now_secs() -> u64 {
 }
 
 impl Revocations {
+    /// An empty table keeping each revocation for `retention`.
+    pub fn new(retention: std::time::Duration) -> Revocations {
+        Revocations {
+            subs: RwLock::default(),
+            jtis: RwLock::default(),
+            retention: retention.as_secs().max(1),
+        }
+    }
+
     /// Revoke every token of `sub` issued up to now (tokens without `iat` included).
     pub fn revoke_sub(&self, sub: &str) {
+        self.revoke_sub_at(sub, now_secs());
+    }
+
+    /// Revoke every token of `sub` issued up to `at`; a later revocation already known wins.
+    pub fn revoke_sub_at(&self, sub: &str, at: u64) {
         if let Ok(mut s) = self.subs.write() {
-            s.insert(sub.to_owned(), now_secs());
+            self.prune(&mut s);
+            let e = s.entry(sub.to_owned()).or_insert(at);
+            *e = (*e).max(at);
         }
     }
 
     /// Revoke one token id.
     pub fn revoke_jti(&self, jti: &str) {
+        self.revoke_jti_at(jti, now_secs());
+    }
+
+    /// Revoke one token id, as of `at`.
+    pub fn revoke_jti_at(&self, jti: &str, at: u64) {
         if let Ok(mut j) = self.jtis.write() {
-            j.insert(jti.to_owned());
+            self.prune(&mut j);
+            let e = j.entry(jti.to_owned()).or_insert(at);
+            *e = (*e).max(at);
         }
+    }
+
+    /// Drop revocations older than the retention, each time the table reaches a power of
+    /// two: amortised constant time per revocation, and at most twice the live entries.
+    fn prune(&self, table: &mut HashMap<String, u64>) {
+        if !table.len().is_power_of_two() {
+            return;
+        }
+        let oldest = now_secs().saturating_sub(self.retention);
+        table.retain(|_, at| *at >= oldest);
+    }
+
+    /// Revocations held (subjects and token ids).
+    pub fn len(&self) -> usize {
+        self.subs.read().map_or(0, |s| s.len()) + self.jtis.read().map_or(0, |j| j.len())
+    }
+
+    /// Whether no revocation is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether `id` is revoked.
@@ -412,7 +463,7 @@ impl Revocations {
         let by_jti = id
             .jti
             .as_ref()
-            .is_some_and(|j| self.jtis.read().is_ok_and(|s| s.contains(j)));
+            .is_some_and(|j| self.jtis.read().is_ok_and(|s| s.contains_key(j)));
         by_sub || by_jti
     }
 }

@@ -209,6 +209,9 @@ pub struct GatewayConfig {
     /// Keys of the proof-of-work challenge (`[route.challenge]`).
     #[serde(default)]
     pub challenge: crate::challenge::config::ChallengeKeysConfig,
+    /// Where state shared across gateways lives (`memory` by default).
+    #[serde(default)]
+    pub state: crate::state::config::StateConfig,
 }
 
 /// `[https]`
@@ -540,6 +543,10 @@ pub struct RateLimitConfig {
     /// IPv6 by /64) or `sub` (the JWT subject; needs `[route.auth]`).
     #[serde(default = "default_rate_key")]
     pub key: String,
+    /// What the limit decides while a shared store (`[state] driver = "redis"`) cannot be
+    /// reached: `allow` (default: fail open) or `deny` (fail closed, 429).
+    #[serde(default)]
+    pub on_store_error: crate::state::OnError,
 }
 
 /// `[route.websocket]`: how the edge treats WebSockets on a route.
@@ -729,6 +736,7 @@ impl GatewayConfig {
         {
             errs.push(at.error(Some(w.span()), "workers", &e));
         }
+        self.state.validate(at, &mut errs);
         if production {
             if self.https.self_signed {
                 errs.push(at.error(

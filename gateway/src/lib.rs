@@ -193,11 +193,28 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     let resolve = |p: &Path| base.join(p);
     let metrics = Arc::new(Metrics::new());
     let codec = Codec::default();
-    let policy_state = Arc::new(state::PolicyState::default());
+    let gateway_id = config.gateway_id.clone().unwrap_or_else(host_name);
+    let shutdown = CancellationToken::new();
+    let users = Arc::new(ws::UserSessions::default());
+    let revocations = Arc::new(auth::Revocations::new(config.state.revocation_retention));
+    let local = Arc::new(state::Local::new(
+        &gateway_id,
+        revocations.clone(),
+        users.clone(),
+    ));
+    let store = state::open(
+        &config.state,
+        base,
+        local.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    let policy_state = Arc::new(state::PolicyState::new(store.clone()));
     let mut carry = policy_state.begin();
     let routes = RouteTable::build(config, base, &mut carry).map_err(StartError::Config)?;
     policy_state.commit(carry);
-    let gateway_id = config.gateway_id.clone().unwrap_or_else(host_name);
 
     // Public certificates.
     let public = certs::load(config, base, &routes, &metrics, None)?;
@@ -253,11 +270,8 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         })?;
     }
 
-    let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let tunnel_tasks = TaskTracker::new();
-    let users = Arc::new(ws::UserSessions::default());
-    let revocations = Arc::new(auth::Revocations::default());
 
     let registry = Arc::new(Registry::new(
         reload::declared_tunnels(config),
@@ -311,8 +325,8 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         metrics.clone(),
         codec,
         proxy::Sessions {
-            users: users.clone(),
-            revocations: revocations.clone(),
+            local: local.clone(),
+            store: store.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             spike: config.spike.clone(),
@@ -429,8 +443,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         let handler = listener::admin_handler(
             metrics.clone(),
             shutdown.clone(),
-            revocations.clone(),
-            users.clone(),
+            store.clone(),
             listener::StatusSource {
                 registry: registry.clone(),
                 proxy: proxy.clone(),

@@ -24,18 +24,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::acme::challenge::{ACME_TLS_ALPN, AcmeState, HTTP01_PREFIX};
-use crate::auth::Revocations;
 use crate::config::HttpsConfig;
 use crate::linger::{LingerFlag, Lingering};
 use crate::metrics::Metrics;
 use crate::policy::conn_limit::IpConnLimit;
 use crate::policy::headers::request_host;
 use crate::proxy::Proxy;
+use crate::state::{Event, Store};
 use crate::tcp::relay::TcpRoute;
 use crate::tcp::sni;
 use crate::tls::TUNNEL_ALPN;
 use crate::tunnel::listen::Listeners;
-use crate::ws::UserSessions;
 
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -324,8 +323,15 @@ async fn read_proxy_v2(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, String
     }
 }
 
+/// A response of a local listener, made now or after some I/O (a revocation is stored first).
+pub type LocalAnswer = std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+
 /// A handler for the small local listeners (redirect, admin).
-pub type LocalHandler = Arc<dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
+pub type LocalHandler = Arc<dyn Fn(&Request<Incoming>) -> LocalAnswer + Send + Sync>;
+
+fn now(resp: Response<Full<Bytes>>) -> LocalAnswer {
+    Box::pin(std::future::ready(resp))
+}
 
 /// Serve plain HTTP/1.1 with `handler` until `shutdown`; with `per_ip` (the public redirect
 /// listener) each client address holds a bounded number of connections.
@@ -356,7 +362,7 @@ pub async fn serve_plain(
             let _slot = slot;
             let svc = service_fn(move |req| {
                 let resp = handler(&req);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
+                async move { Ok::<_, std::convert::Infallible>(resp.await) }
             });
             let _ = until_shutdown!(builder.serve_connection(TokioIo::new(tcp), svc), shutdown);
         });
@@ -370,7 +376,16 @@ pub fn redirect_handler(
     metrics: Arc<Metrics>,
     acme: Option<Arc<AcmeState>>,
 ) -> LocalHandler {
-    Arc::new(move |req| {
+    Arc::new(move |req| now(redirect(req, https_port, &metrics, acme.as_deref())))
+}
+
+fn redirect(
+    req: &Request<Incoming>,
+    https_port: u16,
+    metrics: &Metrics,
+    acme: Option<&AcmeState>,
+) -> Response<Full<Bytes>> {
+    {
         if let Some(acme) = &acme
             && let Some(token) = req.uri().path().strip_prefix(HTTP01_PREFIX)
         {
@@ -401,21 +416,80 @@ pub fn redirect_handler(
             }
             Err(_) => plain(StatusCode::BAD_REQUEST, "400 bad request\n"),
         }
-    })
+    }
 }
 
 /// The admin listener's handler: `/metrics`, `/healthz`, `/readyz`, and `POST /revoke` with
-/// `?sub=USER` or `?jti=TOKEN_ID` (logout: every open WebSocket of that user or token on this
-/// gateway is closed with 4003, and the token is refused from now on).
+/// `?sub=USER` or `?jti=TOKEN_ID` (logout: every open WebSocket of that user or token is
+/// closed with 4003 and the token is refused from now on, on every gateway sharing the
+/// store; see [`crate::state`]).
 pub fn admin_handler(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    revocations: Arc<Revocations>,
-    users: Arc<UserSessions>,
+    store: Arc<dyn Store>,
     status: StatusSource,
     reloader: Arc<crate::reload::Reloader>,
 ) -> LocalHandler {
-    Arc::new(move |req| match req.uri().path() {
+    Arc::new(move |req| {
+        if req.uri().path() == "/revoke" && req.method() == http::Method::POST {
+            return Box::pin(revoke(
+                store.clone(),
+                req.uri().query().unwrap_or("").to_owned(),
+            ));
+        }
+        now(admin(req, &metrics, &shutdown, &status, &reloader))
+    })
+}
+
+/// `POST /revoke?sub=USER` or `?jti=TOKEN_ID`.
+async fn revoke(store: Arc<dyn Store>, query: String) -> Response<Full<Bytes>> {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let at = crate::auth::now_secs();
+    let (what, event) = match params.first().map(|(k, v)| (k.as_str(), v.clone())) {
+        Some(("sub", sub)) if !sub.is_empty() => {
+            (format!("sub {sub}"), Event::RevokedSub { sub, at })
+        }
+        Some(("jti", jti)) if !jti.is_empty() => {
+            (format!("jti {jti}"), Event::RevokedJti { jti, at })
+        }
+        _ => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "400 bad request: POST /revoke?sub=USER or ?jti=TOKEN_ID\n",
+            );
+        }
+    };
+    let (closed, stored) = store.publish(event).await;
+    // Applied here but not kept or told to other gateways: the operator must know, and may
+    // repeat the call.
+    let (status, shared) = match stored {
+        Ok(()) => (StatusCode::OK, true),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, false),
+    };
+    warn!(target: "netwall::security", event = "revoked", revoked = %what, connections_closed = closed, shared, driver = store.driver());
+    let mut resp = Response::new(Full::new(Bytes::from(format!(
+        "{{\"revoked\":{},\"connections_closed\":{closed},\"shared\":{shared}}}\n",
+        serde_json::Value::String(what)
+    ))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Every admin path but `/revoke`.
+fn admin(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+    status: &StatusSource,
+    reloader: &crate::reload::Reloader,
+) -> Response<Full<Bytes>> {
+    match req.uri().path() {
         "/reload" if req.method() == http::Method::POST => {
             let outcome = reloader.reload();
             let status = if outcome.ok {
@@ -456,38 +530,6 @@ pub fn admin_handler(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
-        "/revoke" if req.method() == http::Method::POST => {
-            let params: Vec<(String, String)> =
-                url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-                    .into_owned()
-                    .collect();
-            let (what, closed) = match params.first().map(|(k, v)| (k.as_str(), v.as_str())) {
-                Some(("sub", sub)) if !sub.is_empty() => {
-                    revocations.revoke_sub(sub);
-                    (format!("sub {sub}"), users.revoke_sub(sub))
-                }
-                Some(("jti", jti)) if !jti.is_empty() => {
-                    revocations.revoke_jti(jti);
-                    (format!("jti {jti}"), users.revoke_jti(jti))
-                }
-                _ => {
-                    return plain(
-                        StatusCode::BAD_REQUEST,
-                        "400 bad request: POST /revoke?sub=USER or ?jti=TOKEN_ID\n",
-                    );
-                }
-            };
-            warn!(target: "netwall::security", event = "revoked", revoked = %what, connections_closed = closed);
-            let mut resp = Response::new(Full::new(Bytes::from(format!(
-                "{{\"revoked\":{},\"connections_closed\":{closed}}}\n",
-                serde_json::Value::String(what)
-            ))));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
             resp.headers_mut().insert(
@@ -504,7 +546,7 @@ pub fn admin_handler(
         }
         "/readyz" => plain(StatusCode::OK, "ready\n"),
         _ => plain(StatusCode::NOT_FOUND, "404 not found\n"),
-    })
+    }
 }
 
 /// What the status page reads.

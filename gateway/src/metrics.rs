@@ -122,6 +122,16 @@ pub struct TcpDirLabel {
     pub direction: &'static str,
 }
 
+/// Label: a shared-state call that Redis did not answer, and what was done instead.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `rate_limit`, `session`, `publish`, `subscribe` or `event`.
+    pub op: &'static str,
+    /// `allowed` / `denied` (a limiter's `on_store_error`), `local_only` (applied to this
+    /// gateway alone), `dropped`, `retry` or `malformed`.
+    pub outcome: &'static str,
+}
+
 /// All gateway metrics.
 pub struct Metrics {
     registry: Registry,
@@ -181,6 +191,11 @@ pub struct Metrics {
     pub challenge_difficulty: Family<RouteLabel, Gauge>,
     /// Solve times the challenge page reported, per route.
     pub challenge_solve_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// Shared-state calls decided without the store, by call and outcome.
+    pub state_unavailable: Family<StateLabel, Counter>,
+    /// 1 while the gateway is subscribed to its shared-state store (always 0 with the
+    /// memory driver, which has nothing to subscribe to).
+    pub state_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -222,6 +237,8 @@ impl Metrics {
             challenges: Family::default(),
             challenge_difficulty: Family::default(),
             challenge_solve_seconds: Family::new_with_constructor(solve_histogram),
+            state_unavailable: Family::default(),
+            state_up: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -363,6 +380,16 @@ impl Metrics {
             "challenge_solve_seconds",
             "Time browsers took to solve the challenge, as the page reported it",
             m.challenge_solve_seconds.clone(),
+        );
+        registry.register(
+            "state_unavailable",
+            "Shared-state calls decided without the store (Redis unreachable), by call and outcome",
+            m.state_unavailable.clone(),
+        );
+        registry.register(
+            "state_up",
+            "1 while subscribed to the shared-state store",
+            m.state_up.clone(),
         );
         Metrics { registry, ..m }
     }

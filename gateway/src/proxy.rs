@@ -115,10 +115,10 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// State the proxy shares with the rest of the gateway for long-lived sessions.
 pub struct Sessions {
-    /// Open WebSockets by user (per-user limits, revocation).
-    pub users: Arc<UserSessions>,
-    /// Revoked users and tokens.
-    pub revocations: Arc<Revocations>,
+    /// This gateway's WebSockets by user and its revocation table.
+    pub local: Arc<crate::state::Local>,
+    /// State shared with other gateways (per-user limits across them).
+    pub store: Arc<dyn crate::state::Store>,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
     /// Where WebSocket sessions run, so shutdown can wait for them.
@@ -140,6 +140,8 @@ pub struct Proxy {
     spikes: crate::spike::SpikeDetector,
     users: Arc<UserSessions>,
     revocations: Arc<Revocations>,
+    local: Arc<crate::state::Local>,
+    store: Arc<dyn crate::state::Store>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     max_header_bytes: usize,
@@ -155,8 +157,8 @@ impl Proxy {
         sessions: Sessions,
     ) -> Self {
         let Sessions {
-            users,
-            revocations,
+            local,
+            store,
             shutdown,
             tasks,
             spike,
@@ -169,8 +171,10 @@ impl Proxy {
             codec,
             ws_slots: Arc::new(IpSlots::default()),
             spikes: crate::spike::SpikeDetector::new(spike),
-            users,
-            revocations,
+            users: local.users.clone(),
+            revocations: local.revocations.clone(),
+            local,
+            store,
             shutdown,
             tasks,
             max_header_bytes,
@@ -670,6 +674,32 @@ impl Proxy {
             .map_or(crate::auth::DEFAULT_REVALIDATE_INTERVAL, |a| {
                 a.config().revalidate_interval
             });
+        let user = match identity {
+            Some(identity) => {
+                let (ticket, commands) = self.users.register(
+                    &identity.sub,
+                    identity.jti.clone(),
+                    session_route.clone(),
+                    max_per_user,
+                );
+                let key = crate::state::SessionKey {
+                    route: session_route,
+                    sub: identity.sub.clone(),
+                    session: self.local.session(ticket.id()),
+                };
+                let shared =
+                    crate::state::SharedSession::open(self.store.clone(), key, max_per_user).await;
+                Some(crate::ws::SessionUser {
+                    ticket,
+                    shared,
+                    commands,
+                    revocations: self.revocations.clone(),
+                    revalidate_interval: revalidate,
+                    identity,
+                })
+            }
+            None => None,
+        };
         let session = Box::new(crate::ws::Session {
             route: route_name,
             peer,
@@ -680,21 +710,7 @@ impl Proxy {
             slot,
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
-            user: identity.map(|identity| {
-                let (ticket, commands) = self.users.register(
-                    &identity.sub,
-                    identity.jti.clone(),
-                    session_route.clone(),
-                    max_per_user,
-                );
-                crate::ws::SessionUser {
-                    ticket,
-                    commands,
-                    revocations: self.revocations.clone(),
-                    revalidate_interval: revalidate,
-                    identity,
-                }
-            }),
+            user,
         });
         self.tasks.spawn(
             async move {

@@ -101,7 +101,7 @@ fn rate_limit(
             .unwrap_or(requests),
     };
     Some(RouteRateLimit {
-        limiter: carry.rate_limiter(route, limit)?,
+        limiter: carry.rate_limiter(route, limit, rl.on_store_error)?,
         limit,
         by_sub: rl.key == "sub",
     })

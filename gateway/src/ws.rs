@@ -133,6 +133,32 @@ impl UserSessions {
         )
     }
 
+    /// Close session `id` of `sub` as replaced by a newer one elsewhere; whether it was open.
+    pub fn replace(&self, sub: &str, id: u64) -> bool {
+        let Ok(mut by_sub) = self.by_sub.lock() else {
+            return false;
+        };
+        let Some(conns) = by_sub.get_mut(sub) else {
+            return false;
+        };
+        let before = conns.len();
+        conns.retain(|c| {
+            if c.id == id {
+                let _ = c.tx.try_send(Command::Close(
+                    CLOSE_REPLACED,
+                    "replaced by a newer connection",
+                ));
+                return false;
+            }
+            true
+        });
+        let told = conns.len() < before;
+        if conns.is_empty() {
+            by_sub.remove(sub);
+        }
+        told
+    }
+
     /// Close every connection of `sub` (on any route); returns how many were told.
     pub fn revoke_sub(&self, sub: &str) -> usize {
         let Ok(mut by_sub) = self.by_sub.lock() else {
@@ -170,6 +196,13 @@ impl UserSessions {
     }
 }
 
+impl UserTicket {
+    /// This session's number in this gateway.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 impl Drop for UserTicket {
     fn drop(&mut self) {
         if let Ok(mut by_sub) = self.sessions.by_sub.lock()
@@ -189,6 +222,8 @@ pub struct SessionUser {
     pub identity: crate::auth::Identity,
     /// Registration (per-user limit, revocation).
     pub ticket: UserTicket,
+    /// Registration with the shared store (per-user limit across gateways).
+    pub shared: crate::state::SharedSession,
     /// Orders for this session.
     pub commands: tokio::sync::mpsc::Receiver<Command>,
     /// Revocations to re-check.
@@ -203,7 +238,7 @@ pub struct WsPolicy {
     /// The configuration.
     pub config: WsConfig,
     origins: Vec<OriginPattern>,
-    attempts: Option<Arc<crate::policy::rate_limit::MemoryLimiter>>,
+    attempts: Option<Arc<dyn crate::policy::rate_limit::RateLimiter>>,
     schema: Option<jsonschema::Validator>,
 }
 
@@ -224,7 +259,7 @@ impl WsPolicy {
     pub fn new(
         config: WsConfig,
         base: &std::path::Path,
-        attempts: Option<Arc<crate::policy::rate_limit::MemoryLimiter>>,
+        attempts: Option<Arc<dyn crate::policy::rate_limit::RateLimiter>>,
     ) -> Result<WsPolicy, String> {
         let schema = match &config.json_schema {
             Some(p) => {
@@ -255,7 +290,7 @@ impl WsPolicy {
     /// Count an opening attempt by `sub`; `Err(seconds)` when over the per-minute limit.
     /// The limiter's keyed state is bounded and pruned (see [`crate::policy::rate_limit`]).
     pub async fn attempt(&self, sub: &str) -> Result<(), u64> {
-        use crate::policy::rate_limit::{Decision, RateLimiter as _};
+        use crate::policy::rate_limit::Decision;
         match &self.attempts {
             Some(limiter) => match limiter.check(sub).await {
                 Decision::Allow => Ok(()),
@@ -382,7 +417,13 @@ impl Session {
         let (mut commands, auth) = match self.user.take() {
             Some(u) => (
                 Some(u.commands),
-                Some((u.identity, u.ticket, u.revocations, u.revalidate_interval)),
+                // The registrations live as long as the session: dropping one unregisters it.
+                Some((
+                    u.identity,
+                    (u.ticket, u.shared),
+                    u.revocations,
+                    u.revalidate_interval,
+                )),
             ),
             None => (None, None),
         };

@@ -865,3 +865,23 @@ pub fn spawn_connector(config: &Path, credential: &str, log: PathBuf) -> Proc {
         .env("RUST_LOG", "info");
     Proc::spawn(cmd, log)
 }
+
+// === tokens ===
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// An HS256 JWT of `claims` signed with `secret`.
+pub fn hs256_token(secret: &str, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode a token")
+}

@@ -5,4 +5,5 @@ pub mod browser;
 pub mod databases;
 pub mod harness;
 pub mod pebble;
+pub mod redis;
 pub mod sample;

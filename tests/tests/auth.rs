@@ -271,7 +271,7 @@ async fn revocation_closes_every_connection_of_the_user_within_a_second() {
     let answer = s.admin_post("/revoke?sub=carol").await;
     assert_eq!(
         answer.trim(),
-        r#"{"revoked":"sub carol","connections_closed":3}"#
+        r#"{"revoked":"sub carol","connections_closed":3,"shared":true}"#
     );
     for ws in &mut sockets {
         assert_eq!(close_code(ws, Duration::from_secs(1)).await, Some(4003));
@@ -295,7 +295,7 @@ async fn revocation_closes_every_connection_of_the_user_within_a_second() {
         .expect("accepted");
     assert_eq!(
         s.admin_post("/revoke?jti=token-42").await.trim(),
-        r#"{"revoked":"jti token-42","connections_closed":1}"#
+        r#"{"revoked":"jti token-42","connections_closed":1,"shared":true}"#
     );
     assert_eq!(
         close_code(&mut ws, Duration::from_secs(1)).await,

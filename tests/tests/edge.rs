@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use netwall_tests::harness::*;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,16 +128,10 @@ fn body_of(answer: &str) -> &str {
 }
 
 fn token(sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    encode(
-        &Header::new(Algorithm::HS256),
-        &serde_json::json!({"sub": sub, "exp": now + 600}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
+    hs256_token(
+        SECRET,
+        &serde_json::json!({"sub": sub, "exp": unix_now() + 600}),
     )
-    .expect("encode")
 }
 
 // === 1. one request never takes a tunnel down ===

@@ -3,90 +3,13 @@
 //! end. Every refusal happens before anything reaches the tunnel.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use netwall_tests::databases::{ClientCerts, Postgres, psql};
 use netwall_tests::harness::*;
+use netwall_tests::redis::{Redis, cli};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `redis-server` on a Unix socket (no port of its own), killed when dropped.
-struct Redis {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_redis() -> Redis {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("redis.sock");
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--unixsocket",
-        ])
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (ops/test installs it)");
-    let redis = Redis {
-        child,
-        socket,
-        _dir: dir,
-    };
-    let s = redis.socket.clone();
-    wait_until(Duration::from_secs(10), "redis-server to answer", || {
-        let s = s.clone();
-        async move { cli(&["-s", &s.display().to_string(), "PING"]).await.0 == "PONG" }
-    })
-    .await;
-    redis
-}
-
-impl Redis {
-    /// Connections the server has accepted so far.
-    async fn connections_received(&self) -> u64 {
-        let (out, _) = cli(&["-s", &self.socket.display().to_string(), "INFO", "stats"]).await;
-        out.lines()
-            .find_map(|l| l.strip_prefix("total_connections_received:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("total_connections_received")
-    }
-}
-
-/// Run `redis-cli` with `args`: (trimmed stdout, success).
-async fn cli(args: &[&str]) -> (String, bool) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        match Command::new("redis-cli")
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-        {
-            Ok(o) => (
-                String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-                o.status.success(),
-            ),
-            Err(e) => (format!("redis-cli: {e}"), false),
-        }
-    })
-    .await
-    .expect("redis-cli task")
-}
 
 /// `redis-cli` over TLS to `addr`, trusting `ca`, with a client certificate when given.
 async fn tls_cli(
@@ -137,7 +60,7 @@ netwall_tests::over_every_transport! {
     #[tokio::test]
     async fn redis_behind_the_wall_answers_only_clients_with_our_certificate() {
         init_logs();
-        let redis = start_redis().await;
+        let redis = Redis::start(&[]).await;
         let certs = ClientCerts::new();
         let pki = Pki::new();
         let route = tcp_route(
@@ -169,7 +92,7 @@ netwall_tests::over_every_transport! {
 #[tokio::test]
 async fn the_address_allow_list_admits_its_networks_and_closes_everyone_else() {
     init_logs();
-    let redis = start_redis().await;
+    let redis = Redis::start(&[]).await;
     let pki = Pki::new();
     let routes = [
         tcp_route("127.0.0.1:0", "cache", "allow_ips = [\"127.0.0.0/8\"]"),
@@ -378,7 +301,7 @@ netwall_tests::over_every_transport! {
     #[tokio::test]
     async fn tcp_routes_share_the_https_port_by_server_name_terminated_or_passed_through() {
         init_logs();
-        let redis = start_redis().await;
+        let redis = Redis::start(&[]).await;
         let certs = ClientCerts::new();
         let pki = Pki::new();
         let web = start_sample("web").await;
@@ -468,7 +391,7 @@ async fn ping(s: &mut tokio::net::TcpStream) -> [u8; 7] {
 #[tokio::test]
 async fn at_shutdown_the_port_closes_and_open_sessions_carry_on_until_the_drain_deadline() {
     init_logs();
-    let redis = start_redis().await;
+    let redis = Redis::start(&[]).await;
     let pki = Pki::new();
     let toml = pki
         .gateway_toml(&tcp_route(
@@ -621,7 +544,7 @@ netwall_tests::over_every_transport! {
 #[tokio::test]
 async fn a_route_full_of_sessions_closes_the_next_at_accept_and_takes_one_when_a_place_frees() {
     init_logs();
-    let redis = start_redis().await;
+    let redis = Redis::start(&[]).await;
     let pki = Pki::new();
     let services = format!("cache = \"tcp+unix:{}\"", redis.socket.display());
     let (gateway, _connector) = start_stack(

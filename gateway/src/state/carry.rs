@@ -1,4 +1,4 @@
-//! State that outlives a configuration: what a reload must not reset.
+//! Counters that outlive a configuration: what a reload must not reset.
 //!
 //! A reload builds a new route table from the new file, but the counters behind its
 //! policies (rate-limit budgets, WebSocket attempt counts, a challenge's learned baseline,
@@ -14,10 +14,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::{OnError, Store};
 use crate::challenge::config::ChallengeConfig;
 use crate::challenge::token::KeyRing;
 use crate::challenge::{Challenge, Shared};
-use crate::policy::rate_limit::{Limit, MemoryLimiter, RateLimiter};
+use crate::policy::rate_limit::{Limit, RateLimiter};
 use crate::status::RouteStats;
 
 /// One reusable challenge: the route, its prefix and settings, and the gate itself.
@@ -25,17 +26,25 @@ type ChallengeEntry = (String, String, ChallengeConfig, Arc<Challenge>);
 
 #[derive(Default, Clone)]
 struct Entries {
-    rate: HashMap<(String, Limit), Arc<dyn RateLimiter>>,
-    attempts: HashMap<(String, Limit), Arc<MemoryLimiter>>,
+    rate: HashMap<(String, Limit, OnError), Arc<dyn RateLimiter>>,
+    attempts: HashMap<(String, Limit), Arc<dyn RateLimiter>>,
     challenges: Vec<ChallengeEntry>,
     shared: Option<Arc<Shared>>,
     stats: HashMap<String, Arc<RouteStats>>,
 }
 
-/// The counters of a gateway's policies, across reloads.
-#[derive(Default)]
+/// The counters of a gateway's policies, across reloads, drawn from its [`Store`].
 pub struct PolicyState {
     entries: Mutex<Entries>,
+    store: Arc<dyn Store>,
+}
+
+impl Default for PolicyState {
+    /// Counters of one gateway in this process.
+    fn default() -> Self {
+        let local = super::Local::new("gateway", Arc::default(), Arc::default());
+        PolicyState::new(Arc::new(super::memory::MemoryStore::new(Arc::new(local))))
+    }
 }
 
 impl std::fmt::Debug for PolicyState {
@@ -49,9 +58,18 @@ pub struct Carry {
     old: Entries,
     next: Entries,
     keys: Option<KeyRing>,
+    store: Arc<dyn Store>,
 }
 
 impl PolicyState {
+    /// Counters drawn from `store`.
+    pub fn new(store: Arc<dyn Store>) -> PolicyState {
+        PolicyState {
+            entries: Mutex::default(),
+            store,
+        }
+    }
+
     /// Begin a build.
     pub fn begin(&self) -> Carry {
         let old = self.entries.lock().map(|e| e.clone()).unwrap_or_default();
@@ -59,6 +77,7 @@ impl PolicyState {
             old,
             next: Entries::default(),
             keys: None,
+            store: self.store.clone(),
         }
     }
 
@@ -78,11 +97,18 @@ impl PolicyState {
 impl Carry {
     /// The rate limiter of `route` for `limit`: the running one when the limit is unchanged.
     /// `None` when the limit cannot be expressed.
-    pub fn rate_limiter(&mut self, route: &str, limit: Limit) -> Option<Arc<dyn RateLimiter>> {
-        let key = (route.to_owned(), limit);
+    pub fn rate_limiter(
+        &mut self,
+        route: &str,
+        limit: Limit,
+        on_error: OnError,
+    ) -> Option<Arc<dyn RateLimiter>> {
+        let key = (route.to_owned(), limit, on_error);
         let limiter = match self.old.rate.get(&key) {
             Some(l) => l.clone(),
-            None => Arc::new(MemoryLimiter::new(limit)?) as Arc<dyn RateLimiter>,
+            None => self
+                .store
+                .limiter(&format!("http/{route}"), limit, on_error)?,
         };
         self.next.rate.insert(key, limiter.clone());
         Some(limiter)
@@ -97,11 +123,15 @@ impl Carry {
 
     /// The WebSocket attempt limiter of `route` for `limit`, kept like
     /// [`Carry::rate_limiter`].
-    pub fn attempt_limiter(&mut self, route: &str, limit: Limit) -> Option<Arc<MemoryLimiter>> {
+    /// Attempts are counted fail-open while a shared store is down: refusing every user's
+    /// reconnects because Redis is away would turn its outage into everyone's.
+    pub fn attempt_limiter(&mut self, route: &str, limit: Limit) -> Option<Arc<dyn RateLimiter>> {
         let key = (route.to_owned(), limit);
         let limiter = match self.old.attempts.get(&key) {
             Some(l) => l.clone(),
-            None => Arc::new(MemoryLimiter::new(limit)?),
+            None => self
+                .store
+                .limiter(&format!("ws_attempts/{route}"), limit, OnError::Allow)?,
         };
         self.next.attempts.insert(key, limiter.clone());
         Some(limiter)

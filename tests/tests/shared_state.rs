@@ -1,0 +1,517 @@
+//! Many gateways, one policy: three gateways sharing a real `redis-server`, one connector
+//! attached to all three. Rate limits, one WebSocket per user, opening attempts and
+//! revocations hold across gateways; a Redis outage follows each route's `on_store_error`
+//! and heals without a restart; a gateway killed under load leaves the others serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use http::StatusCode;
+use netwall_tests::harness::*;
+use netwall_tests::redis::Redis;
+use serde_json::json;
+use yawc::{Frame, OpCode, Options};
+
+const SECRET: &str = "an-hs256-secret-shared-by-every-gateway-in-the-test";
+/// Budget of `/limited`; its window is long, so the budget barely refills during a test.
+const LIMITED: u32 = 30;
+const LIMITED_WINDOW: Duration = Duration::from_secs(600);
+
+fn token(sub: &str) -> String {
+    let now = unix_now();
+    hs256_token(
+        SECRET,
+        &json!({"sub": sub, "iat": now - 5, "exp": now + 600}),
+    )
+}
+
+/// The routes every gateway serves.
+fn routes(pki: &Pki) -> String {
+    let secret = pki.dir.path().join("hs256.secret");
+    std::fs::write(&secret, SECRET).expect("write secret");
+    let auth = format!(
+        "[route.auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"{}\"\ntoken_sources = [\"query:token\"]\n",
+        secret.display()
+    );
+    let route = |path: &str, rest: &str| {
+        format!(
+            "[[route]]\nhost = \"app.test\"\npath = \"{path}\"\ntunnel = \"app\"\nservice = \"web\"\n{rest}\n"
+        )
+    };
+    [
+        route(
+            "/ws",
+            &format!(
+                "{auth}[route.websocket]\nmax_connections_per_user = 1\nconnect_attempts_per_user_per_minute = 1000\n"
+            ),
+        ),
+        route(
+            "/multi",
+            &format!(
+                "{auth}[route.websocket]\nmax_connections_per_user = 10\nconnect_attempts_per_user_per_minute = 1000\n"
+            ),
+        ),
+        route(
+            "/attempts",
+            &format!(
+                "{auth}[route.websocket]\nmax_connections_per_user = 10\nconnect_attempts_per_user_per_minute = 3\n"
+            ),
+        ),
+        route(
+            "/limited",
+            &format!(
+                "[route.rate_limit]\nrequests = {LIMITED}\nwindow = \"{}s\"\n",
+                LIMITED_WINDOW.as_secs()
+            ),
+        ),
+        route(
+            "/strict",
+            "[route.rate_limit]\nrequests = 100000\nwindow = \"60s\"\non_store_error = \"deny\"\n",
+        ),
+        route("/", ""),
+    ]
+    .concat()
+}
+
+fn state(redis: &Redis) -> String {
+    format!("[state]\ndriver = \"redis\"\nurl = \"{}\"\n", redis.url())
+}
+
+/// A gateway's configuration: the shared routes and state, its own tunnel socket.
+fn gateway_toml(pki: &Pki, redis: &Redis, i: usize) -> String {
+    gateway_toml_at(pki, redis, i, "127.0.0.1:0")
+}
+
+/// Like [`gateway_toml`] with the tunnel listener on `tunnel`.
+fn gateway_toml_at(pki: &Pki, redis: &Redis, i: usize, tunnel: &str) -> String {
+    pki.gateway_toml_at(tunnel, &format!("{}\n{}", routes(pki), state(redis)))
+        .replace("app.sock", &format!("app-{i}.sock"))
+}
+
+struct Cluster {
+    pki: Pki,
+    redis: Redis,
+    gateways: Vec<netwall_gateway::RunningGateway>,
+    connector: netwall_connector::RunningConnector,
+}
+
+/// Redis, three gateways, the sample service, and one connector attached to all three.
+async fn cluster(name: &str) -> Cluster {
+    init_logs();
+    let pki = Pki::new();
+    let redis = Redis::start(&[]).await;
+    let sample = start_sample(name).await;
+    let mut gateways = Vec::new();
+    for i in 0..3 {
+        gateways.push(start_gateway(&gateway_toml(&pki, &redis, i)).await);
+    }
+    let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.tunnel_addr).collect();
+    let connector = start_connector(
+        &pki.connector_toml(&addrs, &format!("web = \"http://{sample}\""), ""),
+        &pki.credential,
+    );
+    for g in &gateways {
+        wait_tunnel(g, 1).await;
+    }
+    Cluster {
+        pki,
+        redis,
+        gateways,
+        connector,
+    }
+}
+
+impl Cluster {
+    fn client(&self, i: usize) -> HttpsClient {
+        HttpsClient::new(self.gateways[i].https_addr, &self.pki.ca_der, false)
+    }
+
+    async fn ws(&self, i: usize, path: &str, sub: &str) -> Result<Wss, u16> {
+        wss(
+            self.gateways[i].https_addr,
+            &self.pki.ca_der,
+            &format!("wss://app.test{path}?token={}", token(sub)),
+            &[],
+            Options::default(),
+        )
+        .await
+    }
+
+    fn admin(&self, i: usize) -> SocketAddr {
+        self.gateways[i].admin_addr.expect("admin")
+    }
+}
+
+/// Whether `ws` still relays: the sample service echoes a text message.
+async fn alive(ws: &mut Wss) -> bool {
+    if ws.send(Frame::text("ping-through")).await.is_err() {
+        return false;
+    }
+    let deadline = Duration::from_secs(5);
+    tokio::time::timeout(deadline, async {
+        loop {
+            match ws.next_frame().await {
+                Ok(f) if f.opcode() == OpCode::Text => return true,
+                Ok(f) if f.opcode() == OpCode::Close => return false,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+async fn status(client: &HttpsClient, url: &str) -> StatusCode {
+    tokio::time::timeout(Duration::from_secs(5), client.get(url))
+        .await
+        .unwrap_or_else(|_| panic!("GET {url} answered within 5 s"))
+        .status
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_one_budget_across_three_gateways() {
+    let c = cluster("shared-rate").await;
+    let clients: Vec<HttpsClient> = (0..3).map(|i| c.client(i)).collect();
+    let started = Instant::now();
+    let mut allowed = [0u32; 3];
+    for n in 0..(LIMITED * 3) as usize {
+        let i = n % 3;
+        match status(&clients[i], "https://app.test/limited").await {
+            StatusCode::OK => allowed[i] += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("request {n} on gateway {i}: {other}"),
+        }
+    }
+    let total: u32 = allowed.iter().sum();
+    // GCRA in one script is exact; the only tolerance is what the budget refills while the
+    // test runs (one request per window / LIMITED).
+    let refill = (started.elapsed().as_secs_f64() / (LIMITED_WINDOW.as_secs_f64() / LIMITED as f64))
+        .ceil() as u32;
+    assert!(
+        (LIMITED..=LIMITED + refill).contains(&total),
+        "{total} allowed across three gateways ({allowed:?}) for a budget of {LIMITED}"
+    );
+    assert!(
+        allowed.iter().all(|&a| a > 0),
+        "every gateway drew from the budget: {allowed:?}"
+    );
+    // Separate from the unlimited route of the same host.
+    assert_eq!(
+        status(&clients[0], "https://app.test/").await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_newest_websocket_of_a_user_wins_across_gateways() {
+    let c = cluster("shared-newest").await;
+    let mut first = c.ws(0, "/ws", "alice").await.expect("alice on gateway 0");
+    assert!(alive(&mut first).await);
+    let mut second = c.ws(1, "/ws", "alice").await.expect("alice on gateway 1");
+    assert_eq!(
+        close_code(&mut first, Duration::from_secs(1)).await,
+        Some(4002),
+        "the older connection on gateway 0 is replaced within 1 s"
+    );
+    assert!(alive(&mut second).await, "the newer one keeps working");
+    let mut third = c.ws(2, "/ws", "alice").await.expect("alice on gateway 2");
+    assert_eq!(
+        close_code(&mut second, Duration::from_secs(1)).await,
+        Some(4002)
+    );
+    assert!(alive(&mut third).await);
+    // Another user is not touched.
+    let mut bob = c.ws(0, "/ws", "bob").await.expect("bob");
+    assert!(alive(&mut bob).await);
+    assert!(alive(&mut third).await);
+    // Sessions that end leave the shared set: it does not keep what is gone.
+    assert_eq!(
+        c.redis
+            .cmd(&["ZCARD", "netwall:ws:app.test/ws:alice"])
+            .await,
+        "1",
+        "the newest session only"
+    );
+    let _ = third
+        .send(Frame::close(yawc::close::CloseCode::Normal, b"bye"))
+        .await;
+    let _ = bob
+        .send(Frame::close(yawc::close::CloseCode::Normal, b"bye"))
+        .await;
+    drop((first, second, third, bob));
+    let redis = &c.redis;
+    wait_until(
+        Duration::from_secs(5),
+        "the session sets to empty",
+        || async move { redis.cmd(&["KEYS", "netwall:ws:*"]).await.is_empty() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn opening_attempts_are_counted_across_gateways() {
+    let c = cluster("shared-attempts").await;
+    for i in 0..3 {
+        let ws = c.ws(i, "/attempts", "carol").await;
+        assert!(ws.is_ok(), "attempt {} on gateway {i} refused", i + 1);
+    }
+    assert_eq!(
+        c.ws(0, "/attempts", "carol").await.err(),
+        Some(429),
+        "the fourth attempt in a minute is refused, whichever gateway it reaches"
+    );
+    assert!(
+        c.ws(1, "/attempts", "dave").await.is_ok(),
+        "others unaffected"
+    );
+}
+
+#[tokio::test]
+async fn revoking_on_one_gateway_closes_everywhere_and_outlives_a_restart() {
+    let mut c = cluster("shared-revoke").await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let mut ws = c.ws(i, "/multi", "erin").await.expect("erin");
+        assert!(alive(&mut ws).await);
+        open.push(ws);
+    }
+    let mut frank = c.ws(2, "/multi", "frank").await.expect("frank");
+    let (code, body) = admin_request(c.admin(1), http::Method::POST, "/revoke?sub=erin").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"shared\":true"), "{body}");
+    for (i, ws) in open.iter_mut().enumerate() {
+        assert_eq!(
+            close_code(ws, Duration::from_secs(1)).await,
+            Some(4003),
+            "erin's connection on gateway {i} closed within 1 s"
+        );
+    }
+    assert!(alive(&mut frank).await, "another user stays connected");
+    let erin = format!("https://app.test/multi?token={}", token("erin"));
+    for i in 0..3 {
+        assert_eq!(
+            status(&c.client(i), &erin).await,
+            StatusCode::UNAUTHORIZED,
+            "gateway {i} refuses the revoked user"
+        );
+    }
+
+    // A gateway started afresh refuses her from its first request.
+    let old = c.gateways.remove(2);
+    let tunnel = old.tunnel_addr.to_string();
+    assert!(old.shutdown().await);
+    // On the same tunnel address, where the connector dials again.
+    let fresh = start_gateway(&gateway_toml_at(&c.pki, &c.redis, 2, &tunnel)).await;
+    let client = HttpsClient::new(fresh.https_addr, &c.pki.ca_der, false);
+    c.gateways.push(fresh);
+    wait_tunnel(&c.gateways[2], 1).await;
+    assert_eq!(status(&client, &erin).await, StatusCode::UNAUTHORIZED);
+    let frank_url = format!("https://app.test/multi?token={}", token("frank"));
+    assert_eq!(status(&client, &frank_url).await, StatusCode::OK);
+    let stored = c.redis.cmd(&["TTL", "netwall:revoked:sub:erin"]).await;
+    let ttl: i64 = stored.parse().expect("TTL");
+    assert!(
+        (86_000..=86_400).contains(&ttl),
+        "kept for the retention (24 h by default), TTL {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_outage_follows_on_store_error_and_heals_without_a_restart() {
+    let mut c = cluster("shared-outage").await;
+    let client = c.client(0);
+    assert_eq!(
+        status(&client, "https://app.test/strict").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        metric(&metrics_text(c.admin(0)).await, "netwall_state_up"),
+        1.0
+    );
+
+    c.redis.kill();
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(
+            status(&client, "https://app.test/limited").await,
+            StatusCode::OK,
+            "fail open while Redis is down"
+        );
+        assert_eq!(
+            status(&client, "https://app.test/strict").await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "fail closed while Redis is down"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "40 requests during the outage took {:?}",
+        started.elapsed()
+    );
+    let text = metrics_text(c.admin(0)).await;
+    assert!(
+        metric(
+            &text,
+            "netwall_state_unavailable_total{op=\"rate_limit\",outcome=\"allowed\"}"
+        ) >= 20.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "netwall_state_unavailable_total{op=\"rate_limit\",outcome=\"denied\"}"
+        ) >= 20.0,
+        "{text}"
+    );
+    // Sessions still open and refused tokens are still refused during the outage.
+    let mut ws = c
+        .ws(1, "/multi", "gail")
+        .await
+        .expect("a WebSocket opens without Redis");
+    assert!(alive(&mut ws).await);
+
+    c.redis.restart().await;
+    wait_until(
+        Duration::from_secs(15),
+        "the strict route to recover",
+        || {
+            let client = client.clone();
+            async move { status(&client, "https://app.test/strict").await == StatusCode::OK }
+        },
+    )
+    .await;
+    let admin = c.admin(0);
+    wait_until(
+        Duration::from_secs(15),
+        "the subscription to return",
+        || async move { metric(&metrics_text(admin).await, "netwall_state_up") == 1.0 },
+    )
+    .await;
+    // Limits count in Redis again: the (fresh) budget runs out.
+    let mut allowed = 0;
+    for _ in 0..LIMITED + 10 {
+        if status(&client, "https://app.test/limited").await == StatusCode::OK {
+            allowed += 1;
+        }
+    }
+    assert!(
+        (LIMITED..=LIMITED + 1).contains(&allowed),
+        "{allowed} allowed after recovery"
+    );
+    // And a revocation reaches the other gateways again.
+    let (code, body) = admin_request(c.admin(0), http::Method::POST, "/revoke?sub=gail").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(1)).await,
+        Some(4003)
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_while_redis_is_down_says_it_was_not_shared() {
+    let mut c = cluster("shared-unshared").await;
+    let mut here = c.ws(0, "/multi", "hank").await.expect("hank");
+    c.redis.kill();
+    let (code, body) = admin_request(c.admin(0), http::Method::POST, "/revoke?sub=hank").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"shared\":false"), "{body}");
+    assert!(body.contains("\"connections_closed\":1"), "{body}");
+    assert_eq!(
+        close_code(&mut here, Duration::from_secs(1)).await,
+        Some(4003),
+        "applied on this gateway all the same"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_killed_under_load_leaves_the_others_serving() {
+    let c = cluster("shared-kill").await;
+    // A fourth gateway as a process of its own, so it can be killed outright.
+    let path = c.pki.dir.path().join("gateway-3.toml");
+    std::fs::write(&path, gateway_toml(&c.pki, &c.redis, 3)).expect("write config");
+    let (mut doomed, addrs) = spawn_gateway(&path, c.pki.dir.path().join("gateway-3.log"));
+    let mut list: Vec<SocketAddr> = c.gateways.iter().map(|g| g.tunnel_addr).collect();
+    list.push(addrs.tunnel);
+    let sample = start_sample("shared-kill-2").await;
+    let _second = start_connector(
+        &c.pki
+            .connector_toml(&list, &format!("web = \"http://{sample}\""), ""),
+        &c.pki.credential,
+    );
+    for g in &c.gateways {
+        wait_tunnel(g, 2).await;
+    }
+    let doomed_client = HttpsClient::new(addrs.https, &c.pki.ca_der, false);
+    assert_eq!(
+        status(&doomed_client, "https://app.test/").await,
+        StatusCode::OK
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for i in 0..3 {
+        for _ in 0..4 {
+            let (client, stop, done) = (c.client(i), stop.clone(), done.clone());
+            load.push(tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        client.get("https://app.test/"),
+                    )
+                    .await
+                    {
+                        Ok(a) if a.status == StatusCode::OK => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(a) => failures.push(format!("gateway {i}: {}", a.status)),
+                        Err(_) => failures.push(format!("gateway {i}: no answer in 5 s")),
+                    }
+                }
+                failures
+            }));
+        }
+    }
+    let before = done.load(Ordering::Relaxed);
+    let d = done.clone();
+    wait_until(Duration::from_secs(10), "load to run", || {
+        let d = d.clone();
+        async move { d.load(Ordering::Relaxed) > before + 200 }
+    })
+    .await;
+    doomed.signal(nix::sys::signal::Signal::SIGKILL);
+    doomed.wait_exit(Duration::from_secs(5));
+    let at_kill = done.load(Ordering::Relaxed);
+    let d = done.clone();
+    wait_until(
+        Duration::from_secs(15),
+        "load to go on after the kill",
+        || {
+            let d = d.clone();
+            async move { d.load(Ordering::Relaxed) > at_kill + 500 }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for l in load {
+        failures.extend(l.await.expect("load task"));
+    }
+    assert!(
+        failures.is_empty(),
+        "clients of the surviving gateways saw {failures:?}"
+    );
+    for g in &c.gateways {
+        assert_eq!(
+            g.registry.get("app").map(|t| t.live_count()),
+            Some(2),
+            "both connectors still attached"
+        );
+    }
+    drop(c.connector);
+}
