@@ -515,3 +515,74 @@ async fn a_gateway_killed_under_load_leaves_the_others_serving() {
     }
     drop(c.connector);
 }
+
+#[tokio::test]
+async fn redis_over_tls_with_the_password_from_the_environment() {
+    init_logs();
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("redis", &["localhost"]);
+    let port = netwall_tests::pebble::free_tcp_port();
+    let port_arg = port.to_string();
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let redis = Redis::start(&[
+        "--tls-port",
+        &port_arg,
+        "--tls-cert-file",
+        &cert_arg,
+        "--tls-key-file",
+        &key_arg,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "correct-horse",
+    ])
+    .await;
+    let tls_state = format!(
+        "[state]\ndriver = \"redis\"\nurl = \"rediss://localhost:{port}/0\"\nca_file = \"{}\"\npassword_env = \"NETWALL_REDIS_PASSWORD\"\n",
+        pki.ca.display()
+    );
+    let config = |i: usize| {
+        let path = pki.dir.path().join(format!("gateway-{i}.toml"));
+        let text = pki
+            .gateway_toml(&format!("{}\n{tls_state}", routes(&pki)))
+            .replace("app.sock", &format!("app-{i}.sock"));
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let spawn = |i: usize, password: &str| {
+        let mut cmd = std::process::Command::new(bin("netwall-gateway"));
+        cmd.env("NETWALL_REDIS_PASSWORD", password);
+        spawn_gateway_with(cmd, &config(i), pki.dir.path().join(format!("gw-{i}.log")))
+    };
+    let (_good, good) = spawn(0, "correct-horse");
+    let (bad_proc, bad) = spawn(1, "wrong-horse");
+    wait_until(
+        Duration::from_secs(10),
+        "the gateway to subscribe over TLS",
+        || async move { metric(&metrics_text(good.admin).await, "netwall_state_up") == 1.0 },
+    )
+    .await;
+    // Its budgets live in that Redis.
+    let client = HttpsClient::new(good.https, &pki.ca_der, false);
+    for _ in 0..3 {
+        assert_eq!(
+            status(&client, "https://app.test/limited").await,
+            StatusCode::BAD_GATEWAY,
+            "no connector here: the limiter runs first, then the tunnel is missing"
+        );
+    }
+    let keys = redis.cmd(&["KEYS", "netwall:rl:*"]).await;
+    assert!(keys.contains("http/app.test/limited"), "{keys:?}");
+    // A wrong password: never subscribed, said so in the log, and the fail-open route
+    // still answers.
+    bad_proc.wait_line("state_unavailable", Duration::from_secs(10));
+    assert_eq!(
+        metric(&metrics_text(bad.admin).await, "netwall_state_up"),
+        0.0
+    );
+    let client = HttpsClient::new(bad.https, &pki.ca_der, false);
+    assert_eq!(
+        status(&client, "https://app.test/limited").await,
+        StatusCode::BAD_GATEWAY
+    );
+}
