@@ -49,6 +49,10 @@ pub const DEFAULT_MAX_CONTROL_LEN: usize = 16 * 1024;
 /// Largest relayed WebSocket message by default; routes set smaller limits at the edge.
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 16 * 1024 * 1024;
 
+/// Largest `Publish` payload by default: a pushed message of up to 64 KiB (an update, not a
+/// file) and its channel name.
+pub const DEFAULT_MAX_PUBLISH_LEN: usize = 64 * 1024 + 1024;
+
 /// Most header fields in one head: what a client may send plus what the edge adds.
 pub const DEFAULT_MAX_HEADERS: usize = MAX_CLIENT_HEADERS + EDGE_ADDED_HEADERS;
 
@@ -72,6 +76,7 @@ mod tag {
     pub const GO_AWAY: u8 = 0x22;
     pub const PING: u8 = 0x23;
     pub const PONG: u8 = 0x24;
+    pub const PUBLISH: u8 = 0x25;
 }
 
 /// Bounds the decoder enforces before allocating.
@@ -204,6 +209,7 @@ impl Codec {
             tag::GO_AWAY => ("go_away", l.max_control_len),
             tag::PING => ("ping", l.max_control_len),
             tag::PONG => ("pong", l.max_control_len),
+            tag::PUBLISH => ("publish", DEFAULT_MAX_PUBLISH_LEN),
             _ => return None,
         })
     }
@@ -349,6 +355,14 @@ impl Codec {
             tag::GO_AWAY => Frame::GoAway { reason: r.str16()? },
             tag::PING => Frame::Ping(r.u64()?),
             tag::PONG => Frame::Pong(r.u64()?),
+            tag::PUBLISH => {
+                let channel = r.str16()?;
+                let message = r.buf.split_to(r.buf.len());
+                if std::str::from_utf8(&message).is_err() {
+                    return Err(DecodeError::InvalidUtf8("publish"));
+                }
+                Frame::Publish { channel, message }
+            }
             _ => return Err(DecodeError::UnknownType(t)),
         };
         if r.buf.has_remaining() {
@@ -406,6 +420,7 @@ impl Codec {
             Frame::GoAway { .. } => tag::GO_AWAY,
             Frame::Ping(_) => tag::PING,
             Frame::Pong(_) => tag::PONG,
+            Frame::Publish { .. } => tag::PUBLISH,
         };
         let header_at = dst.len();
         dst.put_u8(t);
@@ -476,6 +491,13 @@ impl Codec {
             Frame::DrainAck { streams_opened } => w.u64(*streams_opened),
             Frame::GoAway { reason } => w.str16(reason)?,
             Frame::Ping(v) | Frame::Pong(v) => w.u64(*v),
+            Frame::Publish { channel, message } => {
+                if std::str::from_utf8(message).is_err() {
+                    return Err(EncodeError::InvalidValue(kind));
+                }
+                w.str16(channel)?;
+                w.dst.extend_from_slice(message);
+            }
         }
         let len = dst.len() - body_at;
         let limit = self.limit_for(t).map(|(_, l)| l).unwrap_or(0);

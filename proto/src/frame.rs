@@ -15,8 +15,9 @@
 
 use bytes::Bytes;
 
-/// Protocol version spoken by this build. Version 2 added [`TcpOpen`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Protocol version spoken by this build. Version 2 added [`TcpOpen`], version 3
+/// [`Frame::Publish`].
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Oldest version a gateway of this build still serves: a connector not yet upgraded keeps
 /// its HTTP routes; it gets no raw TCP stream.
@@ -24,6 +25,10 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// First version whose connectors understand [`TcpOpen`].
 pub const TCP_SINCE_VERSION: u16 = 2;
+
+/// First version whose gateways accept [`Frame::Publish`]; a connector publishes only through
+/// gateways that welcomed it with this version or later.
+pub const PUBLISH_SINCE_VERSION: u16 = 3;
 
 /// One header field, kept as raw bytes so the codec never judges HTTP semantics.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -296,6 +301,15 @@ pub enum Frame {
     Ping(u64),
     /// Answer to a `Ping`.
     Pong(u64),
+    /// A message the service pushes to WebSocket clients (connector to gateway, on the
+    /// control stream): `channel` names who receives it (`route:NAME`, `user:SUB`,
+    /// `connection:ID`), the gateway decides who that may be.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The message, UTF-8 text (sent to clients as a text message).
+        message: Bytes,
+    },
 }
 
 impl Frame {
@@ -318,6 +332,7 @@ impl Frame {
             Frame::GoAway { .. } => "go_away",
             Frame::Ping(_) => "ping",
             Frame::Pong(_) => "pong",
+            Frame::Publish { .. } => "publish",
         }
     }
 }

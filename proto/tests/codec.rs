@@ -98,7 +98,40 @@ fn frame() -> impl Strategy<Value = Frame> {
         ".{0,80}".prop_map(|reason| Frame::GoAway { reason }),
         any::<u64>().prop_map(Frame::Ping),
         any::<u64>().prop_map(Frame::Pong),
+        (".{0,40}", ".{0,200}").prop_map(|(channel, message)| Frame::Publish {
+            channel,
+            message: Bytes::from(message),
+        }),
     ]
+}
+
+#[test]
+fn a_publish_that_is_not_text_or_too_long_is_refused() {
+    let codec = Codec::default();
+    let mut buf = BytesMut::new();
+    let binary = Frame::Publish {
+        channel: "route:r".into(),
+        message: Bytes::from_static(&[0xff, 0xfe]),
+    };
+    assert!(codec.encode(&binary, &mut buf).is_err());
+    assert!(buf.is_empty(), "a refused frame leaves nothing behind");
+    // Hand-made: tag, length, channel "c", then bytes that are not UTF-8.
+    let mut raw = BytesMut::from(&[0x25u8, 0, 0, 0, 5, 0, 1, b'c', 0xc3, 0x28][..]);
+    assert_eq!(
+        codec.decode(&mut raw),
+        Err(DecodeError::InvalidUtf8("publish"))
+    );
+    let big = Frame::Publish {
+        channel: "route:r".into(),
+        message: Bytes::from("x".repeat(DEFAULT_MAX_PUBLISH_LEN)),
+    };
+    assert!(matches!(
+        codec.encode(&big, &mut buf),
+        Err(EncodeError::TooLong {
+            kind: "publish",
+            ..
+        })
+    ));
 }
 
 proptest! {
