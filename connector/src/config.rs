@@ -202,6 +202,10 @@ pub struct ConnectorConfig {
     /// seconds), for `netwall-connector probe`; none by default.
     #[serde(default)]
     pub status_file: Option<PathBuf>,
+    /// The local publish endpoint (`POST /publish`) through which a service pushes to
+    /// WebSocket clients: a loopback `host:port` or `unix:/path`; off by default.
+    #[serde(default)]
+    pub publish_listen: Option<Spanned<String>>,
     /// Service name to local URL: `http://127.0.0.1:8080` or `unix:/run/app.sock` for HTTP
     /// services, `tcp://127.0.0.1:5432` or `tcp+unix:/run/pg.sock` for raw TCP ones.
     pub services: BTreeMap<String, Spanned<String>>,
@@ -316,6 +320,8 @@ pub struct Resolved {
     pub connector_id: String,
     /// Where the status is kept, resolved.
     pub status_file: Option<PathBuf>,
+    /// Where the publish endpoint listens, resolved.
+    pub publish: Option<crate::publish::Listen>,
     /// The file as a TOML table, to tell which settings a reload changed.
     pub raw: toml::Table,
 }
@@ -516,15 +522,41 @@ impl ConnectorConfig {
             }
         };
 
+        let publish = config.publish_listen.as_ref().map(|p| {
+            let text = p.get_ref();
+            let parsed = match text.strip_prefix("unix:") {
+                Some(path) if !path.is_empty() => {
+                    Ok(crate::publish::Listen::Unix(resolve(Path::new(path))))
+                }
+                Some(_) => Err("`unix:` needs a socket path".to_owned()),
+                None => match text.parse::<std::net::SocketAddr>() {
+                    Ok(a) if a.ip().is_loopback() => Ok(crate::publish::Listen::Tcp(a)),
+                    Ok(_) => Err(
+                        "must be a loopback address or a Unix socket: being local is what lets a publisher in"
+                            .to_owned(),
+                    ),
+                    Err(_) => Err("expected `127.0.0.1:PORT` or `unix:/path`".to_owned()),
+                },
+            };
+            match parsed {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    errs.push(at.error(Some(p.span()), "publish_listen", &e));
+                    None
+                }
+            }
+        });
         match (credential, trust) {
             (Some(c), trust) if errs.is_empty() && (trust.is_some() || !networked) => {
                 let connector_id = config.connector_id.clone().unwrap_or_else(host_name);
                 let status_file = config.status_file.as_deref().map(resolve);
+                let publish = publish.flatten();
                 // `at.parse` has read it already; a table is the same file without types.
                 let raw = toml::from_str(src).unwrap_or_default();
                 Ok(Resolved {
                     raw,
                     status_file,
+                    publish,
                     config,
                     credential: Secret(c.into_bytes().into()),
                     services,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dial;
 pub mod local;
 pub mod proxy_v2;
+pub mod publish;
 pub mod reload;
 pub mod replay;
 pub mod status;
@@ -60,15 +61,23 @@ struct Ctx {
     live: watch::Sender<usize>,
     live_count: AtomicUsize,
     transports: watch::Sender<Vec<TransportKind>>,
+    /// Live connections a published message may leave on.
+    outbox: Arc<publish::Outbox>,
 }
 
 /// A started connector.
 pub struct RunningConnector {
     ctx: Arc<Ctx>,
     fatal: watch::Receiver<Option<String>>,
+    publish_addr: Option<std::net::SocketAddr>,
 }
 
 impl RunningConnector {
+    /// The bound TCP address of the publish endpoint (`publish_listen`), if it is one.
+    pub fn publish_addr(&self) -> Option<std::net::SocketAddr> {
+        self.publish_addr
+    }
+
     /// Live, authenticated tunnel connections.
     pub fn live_connections(&self) -> watch::Receiver<usize> {
         self.ctx.live.subscribe()
@@ -175,8 +184,16 @@ pub fn start(resolved: Resolved) -> Result<RunningConnector, String> {
         live,
         live_count: AtomicUsize::new(0),
         transports,
+        outbox: Arc::default(),
         resolved,
     });
+    let mut publish_addr = None;
+    if let Some(listen) = &ctx.resolved.publish {
+        let bound =
+            publish::Bound::bind(listen).map_err(|e| format!("publish_listen {listen:?}: {e}"))?;
+        publish_addr = bound.local_addr();
+        tokio::spawn(publish::serve(bound, ctx.outbox.clone(), ctx.stop.clone()));
+    }
     if let Some(path) = ctx.resolved.status_file.clone() {
         tokio::spawn(keep_status(path, ctx.live.subscribe(), ctx.stop.clone()));
     }
@@ -208,7 +225,11 @@ pub fn start(resolved: Resolved) -> Result<RunningConnector, String> {
         reasons.dedup();
         let _ = fatal_tx.send(Some(reasons.join("; ")));
     });
-    Ok(RunningConnector { ctx, fatal })
+    Ok(RunningConnector {
+        ctx,
+        fatal,
+        publish_addr,
+    })
 }
 
 /// Rewrite the status file at every change of the live count and every
@@ -352,6 +373,14 @@ async fn run(ctx: &Arc<Ctx>, gw: &GatewayAddr, mut session: Session, auto: bool)
     }
 }
 
+/// The next message to publish on a connection, if it takes them.
+async fn next_outgoing(route: &mut Option<publish::Route>) -> Option<publish::Outgoing> {
+    match route {
+        Some(r) => r.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn set_live(ctx: &Ctx, kind: TransportKind, up: bool) {
     let n = if up {
         ctx.live_count.fetch_add(1, Ordering::SeqCst) + 1
@@ -390,6 +419,11 @@ async fn serve(
     let silence = tokio::time::sleep(cfg.idle_timeout);
     tokio::pin!(silence);
     let mut ping_id: u64 = 0;
+    // Published messages leave on this connection while it is the oldest live one whose
+    // gateway accepts them.
+    let mut outgoing = (ctx.resolved.publish.is_some()
+        && s.version >= netwall_proto::PUBLISH_SINCE_VERSION)
+        .then(|| ctx.outbox.join());
     let end: Closed = loop {
         tokio::select! {
             biased;
@@ -399,9 +433,16 @@ async fn serve(
             }
             _ = drain.cancelled(), if !drain_sent => {
                 drain_sent = true;
+                // A draining connection takes no new messages; the next one does.
+                outgoing = None;
                 if s.control_w.send(&Frame::Drain).await.is_err() || s.control_w.flush().await.is_err() {
                     // No control stream: nothing can be drained cleanly; wait for the deadline.
                     debug!("cannot send drain");
+                }
+            }
+            Some((channel, message)) = next_outgoing(&mut outgoing) => {
+                if s.control_w.send(&Frame::Publish { channel, message }).await.is_err() || s.control_w.flush().await.is_err() {
+                    debug!("cannot send a published message");
                 }
             }
             stream = s.conn.accept() => match stream {

@@ -68,6 +68,12 @@ pub const DEFAULT_WS_MAX_PER_IP: usize = 100;
 pub const DEFAULT_WS_MAX_PER_USER: usize = 1;
 /// WebSocket opening attempts per user per minute (a reconnect storm is cut short).
 pub const DEFAULT_WS_ATTEMPTS_PER_MINUTE: u32 = 5;
+/// Pushed messages queued per WebSocket client: a burst of 256 updates rides out a slow
+/// moment of a client's network, while a client that stopped reading costs at most 256 x the
+/// message size (16 MiB at 64 KiB) before it is closed.
+pub const DEFAULT_WS_PUSH_QUEUE: usize = 256;
+/// Most pushed messages a route may queue per client.
+pub const MAX_WS_PUSH_QUEUE: usize = 65_536;
 /// Largest deflate window (2^bits bytes) negotiated for permessage-deflate: 4 KiB keeps an
 /// idle compressed connection small.
 pub const DEFAULT_WS_DEFLATE_WINDOW_BITS: u8 = 12;
@@ -136,6 +142,9 @@ fn default_ws_max_per_user() -> usize {
 }
 fn default_ws_attempts_per_minute() -> u32 {
     DEFAULT_WS_ATTEMPTS_PER_MINUTE
+}
+fn default_ws_push_queue() -> usize {
+    DEFAULT_WS_PUSH_QUEUE
 }
 fn default_ws_window_bits() -> u8 {
     DEFAULT_WS_DEFLATE_WINDOW_BITS
@@ -606,6 +615,14 @@ pub struct WsConfig {
     /// Largest deflate window, 9 to 15 bits.
     #[serde(default = "default_ws_window_bits")]
     pub compression_window_bits: u8,
+    /// Deliver messages the service publishes through its connector (see
+    /// [`crate::fanout`]): every session is subscribed to `route:NAME`, `connection:ID` and,
+    /// with auth, `user:SUB`.
+    #[serde(default)]
+    pub push: bool,
+    /// Pushed messages queued per client before it is closed as too slow (4005).
+    #[serde(default = "default_ws_push_queue")]
+    pub push_queue: usize,
 }
 
 impl Default for WsConfig {
@@ -626,6 +643,8 @@ impl Default for WsConfig {
             connect_attempts_per_user_per_minute: DEFAULT_WS_ATTEMPTS_PER_MINUTE,
             compression: true,
             compression_window_bits: DEFAULT_WS_DEFLATE_WINDOW_BITS,
+            push: false,
+            push_queue: DEFAULT_WS_PUSH_QUEUE,
         }
     }
 }
@@ -951,6 +970,13 @@ fn validate_websocket(at: &Located<'_>, i: usize, r: &RouteConfig, errs: &mut Ve
             ws_at("max_frame_bytes"),
             &ws_key("max_frame_bytes"),
             "must be 1 byte to max_message_bytes",
+        ));
+    }
+    if ws.push_queue == 0 || ws.push_queue > MAX_WS_PUSH_QUEUE {
+        errs.push(at.error(
+            ws_at("push_queue"),
+            &ws_key("push_queue"),
+            &format!("must be 1 to {MAX_WS_PUSH_QUEUE}"),
         ));
     }
     if !(9..=15).contains(&ws.compression_window_bits) {

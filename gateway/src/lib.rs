@@ -11,6 +11,7 @@ pub mod auth;
 pub mod certs;
 pub mod challenge;
 pub mod config;
+pub mod fanout;
 pub mod linger;
 pub mod listener;
 pub mod metrics;
@@ -201,6 +202,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         &gateway_id,
         revocations.clone(),
         users.clone(),
+        metrics.clone(),
     ));
     let store = state::open(
         &config.state,
@@ -293,13 +295,16 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         addr: tl.listen,
         source,
     })?;
-    let server = Arc::new(TunnelServer::new(
-        registry.clone(),
-        metrics.clone(),
-        codec,
-        gateway_id.clone(),
-        tl,
-    ));
+    let server = Arc::new(
+        TunnelServer::new(
+            registry.clone(),
+            metrics.clone(),
+            codec,
+            gateway_id.clone(),
+            tl,
+        )
+        .with_publisher(fanout::Publisher::start(store.clone(), metrics.clone())),
+    );
     // Tunnel connections are not part of the public drain: they must outlive it so in-flight
     // requests can finish; they are closed once the drain is over.
     let listeners = Listeners {

@@ -132,6 +132,14 @@ pub struct StateLabel {
     pub outcome: &'static str,
 }
 
+/// Label: what became of a pushed message.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabel {
+    /// `published` (handed to the store), `delivered` (queued for one client),
+    /// `client_too_slow`, `invalid_channel` or `store_unavailable`.
+    pub outcome: &'static str,
+}
+
 /// All gateway metrics.
 pub struct Metrics {
     registry: Registry,
@@ -196,6 +204,8 @@ pub struct Metrics {
     /// 1 while the gateway is subscribed to its shared-state store (always 0 with the
     /// memory driver, which has nothing to subscribe to).
     pub state_up: Gauge,
+    /// Pushed messages by outcome.
+    pub pushes: Family<PushLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -239,6 +249,7 @@ impl Metrics {
             challenge_solve_seconds: Family::new_with_constructor(solve_histogram),
             state_unavailable: Family::default(),
             state_up: Gauge::default(),
+            pushes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -390,6 +401,11 @@ impl Metrics {
             "state_up",
             "1 while subscribed to the shared-state store",
             m.state_up.clone(),
+        );
+        registry.register(
+            "pushes",
+            "Messages services pushed to WebSocket clients, by outcome",
+            m.pushes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -109,6 +109,10 @@ impl BodyGuard for ResponseGuard {
     }
 }
 
+/// Names a WebSocket session to its service on routes with `push = true`: the service
+/// publishes on `connection:<value>` to reach this one client.
+pub const CONNECTION_HEADER: &str = "x-netwall-connection";
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -623,15 +627,19 @@ impl Proxy {
             .clone();
         let (accept, upgrade) = crate::ws::prepare_upgrade(&mut req, &policy)
             .ok_or(EdgeError::BadWebSocketHandshake)?;
-        let head = Frame::RequestHead(request_head(
-            &req,
-            &route,
-            host,
-            peer,
-            Mode::WebSocket,
-            identity.clone(),
-        ));
-        let head = self.encode(&[&head])?;
+        let mut head = request_head(&req, &route, host, peer, Mode::WebSocket, identity.clone());
+        // The session's own channel, named to the service so it can push to this client.
+        let push_id = policy.config.push.then(|| {
+            let id = self.local.hub.next_id();
+            (id, self.local.session(id))
+        });
+        if let Some((_, name)) = &push_id {
+            head.headers.push(netwall_proto::Header {
+                name: Bytes::from_static(CONNECTION_HEADER.as_bytes()),
+                value: Bytes::from(name.clone()),
+            });
+        }
+        let head = self.encode(&[&Frame::RequestHead(head)])?;
         let deadline = Instant::now() + policy.config.open_timeout;
         let (lease, writer, mut reader) = self.open(&tunnel, &head, deadline).await?;
         let answer = match tokio::time::timeout_at(deadline, reader.next()).await {
@@ -674,6 +682,18 @@ impl Proxy {
             .map_or(crate::auth::DEFAULT_REVALIDATE_INTERVAL, |a| {
                 a.config().revalidate_interval
             });
+        let push = push_id.map(|(id, name)| {
+            let mut channels = vec![
+                format!("route:{}", route.name),
+                format!("connection:{name}"),
+            ];
+            if let Some(id) = &identity {
+                channels.push(format!("user:{}", id.sub));
+            }
+            self.local
+                .hub
+                .subscribe(id, &route.tunnel, channels, policy.config.push_queue)
+        });
         let user = match identity {
             Some(identity) => {
                 let (ticket, commands) = self.users.register(
@@ -711,6 +731,7 @@ impl Proxy {
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             user,
+            push,
         });
         self.tasks.spawn(
             async move {

@@ -19,6 +19,7 @@
 //! | 4002 | a newer connection of the same user replaced this one |
 //! | 4003 | the client's token or user was revoked |
 //! | 4004 | the client did not answer a ping within the heartbeat timeout |
+//! | 4005 | the client did not keep up: its queue of pushed messages overflowed, or a message could not be written to it within the heartbeat timeout |
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -54,6 +55,8 @@ pub const CLOSE_REPLACED: u16 = 4002;
 pub const CLOSE_REVOKED: u16 = 4003;
 /// Close code: the client missed the heartbeat.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4004;
+/// Close code: the client did not keep up with the messages pushed to it.
+pub const CLOSE_TOO_SLOW: u16 = 4005;
 
 /// Initial socket read and write buffer of a WebSocket, each.
 const IDLE_BUFFER_BYTES: usize = 512;
@@ -372,6 +375,8 @@ pub struct Session {
     pub shutdown: CancellationToken,
     /// The authenticated user, on routes with auth.
     pub user: Option<SessionUser>,
+    /// Messages the service pushes, on routes with `push = true`.
+    pub push: Option<crate::fanout::Subscription>,
 }
 
 /// Why a session ended, and what the edge tells each side.
@@ -482,8 +487,8 @@ impl Session {
                     Ok(Some(TunnelFrame::WsMessage { kind, payload })) => {
                         self.metrics.ws_messages.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc();
                         self.metrics.ws_bytes.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc_by(payload.len() as u64);
-                        if ws.send(message_frame(kind, payload)).await.is_err() {
-                            break End::ClientGone;
+                        if let Err(end) = send_bounded(&mut ws, message_frame(kind, payload), c.heartbeat_timeout).await {
+                            break end;
                         }
                     }
                     Ok(Some(TunnelFrame::WsClose { code, reason })) => break End::ServiceClosed(code, reason),
@@ -492,8 +497,8 @@ impl Session {
                 _ = ping.tick() => {
                     if pong_deadline.is_none() {
                         pong_deadline = Some(Instant::now() + c.heartbeat_timeout);
-                        if ws.send(Frame::ping(Bytes::from_static(b"netwall"))).await.is_err() {
-                            break End::ClientGone;
+                        if let Err(end) = send_bounded(&mut ws, Frame::ping(Bytes::from_static(b"netwall")), c.heartbeat_timeout).await {
+                            break end;
                         }
                     }
                 }
@@ -504,6 +509,16 @@ impl Session {
                     let what = if code == CLOSE_REPLACED { "replaced" } else { "revoked" };
                     break End::Edge(code, reason, what);
                 }
+                m = recv_push(&mut self.push) => match m {
+                    Some(message) => {
+                        self.metrics.ws_messages.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc();
+                        self.metrics.ws_bytes.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc_by(message.len() as u64);
+                        if let Err(end) = send_bounded(&mut ws, Frame::text(message), c.heartbeat_timeout).await {
+                            break end;
+                        }
+                    }
+                    None => break End::Edge(CLOSE_TOO_SLOW, "too slow for pushed messages", "too_slow"),
+                },
                 _ = tick_opt(&mut revalidate) => {
                     if let Some((identity, _, revocations, _)) = &auth
                         && revocations.is_revoked(identity)
@@ -623,6 +638,29 @@ async fn recv_opt(rx: &mut Option<tokio::sync::mpsc::Receiver<Command>>) -> Opti
     }
 }
 
+/// Send `frame` to the client; a client that cannot take it within `limit` (it stopped
+/// reading) is too slow, one whose connection broke is gone.
+async fn send_bounded(ws: &mut ClientWs, frame: Frame, limit: Duration) -> Result<(), End> {
+    match tokio::time::timeout(limit, ws.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::ClientGone),
+        Err(_) => Err(End::Edge(CLOSE_TOO_SLOW, "client too slow", "too_slow")),
+    }
+}
+
+/// The next pushed message; `None` once the session's queue overflowed (it must close).
+async fn recv_push(push: &mut Option<crate::fanout::Subscription>) -> Option<Bytes> {
+    match push {
+        Some(p) if p.overflowed() => None,
+        Some(p) => match p.rx.recv().await {
+            Some(m) if !p.overflowed() => Some(m),
+            Some(_) => None,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
     match interval {
         Some(i) => {
@@ -667,14 +705,15 @@ async fn finish_close(
     .await;
 }
 
-/// Send a close frame and wait (bounded) for the client's answer.
+/// Send a close frame and wait (bounded) for the client's answer. A client that does not
+/// read cannot hold the session open: the send itself is bounded too.
 async fn close_client(ws: &mut ClientWs, code: u16, reason: &str, timeout: Duration) {
     let reason: String = reason.chars().take(120).collect();
-    if ws
-        .send(Frame::close(CloseCode::from(code), reason))
-        .await
-        .is_err()
-    {
+    let sent = tokio::time::timeout(
+        timeout,
+        ws.send(Frame::close(CloseCode::from(code), reason)),
+    );
+    if !matches!(sent.await, Ok(Ok(()))) {
         return;
     }
     let _ = tokio::time::timeout(timeout, async {

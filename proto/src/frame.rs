@@ -26,6 +26,22 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// First version whose connectors understand [`TcpOpen`].
 pub const TCP_SINCE_VERSION: u16 = 2;
 
+/// Longest channel name of a [`Frame::Publish`] (a route name or a JWT subject, with its
+/// kind).
+pub const MAX_CHANNEL_LEN: usize = 1024;
+
+/// Whether `channel` names a channel a service may publish on: `route:NAME`, `user:SUB` or
+/// `connection:ID`, none empty, at most [`MAX_CHANNEL_LEN`] bytes.
+pub fn valid_channel(channel: &str) -> bool {
+    if channel.len() > MAX_CHANNEL_LEN {
+        return false;
+    }
+    match channel.split_once(':') {
+        Some(("route" | "user" | "connection", rest)) => !rest.is_empty(),
+        _ => false,
+    }
+}
+
 /// First version whose gateways accept [`Frame::Publish`]; a connector publishes only through
 /// gateways that welcomed it with this version or later.
 pub const PUBLISH_SINCE_VERSION: u16 = 3;

@@ -20,7 +20,7 @@ pub use codec::{
     Limits, MAX_CLIENT_HEADER_BYTES, MAX_CLIENT_HEADERS,
 };
 pub use frame::{
-    Frame, Header, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, PUBLISH_SINCE_VERSION, Reject,
-    RejectCode, RequestHead, Reset, ResetCode, ResponseHead, Secret, TCP_SINCE_VERSION, TcpOpen,
-    Welcome, WsKind,
+    Frame, Header, Hello, MAX_CHANNEL_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    PUBLISH_SINCE_VERSION, Reject, RejectCode, RequestHead, Reset, ResetCode, ResponseHead, Secret,
+    TCP_SINCE_VERSION, TcpOpen, Welcome, WsKind, valid_channel,
 };

@@ -357,3 +357,17 @@ fn reject_codes_classify_retry() {
     assert!(!RejectCode::Overloaded.is_permanent());
     assert!(!RejectCode::ShuttingDown.is_permanent());
 }
+
+#[test]
+fn publish_channels() {
+    assert!(valid_channel("route:app.test/ws"));
+    assert!(valid_channel("user:alice"));
+    assert!(valid_channel("connection:gw/1f/7"));
+    assert!(!valid_channel("route:"));
+    assert!(!valid_channel("everyone"));
+    assert!(!valid_channel("admin:x"));
+    assert!(!valid_channel(&format!(
+        "user:{}",
+        "a".repeat(MAX_CHANNEL_LEN)
+    )));
+}

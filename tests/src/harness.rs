@@ -599,9 +599,20 @@ pub async fn wss(
     headers: &[(&str, &str)],
     options: yawc::Options,
 ) -> Result<Wss, u16> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    wss_over(tcp, ca, url, headers, options).await
+}
+
+/// Like [`wss`] over a TCP connection the caller made (e.g. with a small receive buffer).
+pub async fn wss_over(
+    tcp: TcpStream,
+    ca: &CertificateDer<'static>,
+    url: &str,
+    headers: &[(&str, &str)],
+    options: yawc::Options,
+) -> Result<Wss, u16> {
     let parsed: url::Url = url.parse().expect("url");
     let host = parsed.host_str().expect("host").to_owned();
-    let tcp = TcpStream::connect(addr).await.expect("connect");
     let name = ServerName::try_from(host).expect("name");
     let tls = TlsConnector::from(client_tls(ca, &[b"http/1.1"]))
         .connect(name, tcp)

@@ -71,6 +71,20 @@ fn routes(pki: &Pki) -> String {
             "/strict",
             "[route.rate_limit]\nrequests = 100000\nwindow = \"60s\"\non_store_error = \"deny\"\n",
         ),
+        route(
+            "/push",
+            "[route.websocket]\npush = true\nmax_connections_per_ip = 5000\n",
+        ),
+        route(
+            "/pushauth",
+            &format!(
+                "{auth}[route.websocket]\npush = true\nmax_connections_per_user = 5\nconnect_attempts_per_user_per_minute = 1000\n"
+            ),
+        ),
+        route(
+            "/slow",
+            "[route.websocket]\npush = true\npush_queue = 16\nheartbeat_interval = \"2s\"\nheartbeat_timeout = \"1s\"\n",
+        ),
         route("/", ""),
     ]
     .concat()
@@ -89,6 +103,8 @@ fn gateway_toml(pki: &Pki, redis: &Redis, i: usize) -> String {
 fn gateway_toml_at(pki: &Pki, redis: &Redis, i: usize, tunnel: &str) -> String {
     pki.gateway_toml_at(tunnel, &format!("{}\n{}", routes(pki), state(redis)))
         .replace("app.sock", &format!("app-{i}.sock"))
+        // A thousand test clients share one address.
+        .replace("[https]\n", "[https]\nmax_connections_per_ip = 5000\n")
 }
 
 struct Cluster {
@@ -110,7 +126,11 @@ async fn cluster(name: &str) -> Cluster {
     }
     let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.tunnel_addr).collect();
     let connector = start_connector(
-        &pki.connector_toml(&addrs, &format!("web = \"http://{sample}\""), ""),
+        &pki.connector_toml(
+            &addrs,
+            &format!("web = \"http://{sample}\""),
+            "publish_listen = \"127.0.0.1:0\"",
+        ),
         &pki.credential,
     );
     for g in &gateways {
@@ -584,5 +604,293 @@ async fn redis_over_tls_with_the_password_from_the_environment() {
     assert_eq!(
         status(&client, "https://app.test/limited").await,
         StatusCode::BAD_GATEWAY
+    );
+}
+
+// === fan-out ===
+
+/// `POST /publish` on the connector's local endpoint; the status.
+async fn publish(addr: SocketAddr, channel: &str, message: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({"channel": channel, "message": message}).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST /publish HTTP/1.1\r\nhost: local\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("publish answered")
+        .expect("read");
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The next `n` text messages on `ws`, within `limit`.
+async fn texts(ws: &mut Wss, n: usize, limit: Duration) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    let _ = tokio::time::timeout(limit, async {
+        while out.len() < n {
+            match ws.next_frame().await {
+                Ok(f) if f.opcode() == OpCode::Text => {
+                    out.push(String::from_utf8_lossy(f.payload()).into_owned())
+                }
+                Ok(f) if f.opcode() == OpCode::Close => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    out
+}
+
+/// A task per client reading its next `n` text messages (within a minute).
+fn spawn_readers(clients: Vec<Wss>, n: usize) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    clients
+        .into_iter()
+        .map(|mut ws| tokio::spawn(async move { texts(&mut ws, n, Duration::from_secs(60)).await }))
+        .collect()
+}
+
+async fn plain_ws(c: &Cluster, i: usize, path: &str) -> Wss {
+    wss(
+        c.gateways[i].https_addr,
+        &c.pki.ca_der,
+        &format!("wss://app.test{path}"),
+        &[],
+        Options::default(),
+    )
+    .await
+    .expect("WebSocket")
+}
+
+/// Wait until `n` WebSockets are open on `route` across the cluster.
+async fn wait_sessions(c: &Cluster, route: &str, n: f64) {
+    let admins: Vec<SocketAddr> = (0..c.gateways.len()).map(|i| c.admin(i)).collect();
+    let sample = format!("netwall_websocket_connections{{route=\"{route}\"}}");
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{n} sessions on {route}"),
+        || {
+            let (admins, sample) = (admins.clone(), sample.clone());
+            async move {
+                let mut sum = 0.0;
+                for a in admins {
+                    sum += metric(&metrics_text(a).await, &sample);
+                }
+                sum == n
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn one_publish_reaches_a_thousand_clients_on_three_gateways_in_order() {
+    const CLIENTS: usize = 1000;
+    const MESSAGES: usize = 20;
+    let c = cluster("fanout-many").await;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for batch in 0..CLIENTS / 100 {
+        let opening: Vec<_> = (0..100)
+            .map(|k| plain_ws(&c, (batch * 100 + k) % 3, "/push"))
+            .collect();
+        clients.extend(futures_util::future::join_all(opening).await);
+    }
+    wait_sessions(&c, "app.test/push", CLIENTS as f64).await;
+    let addr = c.connector.publish_addr().expect("publish endpoint");
+    let readers = spawn_readers(clients, MESSAGES);
+    for m in 0..MESSAGES {
+        assert_eq!(
+            publish(addr, "route:app.test/push", &format!("m{m}")).await,
+            202
+        );
+    }
+    let want: Vec<String> = (0..MESSAGES).map(|m| format!("m{m}")).collect();
+    for (i, r) in readers.into_iter().enumerate() {
+        let got = r.await.expect("reader");
+        assert_eq!(got, want, "client {i} (gateway {})", i % 3);
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_messages_keep_their_order_and_channels_reach_only_their_clients() {
+    const MESSAGES: usize = 1000;
+    let c = cluster("fanout-order").await;
+    let addr = c.connector.publish_addr().expect("publish endpoint");
+    let mut route_clients = Vec::new();
+    for i in 0..9 {
+        route_clients.push(plain_ws(&c, i % 3, "/push").await);
+    }
+    let mut alice = c.ws(0, "/pushauth", "alice").await.expect("alice");
+    let mut alice2 = c.ws(2, "/pushauth", "alice").await.expect("alice again");
+    let mut bob = c.ws(1, "/pushauth", "bob").await.expect("bob");
+    wait_sessions(&c, "app.test/push", 9.0).await;
+    wait_sessions(&c, "app.test/pushauth", 3.0).await;
+    let readers = spawn_readers(route_clients, MESSAGES);
+    for m in 0..MESSAGES {
+        assert_eq!(
+            publish(addr, "route:app.test/push", &format!("{m}")).await,
+            202
+        );
+    }
+    for (i, r) in readers.into_iter().enumerate() {
+        let got: Vec<usize> = r
+            .await
+            .expect("reader")
+            .iter()
+            .map(|s| s.parse().expect("a number"))
+            .collect();
+        assert_eq!(got, (0..MESSAGES).collect::<Vec<_>>(), "client {i}");
+    }
+    // A user's channel reaches that user's sessions on every gateway, no one else.
+    assert_eq!(publish(addr, "user:alice", "for alice").await, 202);
+    assert_eq!(
+        texts(&mut alice, 1, Duration::from_secs(5)).await,
+        ["for alice"]
+    );
+    assert_eq!(
+        texts(&mut alice2, 1, Duration::from_secs(5)).await,
+        ["for alice"]
+    );
+    // A connection's channel, by the name the service was given.
+    bob.send(Frame::text("whoami")).await.expect("send");
+    let who = texts(&mut bob, 1, Duration::from_secs(5)).await;
+    let name = who
+        .first()
+        .and_then(|w| {
+            w.split(';')
+                .find_map(|kv| kv.split_once("x-netwall-connection="))
+        })
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_else(|| panic!("the service learns the connection's name: {who:?}"));
+    assert_eq!(
+        publish(addr, &format!("connection:{name}"), "for this bob").await,
+        202
+    );
+    assert_eq!(
+        texts(&mut bob, 1, Duration::from_secs(5)).await,
+        ["for this bob"]
+    );
+    assert!(
+        texts(&mut alice, 1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "alice got bob's message"
+    );
+    // What a service may not publish on.
+    assert_eq!(publish(addr, "everyone", "x").await, 400);
+    assert_eq!(publish(addr, "route:", "x").await, 400);
+}
+
+#[tokio::test]
+async fn a_slow_client_is_closed_and_never_delays_the_others() {
+    const MESSAGES: usize = 300;
+    let c = cluster("fanout-slow").await;
+    let addr = c.connector.publish_addr().expect("publish endpoint");
+    // A client that never reads (with a small receive buffer, so the gateway notices soon),
+    // and fast ones on the same gateway and the others.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = socket
+        .connect(c.gateways[0].https_addr)
+        .await
+        .expect("connect");
+    let slow = wss_over(
+        tcp,
+        &c.pki.ca_der,
+        "wss://app.test/slow",
+        &[],
+        Options::default(),
+    )
+    .await
+    .expect("slow client");
+    let mut fast = Vec::new();
+    for i in 0..6 {
+        fast.push(plain_ws(&c, i % 3, "/slow").await);
+    }
+    wait_sessions(&c, "app.test/slow", 7.0).await;
+    let readers = spawn_readers(fast, MESSAGES);
+    let filler = "x".repeat(32 * 1024);
+    for m in 0..MESSAGES {
+        assert_eq!(
+            publish(addr, "route:app.test/slow", &format!("{m} {filler}")).await,
+            202
+        );
+    }
+    for (i, r) in readers.into_iter().enumerate() {
+        let got = r.await.expect("reader");
+        assert_eq!(got.len(), MESSAGES, "fast client {i} got every message");
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(n, t)| t.starts_with(&format!("{n} ")))
+        );
+    }
+    let admin = c.admin(0);
+    wait_until(
+        Duration::from_secs(10),
+        "the slow client to be closed with 4005",
+        || async move {
+            metric(
+                &metrics_text(admin).await,
+                "netwall_websocket_closed_total{route=\"app.test/slow\",code=\"4005\"}",
+            ) == 1.0
+        },
+    )
+    .await;
+    let text = metrics_text(admin).await;
+    assert_eq!(
+        metric(&text, "netwall_pushes_total{outcome=\"client_too_slow\"}"),
+        1.0
+    );
+    drop(slow);
+}
+
+#[tokio::test]
+async fn one_gateway_without_redis_fans_out_too() {
+    init_logs();
+    let pki = Pki::new();
+    let sample = start_sample("fanout-memory").await;
+    let gateway = start_gateway(&pki.gateway_toml(&routes(&pki))).await;
+    let connector = start_connector(
+        &pki.connector_toml(
+            &[gateway.tunnel_addr],
+            &format!("web = \"http://{sample}\""),
+            "publish_listen = \"127.0.0.1:0\"",
+        ),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    let mut ws = wss(
+        gateway.https_addr,
+        &pki.ca_der,
+        "wss://app.test/push",
+        &[],
+        Options::default(),
+    )
+    .await
+    .expect("WebSocket");
+    let admin = gateway.admin_addr.expect("admin");
+    wait_until(Duration::from_secs(10), "the session", || async move {
+        metric(
+            &metrics_text(admin).await,
+            "netwall_websocket_connections{route=\"app.test/push\"}",
+        ) == 1.0
+    })
+    .await;
+    let addr = connector.publish_addr().expect("publish endpoint");
+    for m in ["one", "two", "three"] {
+        assert_eq!(publish(addr, "route:app.test/push", m).await, 202);
+    }
+    assert_eq!(
+        texts(&mut ws, 3, Duration::from_secs(5)).await,
+        ["one", "two", "three"]
     );
 }

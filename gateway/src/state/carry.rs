@@ -42,7 +42,7 @@ pub struct PolicyState {
 impl Default for PolicyState {
     /// Counters of one gateway in this process.
     fn default() -> Self {
-        let local = super::Local::new("gateway", Arc::default(), Arc::default());
+        let local = super::Local::new("gateway", Arc::default(), Arc::default(), Arc::default());
         PolicyState::new(Arc::new(super::memory::MemoryStore::new(Arc::new(local))))
     }
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::{Event, Local, OnError, SessionKey, Store, StoreError, StoreFuture};
+use crate::fanout::Pushed;
 use crate::policy::rate_limit::{Limit, MemoryLimiter, RateLimiter};
 
 /// Shared state of a single gateway.
@@ -46,4 +47,9 @@ impl Store for MemoryStore {
     }
 
     fn session_closed(&self, _key: SessionKey) {}
+
+    fn fanout(&self, pushed: Pushed) -> StoreFuture<'_, Result<(), StoreError>> {
+        self.local.hub.deliver(&pushed, &self.local.metrics);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

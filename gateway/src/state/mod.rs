@@ -111,6 +111,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The WebSocket `key` ended.
     fn session_closed(&self, key: SessionKey);
+
+    /// Bring `pushed` to every gateway's subscribed sessions (this one's included).
+    fn fanout(&self, pushed: crate::fanout::Pushed) -> StoreFuture<'_, Result<(), StoreError>>;
 }
 
 /// What only this gateway can act on: its own sessions and its revocation table.
@@ -119,6 +122,10 @@ pub struct Local {
     pub revocations: Arc<Revocations>,
     /// This gateway's WebSockets by user.
     pub users: Arc<UserSessions>,
+    /// This gateway's sessions subscribed to pushed messages.
+    pub hub: Arc<crate::fanout::Hub>,
+    /// Metrics (delivery counts).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// This process's name in session keys: `gateway_id/random`, so two gateways with the
     /// same name (or one restarted) never mistake each other's sessions.
     pub instance: String,
@@ -134,10 +141,17 @@ impl std::fmt::Debug for Local {
 
 impl Local {
     /// This gateway's side of `revocations` and `users`, named after `gateway_id`.
-    pub fn new(gateway_id: &str, revocations: Arc<Revocations>, users: Arc<UserSessions>) -> Local {
+    pub fn new(
+        gateway_id: &str,
+        revocations: Arc<Revocations>,
+        users: Arc<UserSessions>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Local {
         Local {
             revocations,
             users,
+            hub: Arc::default(),
+            metrics,
             instance: format!("{gateway_id}/{:016x}", rand::random::<u64>()),
         }
     }

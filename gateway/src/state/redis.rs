@@ -88,6 +88,9 @@ struct Inner {
     conn: ConnectionManager,
     prefix: String,
     channel: String,
+    /// Channel of pushed messages (fan-out), apart from policy events so neither waits on
+    /// the other's parsing.
+    fanout: String,
     retention: Duration,
     connect_timeout: Duration,
     local: Arc<Local>,
@@ -141,6 +144,7 @@ impl RedisStore {
             client,
             conn,
             channel: format!("{}:events", config.key_prefix),
+            fanout: format!("{}:fanout", config.key_prefix),
             prefix: config.key_prefix.clone(),
             retention: config.revocation_retention,
             connect_timeout: config.connect_timeout,
@@ -292,6 +296,25 @@ impl Inner {
         }
     }
 
+    /// Deliver one pushed message to this gateway's subscribed sessions.
+    fn push(&self, payload: &[u8]) {
+        match serde_json::from_slice::<crate::fanout::Pushed>(payload) {
+            Ok(p) => {
+                self.local.hub.deliver(&p, &self.local.metrics);
+            }
+            Err(e) => {
+                self.metrics
+                    .state_unavailable
+                    .get_or_create(&StateLabel {
+                        op: "fanout",
+                        outcome: "malformed",
+                    })
+                    .inc();
+                warn!(target: "netwall::security", event = "state_event_malformed", error = %e, bytes = payload.len(), "unreadable message on the fan-out channel; ignored");
+            }
+        }
+    }
+
     /// Act on one message from the channel.
     fn deliver(&self, payload: &[u8]) {
         match serde_json::from_slice::<Event>(payload) {
@@ -320,7 +343,7 @@ async fn subscribe(inner: Arc<Inner>, shutdown: CancellationToken) {
         let attempt = async {
             let mut pubsub = inner.client.get_async_pubsub().await.map_err(store_error)?;
             pubsub
-                .subscribe(&inner.channel)
+                .subscribe(&[&inner.channel, &inner.fanout])
                 .await
                 .map_err(store_error)?;
             // Subscribed first, loaded second: a revocation published in between is both
@@ -343,6 +366,7 @@ async fn subscribe(inner: Arc<Inner>, shutdown: CancellationToken) {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         m = messages.next() => match m {
+                            Some(m) if m.get_channel_name() == inner.fanout => inner.push(m.get_payload_bytes()),
                             Some(m) => inner.deliver(m.get_payload_bytes()),
                             None => break,
                         },
@@ -524,6 +548,25 @@ impl Store for RedisStore {
                 Ok(replaced) => debug!(session = %key.session, replaced, "session shared"),
                 Err(e) => inner.failed("session", "local_only", Some(&e)),
             }
+        })
+    }
+
+    fn fanout(&self, pushed: crate::fanout::Pushed) -> StoreFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let payload = serde_json::to_string(&pushed).map_err(store_error)?;
+            let mut conn = inner.conn.clone();
+            let sent: Result<i64, _> = redis::cmd("PUBLISH")
+                .arg(&inner.fanout)
+                .arg(payload)
+                .query_async(&mut conn)
+                .await;
+            sent.map(|_| ()).map_err(|e| {
+                // Other gateways miss it; this one's clients need not.
+                inner.local.hub.deliver(&pushed, &inner.local.metrics);
+                inner.failed("fanout", "local_only", Some(&e));
+                store_error(e)
+            })
         })
     }
 

@@ -55,6 +55,8 @@ pub struct TunnelServer {
     throttle: super::throttle::AuthThrottle,
     /// Every authenticated connection, so shutdown can close them all.
     live: Mutex<HashMap<u64, Conn>>,
+    /// Where messages a connector publishes go (none: they are counted and dropped).
+    publisher: Option<crate::fanout::Publisher>,
 }
 
 /// A claimed handshake slot for one source IP; released on drop.
@@ -114,7 +116,14 @@ impl TunnelServer {
             pending: Mutex::new(HashMap::new()),
             throttle: super::throttle::AuthThrottle::default(),
             live: Mutex::new(HashMap::new()),
+            publisher: None,
         }
+    }
+
+    /// Hand what connectors publish to `publisher`.
+    pub fn with_publisher(mut self, publisher: crate::fanout::Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     fn count(&self, result: &'static str) {
@@ -357,6 +366,15 @@ impl TunnelServer {
                 }
                 Ok(Some(Frame::Ping(v))) => conn.send_control(&Frame::Pong(v)).await,
                 Ok(Some(Frame::Pong(_))) => {}
+                // In order, on this stream: waits (and so slows the connector down) while the
+                // gateway's publishing queue is full.
+                Ok(Some(Frame::Publish { channel, message })) => match &self.publisher {
+                    Some(p) => {
+                        p.publish(&tunnel.name, channel, message, &self.metrics)
+                            .await;
+                    }
+                    None => debug!("publish without a publisher; dropped"),
+                },
                 Ok(Some(other)) => {
                     debug!(
                         kind = other.kind(),
