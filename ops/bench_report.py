@@ -51,6 +51,39 @@ def challenge_report(path):
     return "\n".join(lines) + "\n"
 
 
+def shared_report(path):
+    """Many gateways sharing Redis (ops/bench --shared), as Markdown."""
+    with open(path) as f:
+        r = json.load(f)
+    rl, fan, ps = r["rate_limit"], r["fanout"], r["redis_pubsub"]
+    lat = fan["latency"]
+    lines = [
+        "# netwall shared state: cost of a rate limit by driver, fan-out latency",
+        "",
+        "One process (gateways, connectors, clients, sample service), one redis-server, 2 cores.",
+        "",
+        "| rate limit on the route | req/s | added µs per request |",
+        "|---|---:|---:|",
+        f"| none (memory-driver gateway) | {rl['none_rps']:,.0f} | |",
+        f"| memory driver | {rl['memory_rps']:,.0f} | {rl['memory_added_us']:+.1f} |",
+        f"| none (Redis-driver gateway) | {rl['none_on_redis_gateway_rps']:,.0f} | |",
+        f"| Redis driver (GCRA script, one round trip) | {rl['redis_rps']:,.0f} | {rl['redis_added_us']:+.1f} |",
+        "",
+        f"Fan-out: {fan['clients']:,} WebSocket clients over three gateways, {fan['messages']} messages "
+        f"published through the connector, {fan['received']:,} of {fan['expected']:,} received.",
+        "",
+        "| publish to receipt | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|",
+        f"| netwall fan-out (connector, tunnel, gateway, Redis, every gateway, client) | {lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['max_ms']:.2f} |",
+        f"| Redis pub/sub alone (one subscriber) | {ps['p50_ms']:.3f} | {ps['p99_ms']:.3f} | {ps['max_ms']:.3f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if len(sys.argv) == 3 and sys.argv[1] == "--shared":
+    sys.stdout.write(shared_report(sys.argv[2]))
+    sys.exit(0)
 if len(sys.argv) == 3 and sys.argv[1] == "--challenge":
     sys.stdout.write(challenge_report(sys.argv[2]))
     sys.exit(0)

@@ -8,6 +8,21 @@ import json
 import os
 import sys
 
+if len(sys.argv) == 3 and sys.argv[1] == "--shared":
+    # ops/bench --shared: every pass ran and every pushed message reached every client.
+    with open(sys.argv[2]) as fh:
+        shared = json.load(fh)
+    rl, fan = shared["rate_limit"], shared["fanout"]
+    bad = [k for k in ["none_rps", "memory_rps", "none_on_redis_gateway_rps", "redis_rps"] if not rl[k] > 0]
+    if fan["received"] != fan["expected"]:
+        bad.append(f"fan-out delivered {fan['received']} of {fan['expected']}")
+    if not shared["redis_pubsub"]["samples"] > 0:
+        bad.append("no Redis pub/sub sample")
+    if bad:
+        sys.exit("bench smoke (shared): " + "; ".join(bad))
+    print("bench smoke (shared): every pass ran, every message arrived")
+    sys.exit(0)
+
 out = sys.argv[1]
 with open(os.path.join(out, "report.json")) as fh:
     report = json.load(fh)

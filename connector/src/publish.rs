@@ -19,7 +19,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,9 @@ use tracing::{debug, warn};
 
 /// Messages one connection queues before a publisher waits (backpressure to the service).
 pub const CONNECTION_QUEUE: usize = 256;
+/// Time a local publisher has to send a request head: a stuck client holds one task, not
+/// forever.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest request body: the largest message plus room for JSON escaping and the channel.
 const MAX_BODY: usize = 2 * netwall_proto::DEFAULT_MAX_PUBLISH_LEN;
 
@@ -173,6 +176,8 @@ where
         async move { Ok::<_, std::convert::Infallible>(handle(outbox, req).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(io), svc)
         .await
     {

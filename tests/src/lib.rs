@@ -2,6 +2,7 @@
 //! start gateways, connectors and clients over real sockets.
 
 pub mod browser;
+pub mod cluster;
 pub mod databases;
 pub mod harness;
 pub mod pebble;

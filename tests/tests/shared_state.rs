@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use http::StatusCode;
+use netwall_tests::cluster::Cluster;
 use netwall_tests::harness::*;
 use netwall_tests::redis::Redis;
 use serde_json::json;
@@ -90,65 +91,20 @@ fn routes(pki: &Pki) -> String {
     .concat()
 }
 
-fn state(redis: &Redis) -> String {
-    format!("[state]\ndriver = \"redis\"\nurl = \"{}\"\n", redis.url())
-}
-
-/// A gateway's configuration: the shared routes and state, its own tunnel socket.
-fn gateway_toml(pki: &Pki, redis: &Redis, i: usize) -> String {
-    gateway_toml_at(pki, redis, i, "127.0.0.1:0")
-}
-
-/// Like [`gateway_toml`] with the tunnel listener on `tunnel`.
-fn gateway_toml_at(pki: &Pki, redis: &Redis, i: usize, tunnel: &str) -> String {
-    pki.gateway_toml_at(tunnel, &format!("{}\n{}", routes(pki), state(redis)))
-        .replace("app.sock", &format!("app-{i}.sock"))
-        // A thousand test clients share one address.
-        .replace("[https]\n", "[https]\nmax_connections_per_ip = 5000\n")
-}
-
-struct Cluster {
-    pki: Pki,
-    redis: Redis,
-    gateways: Vec<netwall_gateway::RunningGateway>,
-    connector: netwall_connector::RunningConnector,
-}
-
 /// Redis, three gateways, the sample service, and one connector attached to all three.
 async fn cluster(name: &str) -> Cluster {
     init_logs();
     let pki = Pki::new();
-    let redis = Redis::start(&[]).await;
-    let sample = start_sample(name).await;
-    let mut gateways = Vec::new();
-    for i in 0..3 {
-        gateways.push(start_gateway(&gateway_toml(&pki, &redis, i)).await);
-    }
-    let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.tunnel_addr).collect();
-    let connector = start_connector(
-        &pki.connector_toml(
-            &addrs,
-            &format!("web = \"http://{sample}\""),
-            "publish_listen = \"127.0.0.1:0\"",
-        ),
-        &pki.credential,
-    );
-    for g in &gateways {
-        wait_tunnel(g, 1).await;
-    }
-    Cluster {
-        pki,
-        redis,
-        gateways,
-        connector,
-    }
+    let routes = routes(&pki);
+    Cluster::start(name, 3, pki, routes).await
 }
 
-impl Cluster {
-    fn client(&self, i: usize) -> HttpsClient {
-        HttpsClient::new(self.gateways[i].https_addr, &self.pki.ca_der, false)
-    }
+/// What the tests ask of the cluster beyond what it offers.
+trait ClusterExt {
+    async fn ws(&self, i: usize, path: &str, sub: &str) -> Result<Wss, u16>;
+}
 
+impl ClusterExt for Cluster {
     async fn ws(&self, i: usize, path: &str, sub: &str) -> Result<Wss, u16> {
         wss(
             self.gateways[i].https_addr,
@@ -158,10 +114,6 @@ impl Cluster {
             Options::default(),
         )
         .await
-    }
-
-    fn admin(&self, i: usize) -> SocketAddr {
-        self.gateways[i].admin_addr.expect("admin")
     }
 }
 
@@ -325,7 +277,7 @@ async fn revoking_on_one_gateway_closes_everywhere_and_outlives_a_restart() {
     let tunnel = old.tunnel_addr.to_string();
     assert!(old.shutdown().await);
     // On the same tunnel address, where the connector dials again.
-    let fresh = start_gateway(&gateway_toml_at(&c.pki, &c.redis, 2, &tunnel)).await;
+    let fresh = start_gateway(&c.gateway_toml(2, &tunnel)).await;
     let client = HttpsClient::new(fresh.https_addr, &c.pki.ca_der, false);
     c.gateways.push(fresh);
     wait_tunnel(&c.gateways[2], 1).await;
@@ -353,7 +305,51 @@ async fn a_redis_outage_follows_on_store_error_and_heals_without_a_restart() {
         1.0
     );
 
+    // Load on every gateway while Redis dies under it: every request is answered, in time,
+    // with a status the route's on_store_error allows.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for i in 0..3 {
+        for path in ["limited", "strict"] {
+            let (client, stop, answered) = (c.client(i), stop.clone(), answered.clone());
+            load.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let s = status(&client, &format!("https://app.test/{path}")).await;
+                    assert!(
+                        s == StatusCode::OK || s == StatusCode::TOO_MANY_REQUESTS,
+                        "gateway {i} /{path}: {s}"
+                    );
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    let more_than = |n: usize| {
+        let answered = answered.clone();
+        move || {
+            let answered = answered.clone();
+            async move { answered.load(Ordering::Relaxed) > n }
+        }
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "load before the kill",
+        more_than(30),
+    )
+    .await;
     c.redis.kill();
+    let at_kill = answered.load(Ordering::Relaxed);
+    wait_until(
+        Duration::from_secs(10),
+        "load after the kill",
+        more_than(at_kill + 60),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("no panic, no hang");
+    }
     let started = Instant::now();
     for _ in 0..20 {
         assert_eq!(
@@ -452,7 +448,7 @@ async fn a_gateway_killed_under_load_leaves_the_others_serving() {
     let c = cluster("shared-kill").await;
     // A fourth gateway as a process of its own, so it can be killed outright.
     let path = c.pki.dir.path().join("gateway-3.toml");
-    std::fs::write(&path, gateway_toml(&c.pki, &c.redis, 3)).expect("write config");
+    std::fs::write(&path, c.gateway_toml(3, "127.0.0.1:0")).expect("write config");
     let (mut doomed, addrs) = spawn_gateway(&path, c.pki.dir.path().join("gateway-3.log"));
     let mut list: Vec<SocketAddr> = c.gateways.iter().map(|g| g.tunnel_addr).collect();
     list.push(addrs.tunnel);
@@ -611,11 +607,16 @@ async fn redis_over_tls_with_the_password_from_the_environment() {
 
 /// `POST /publish` on the connector's local endpoint; the status.
 async fn publish(addr: SocketAddr, channel: &str, message: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = json!({"channel": channel, "message": message}).to_string();
+    local_request(addr, "POST", "/publish", &body).await
+}
+
+/// One HTTP/1.1 request to the connector's publish endpoint; the status.
+async fn local_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!(
-        "POST /publish HTTP/1.1\r\nhost: local\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: local\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     tcp.write_all(req.as_bytes()).await.expect("write");
@@ -893,4 +894,32 @@ async fn one_gateway_without_redis_fans_out_too() {
         texts(&mut ws, 3, Duration::from_secs(5)).await,
         ["one", "two", "three"]
     );
+    // What the endpoint refuses.
+    let big = "x".repeat(netwall_proto::DEFAULT_MAX_PUBLISH_LEN);
+    assert_eq!(publish(addr, "route:app.test/push", &big).await, 413);
+    assert_eq!(
+        local_request(addr, "POST", "/publish", "not json").await,
+        400
+    );
+    assert_eq!(
+        local_request(addr, "POST", "/publish", r#"{"channel":"route:x"}"#).await,
+        400
+    );
+    assert_eq!(local_request(addr, "GET", "/publish", "").await, 405);
+    assert_eq!(local_request(addr, "POST", "/other", "").await, 404);
+    // None of that reached the client.
+    assert!(
+        texts(&mut ws, 1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    // Without a live tunnel there is nowhere to send it.
+    assert!(gateway.shutdown().await);
+    let live = connector.live_connections();
+    wait_until(Duration::from_secs(10), "the tunnel to go", || {
+        let live = live.clone();
+        async move { *live.borrow() == 0 }
+    })
+    .await;
+    assert_eq!(publish(addr, "route:app.test/push", "lost").await, 503);
 }

@@ -19,6 +19,8 @@ use bytes::Bytes;
 mod loadgen_challenge;
 #[path = "../loadgen_mux.rs"]
 mod loadgen_mux;
+#[path = "../loadgen_shared.rs"]
+mod loadgen_shared;
 #[path = "../loadgen_tcp.rs"]
 mod loadgen_tcp;
 
@@ -58,6 +60,9 @@ enum Cmd {
     /// The proof-of-work challenge: the gateway's cost per operation and solve times in
     /// headless Chromium at each difficulty.
     Challenge(loadgen_challenge::ChallengeArgs),
+    /// Many gateways sharing Redis: rate-limit overhead by driver, fan-out latency, and
+    /// Redis pub/sub alone.
+    Shared(loadgen_shared::SharedArgs),
 }
 
 #[derive(clap::Args)]
@@ -129,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::TcpSink(a) => loadgen_tcp::sink(a).await,
             Cmd::TcpCopy(a) => loadgen_tcp::copy(a).await,
             Cmd::Challenge(a) => loadgen_challenge::run(a).await,
+            Cmd::Shared(a) => loadgen_shared::run(a).await,
         }
     })?;
     println!("{report}");
