@@ -245,11 +245,18 @@ impl Inner {
         }
     }
 
+    /// `{prefix}:a:b:last`. Every part but the last has its `%` and `:` escaped, so a route
+    /// whose path holds a colon can never name another route's key (`h/a` + `b:c` against
+    /// `h/a:b` + `c`); the last part (a user, a token id, a client key) is kept as it is.
     fn key(&self, parts: &[&str]) -> String {
         let mut k = self.prefix.clone();
-        for p in parts {
+        for (i, p) in parts.iter().enumerate() {
             k.push(':');
-            k.push_str(p);
+            if i + 1 == parts.len() {
+                k.push_str(p);
+            } else {
+                k.push_str(&p.replace('%', "%25").replace(':', "%3A"));
+            }
         }
         k
     }
@@ -586,5 +593,36 @@ impl Store for RedisStore {
                 inner.failed("session", "dropped", Some(&e));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_of_different_routes_and_users_never_collide() {
+        let config = StateConfig {
+            url: Some(toml::Spanned::new(0..0, "redis://127.0.0.1:1".to_owned())),
+            ..StateConfig::default()
+        };
+        let local = Arc::new(Local::new(
+            "gw",
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        ));
+        let store = RedisStore::connect(
+            &config,
+            std::path::Path::new(""),
+            local,
+            Arc::default(),
+            CancellationToken::new(),
+        )
+        .expect("a store (it connects lazily)");
+        let k = |route: &str, sub: &str| store.inner.key(&["ws", route, sub]);
+        assert_ne!(k("h/a", "b:c"), k("h/a:b", "c"));
+        assert_ne!(k("h/a%3Ab", "c"), k("h/a:b", "c"));
+        assert_eq!(k("app.test/ws", "alice"), "netwall:ws:app.test/ws:alice");
     }
 }
