@@ -128,7 +128,7 @@ pub struct StateLabel {
     /// `rate_limit`, `session`, `publish`, `subscribe` or `event`.
     pub op: &'static str,
     /// `allowed` / `denied` (a limiter's `on_store_error`), `local_only` (applied to this
-    /// gateway alone), `dropped`, `retry` or `malformed`.
+    /// gateway alone), `dropped`, `retry`, `lost` (a subscription ended) or `malformed`.
     pub outcome: &'static str,
 }
 

@@ -51,6 +51,14 @@ impl Redis {
         let _ = std::fs::remove_file(&self.socket);
     }
 
+    /// Send `sig` to the server (SIGSTOP freezes it: connections stay open, nothing answers).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, sig).expect("signal redis-server");
+        }
+    }
+
     /// Start the server (again) on the same socket and wait until it answers.
     pub async fn restart(&mut self) {
         self.kill();

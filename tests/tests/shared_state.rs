@@ -923,3 +923,47 @@ async fn one_gateway_without_redis_fans_out_too() {
     .await;
     assert_eq!(publish(addr, "route:app.test/push", "lost").await, 503);
 }
+
+#[tokio::test]
+async fn a_redis_gone_silent_is_noticed_and_the_subscription_comes_back() {
+    let c = cluster("shared-silent").await;
+    let admin = c.admin(1);
+    let up = |want: f64| {
+        move || async move { metric(&metrics_text(admin).await, "netwall_state_up") == want }
+    };
+    wait_until(Duration::from_secs(10), "subscribed", up(1.0)).await;
+    let mut ivy = c.ws(1, "/multi", "ivy").await.expect("ivy");
+    // Frozen: its sockets stay open and say nothing, as across a partition.
+    c.redis.signal(nix::sys::signal::Signal::SIGSTOP);
+    wait_until(
+        Duration::from_secs(10),
+        "the silence to be noticed",
+        up(0.0),
+    )
+    .await;
+    // Fail open while it is away, without a timeout per request.
+    let started = Instant::now();
+    assert_eq!(
+        status(&c.client(1), "https://app.test/limited").await,
+        StatusCode::OK
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    c.redis.signal(nix::sys::signal::Signal::SIGCONT);
+    wait_until(Duration::from_secs(15), "subscribed again", up(1.0)).await;
+    let (code, body) = admin_request(c.admin(0), http::Method::POST, "/revoke?sub=ivy").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        close_code(&mut ivy, Duration::from_secs(2)).await,
+        Some(4003)
+    );
+    // One loss for the freeze, not a subscription that keeps starting over.
+    let lost = metric(
+        &metrics_text(admin).await,
+        "netwall_state_unavailable_total{op=\"subscribe\",outcome=\"lost\"}",
+    );
+    assert_eq!(lost, 1.0, "subscriptions lost");
+}

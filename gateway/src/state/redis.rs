@@ -36,6 +36,10 @@ use crate::policy::rate_limit::{Decision, DecisionFuture, Limit, RateLimiter};
 pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 /// First wait before the subscription is retried; doubles up to [`RESUBSCRIBE_MAX_DELAY`].
 pub const RESUBSCRIBE_MIN_DELAY: Duration = Duration::from_millis(100);
+/// How often the subscription is pinged: a Redis that went silent (a partition, no reset) is
+/// noticed within this plus the connect deadline, and the subscription starts again (with a
+/// fresh load of revocations) once Redis answers.
+pub const SUBSCRIPTION_PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between subscription attempts: Redis back within seconds is noticed within
 /// seconds.
 pub const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_secs(2);
@@ -368,10 +372,23 @@ async fn subscribe(inner: Arc<Inner>, shutdown: CancellationToken) {
                 inner.metrics.state_up.set(1);
                 inner.ready.send_replace(true);
                 delay = RESUBSCRIBE_MIN_DELAY;
-                let mut messages = pubsub.into_on_message();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut health = tokio::time::interval_at(
+                    tokio::time::Instant::now() + SUBSCRIPTION_PING_INTERVAL,
+                    SUBSCRIPTION_PING_INTERVAL,
+                );
+                health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        // A Redis cut off without a reset sends nothing, not even an end:
+                        // only an unanswered ping tells.
+                        _ = health.tick() => {
+                            let ping = tokio::time::timeout(inner.connect_timeout, sink.ping::<redis::Value>()).await;
+                            if !matches!(ping, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
                         m = messages.next() => match m {
                             Some(m) if m.get_channel_name() == inner.fanout => inner.push(m.get_payload_bytes()),
                             Some(m) => inner.deliver(m.get_payload_bytes()),
@@ -379,6 +396,7 @@ async fn subscribe(inner: Arc<Inner>, shutdown: CancellationToken) {
                         },
                     }
                 }
+                inner.failed("subscribe", "lost", None);
                 warn!(target: "netwall::security", event = "state_unavailable", op = "subscribe", "lost the shared-state subscription; resubscribing");
             }
             Ok(Err(e)) => inner.failed("subscribe", "retry", Some(&e)),
