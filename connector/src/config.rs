@@ -522,7 +522,7 @@ impl ConnectorConfig {
             }
         };
 
-        let publish = config.publish_listen.as_ref().map(|p| {
+        let publish = config.publish_listen.as_ref().and_then(|p| {
             let text = p.get_ref();
             let parsed = match text.strip_prefix("unix:") {
                 Some(path) if !path.is_empty() => {
@@ -550,7 +550,6 @@ impl ConnectorConfig {
             (Some(c), trust) if errs.is_empty() && (trust.is_some() || !networked) => {
                 let connector_id = config.connector_id.clone().unwrap_or_else(host_name);
                 let status_file = config.status_file.as_deref().map(resolve);
-                let publish = publish.flatten();
                 // `at.parse` has read it already; a table is the same file without types.
                 let raw = toml::from_str(src).unwrap_or_default();
                 Ok(Resolved {

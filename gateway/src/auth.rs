@@ -442,16 +442,6 @@ impl Revocations {
         table.retain(|_, at| *at >= oldest);
     }
 
-    /// Revocations held (subjects and token ids).
-    pub fn len(&self) -> usize {
-        self.subs.read().map_or(0, |s| s.len()) + self.jtis.read().map_or(0, |j| j.len())
-    }
-
-    /// Whether no revocation is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Whether `id` is revoked.
     pub fn is_revoked(&self, id: &Identity) -> bool {
         let by_sub = self

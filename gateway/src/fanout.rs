@@ -140,14 +140,15 @@ impl Hub {
 
     /// Put `pushed` in the queue of every session subscribed to its tunnel and channel;
     /// returns how many received it. Never waits: a full queue marks its session as too slow.
-    pub fn deliver(&self, pushed: &Pushed, metrics: &Metrics) -> usize {
+    pub fn deliver(&self, pushed: Pushed, metrics: &Metrics) -> usize {
         let Ok(subs) = self.subs.read() else {
             return 0;
         };
-        let Some(list) = subs.get(&(pushed.tunnel.clone(), pushed.channel.clone())) else {
+        let key = (pushed.tunnel, pushed.channel);
+        let Some(list) = subs.get(&key) else {
             return 0;
         };
-        let message = Bytes::from(pushed.message.clone());
+        let message = Bytes::from(pushed.message);
         let mut delivered = 0;
         for s in list {
             match s.tx.try_send(message.clone()) {
@@ -160,7 +161,7 @@ impl Hub {
                                 outcome: "client_too_slow",
                             })
                             .inc();
-                        warn!(target: "netwall::security", event = "push_overflow", channel = %pushed.channel, "a WebSocket client does not keep up with pushed messages; closing it");
+                        warn!(target: "netwall::security", event = "push_overflow", channel = %key.1, "a WebSocket client does not keep up with pushed messages; closing it");
                     }
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -205,16 +206,11 @@ impl Publisher {
     }
 
     /// Publish `message` on `channel` for the sessions of `tunnel`; waits while the queue is
-    /// full. Returns false (counted) when the channel is not one a service may publish on.
-    pub async fn publish(
-        &self,
-        tunnel: &str,
-        channel: String,
-        message: Bytes,
-        metrics: &Metrics,
-    ) -> bool {
-        let Ok(message) = String::from_utf8(message.to_vec()) else {
-            return false;
+    /// full. A channel a service may not publish on is counted, logged and dropped.
+    pub async fn publish(&self, tunnel: &str, channel: String, message: Bytes, metrics: &Metrics) {
+        // The tunnel's decoder admits only UTF-8 here; this is the conversion, not a check.
+        let Ok(message) = String::from_utf8(Vec::from(message)) else {
+            return;
         };
         if !valid_channel(&channel) {
             metrics
@@ -224,16 +220,17 @@ impl Publisher {
                 })
                 .inc();
             warn!(target: "netwall::security", event = "push_refused", tunnel, reason = "invalid channel", "a connector published on a channel that does not exist");
-            return false;
+            return;
         }
-        self.tx
+        // Fails only once the publishing task is gone, with the gateway.
+        let _ = self
+            .tx
             .send(Pushed {
                 tunnel: tunnel.to_owned(),
                 channel,
                 message,
             })
-            .await
-            .is_ok()
+            .await;
     }
 }
 
@@ -255,8 +252,8 @@ mod tests {
         let metrics = Metrics::new();
         let mut a = hub.subscribe(1, "app", vec!["route:r".into(), "user:alice".into()], 2);
         let mut other_tunnel = hub.subscribe(2, "other", vec!["route:r".into()], 2);
-        assert_eq!(hub.deliver(&pushed("route:r", "1"), &metrics), 1);
-        assert_eq!(hub.deliver(&pushed("user:alice", "2"), &metrics), 1);
+        assert_eq!(hub.deliver(pushed("route:r", "1"), &metrics), 1);
+        assert_eq!(hub.deliver(pushed("user:alice", "2"), &metrics), 1);
         assert_eq!(a.rx.recv().await.as_deref(), Some(&b"1"[..]));
         assert_eq!(a.rx.recv().await.as_deref(), Some(&b"2"[..]));
         assert!(
@@ -265,11 +262,11 @@ mod tests {
         );
         // A full queue: the third message is not queued and the session is marked.
         for i in 0..3 {
-            hub.deliver(&pushed("route:r", &i.to_string()), &metrics);
+            hub.deliver(pushed("route:r", &i.to_string()), &metrics);
         }
         assert!(a.overflowed());
         drop(a);
-        assert_eq!(hub.deliver(&pushed("route:r", "after"), &metrics), 0);
+        assert_eq!(hub.deliver(pushed("route:r", "after"), &metrics), 0);
         // Only the other tunnel's subscription is left.
         assert_eq!(hub.subs.read().expect("lock").len(), 1);
     }

@@ -385,37 +385,35 @@ fn redirect(
     metrics: &Metrics,
     acme: Option<&AcmeState>,
 ) -> Response<Full<Bytes>> {
+    if let Some(acme) = acme
+        && let Some(token) = req.uri().path().strip_prefix(HTTP01_PREFIX)
     {
-        if let Some(acme) = &acme
-            && let Some(token) = req.uri().path().strip_prefix(HTTP01_PREFIX)
-        {
-            return match acme.http_answer(token) {
-                Some(answer) => plain(StatusCode::OK, answer),
-                None => plain(
-                    StatusCode::NOT_FOUND,
-                    "404 not found: no such ACME challenge\n",
-                ),
-            };
-        }
-        let Ok(host) = request_host(req) else {
-            metrics.reject("missing_host");
-            return plain(StatusCode::BAD_REQUEST, "400 bad request: no host\n");
+        return match acme.http_answer(token) {
+            Some(answer) => plain(StatusCode::OK, answer),
+            None => plain(
+                StatusCode::NOT_FOUND,
+                "404 not found: no such ACME challenge\n",
+            ),
         };
-        let port = if https_port == 443 {
-            String::new()
-        } else {
-            format!(":{https_port}")
-        };
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let location = format!("https://{host}{port}{pq}");
-        let mut resp = plain(StatusCode::PERMANENT_REDIRECT, "308 permanent redirect\n");
-        match HeaderValue::from_str(&location) {
-            Ok(v) => {
-                resp.headers_mut().insert(header::LOCATION, v);
-                resp
-            }
-            Err(_) => plain(StatusCode::BAD_REQUEST, "400 bad request\n"),
+    }
+    let Ok(host) = request_host(req) else {
+        metrics.reject("missing_host");
+        return plain(StatusCode::BAD_REQUEST, "400 bad request: no host\n");
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{pq}");
+    let mut resp = plain(StatusCode::PERMANENT_REDIRECT, "308 permanent redirect\n");
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
         }
+        Err(_) => plain(StatusCode::BAD_REQUEST, "400 bad request\n"),
     }
 }
 

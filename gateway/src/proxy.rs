@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug};
 
-use crate::auth::{Auth, AuthError, Identity, Revocations};
+use crate::auth::{Auth, AuthError, Identity};
 use crate::challenge::{Challenge, Endpoint, Gate};
 use crate::metrics::{ChallengeLabel, Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
 use crate::policy::cors::Preflight;
@@ -41,7 +41,7 @@ use crate::policy::rate_limit::Decision;
 use crate::respond::{EdgeError, respond};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::{Lease, Registry, StreamRead, StreamWrite, Tunnel};
-use crate::ws::{IpSlots, UserSessions, is_websocket_request};
+use crate::ws::{IpSlots, is_websocket_request};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -142,8 +142,6 @@ pub struct Proxy {
     codec: Codec,
     ws_slots: Arc<IpSlots>,
     spikes: crate::spike::SpikeDetector,
-    users: Arc<UserSessions>,
-    revocations: Arc<Revocations>,
     local: Arc<crate::state::Local>,
     store: Arc<dyn crate::state::Store>,
     shutdown: CancellationToken,
@@ -175,8 +173,6 @@ impl Proxy {
             codec,
             ws_slots: Arc::new(IpSlots::default()),
             spikes: crate::spike::SpikeDetector::new(spike),
-            users: local.users.clone(),
-            revocations: local.revocations.clone(),
             local,
             store,
             shutdown,
@@ -542,7 +538,7 @@ impl Proxy {
                 if challenge.bypass_jwt
                     && let Some(auth) = &route.auth
                     && let Some(token) = auth.token(req.headers(), req.uri().query())
-                    && let Ok(id) = auth.verify(&token, &self.revocations)
+                    && let Ok(id) = auth.verify(&token, &self.local.revocations)
                 {
                     self.count_challenge(route, "bypassed");
                     return Ok(Challenged::Continue(Box::new(req), Some(id)));
@@ -580,7 +576,7 @@ impl Proxy {
         let result = auth
             .token(req.headers(), req.uri().query())
             .ok_or(AuthError::Missing)
-            .and_then(|t| auth.verify(&t, &self.revocations));
+            .and_then(|t| auth.verify(&t, &self.local.revocations));
         result.map_err(|e| {
             crate::security_event!(event = "auth_failed", route = %route.name, client = %peer, reason = %e);
             EdgeError::Unauthorized
@@ -696,7 +692,7 @@ impl Proxy {
         });
         let user = match identity {
             Some(identity) => {
-                let (ticket, commands) = self.users.register(
+                let (ticket, commands) = self.local.users.register(
                     &identity.sub,
                     identity.jti.clone(),
                     session_route.clone(),
@@ -713,7 +709,7 @@ impl Proxy {
                     ticket,
                     shared,
                     commands,
-                    revocations: self.revocations.clone(),
+                    revocations: self.local.revocations.clone(),
                     revalidate_interval: revalidate,
                     identity,
                 })

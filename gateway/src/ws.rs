@@ -485,8 +485,7 @@ impl Session {
                 }
                 frame = self.reader.next() => match frame {
                     Ok(Some(TunnelFrame::WsMessage { kind, payload })) => {
-                        self.metrics.ws_messages.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc();
-                        self.metrics.ws_bytes.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc_by(payload.len() as u64);
+                        self.count_to_client(payload.len());
                         if let Err(end) = send_bounded(&mut ws, message_frame(kind, payload), c.heartbeat_timeout).await {
                             break end;
                         }
@@ -511,8 +510,7 @@ impl Session {
                 }
                 m = recv_push(&mut self.push) => match m {
                     Some(message) => {
-                        self.metrics.ws_messages.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc();
-                        self.metrics.ws_bytes.get_or_create(&crate::metrics::DirectionLabel { direction: "to_client" }).inc_by(message.len() as u64);
+                        self.count_to_client(message.len());
                         if let Err(end) = send_bounded(&mut ws, Frame::text(message), c.heartbeat_timeout).await {
                             break end;
                         }
@@ -596,6 +594,18 @@ impl Session {
                 1006
             }
         }
+    }
+
+    /// Count one message of `len` bytes sent to the client.
+    fn count_to_client(&self, len: usize) {
+        let label = crate::metrics::DirectionLabel {
+            direction: "to_client",
+        };
+        self.metrics.ws_messages.get_or_create(&label).inc();
+        self.metrics
+            .ws_bytes
+            .get_or_create(&label)
+            .inc_by(len as u64);
     }
 
     /// Count and log a session the edge ends for what the client did.

@@ -49,7 +49,7 @@ impl Store for MemoryStore {
     fn session_closed(&self, _key: SessionKey) {}
 
     fn fanout(&self, pushed: Pushed) -> StoreFuture<'_, Result<(), StoreError>> {
-        self.local.hub.deliver(&pushed, &self.local.metrics);
+        self.local.hub.deliver(pushed, &self.local.metrics);
         Box::pin(std::future::ready(Ok(())))
     }
 }

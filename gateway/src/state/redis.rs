@@ -108,7 +108,6 @@ struct Inner {
 }
 
 /// Shared state in Redis.
-#[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
 }
@@ -311,7 +310,7 @@ impl Inner {
     fn push(&self, payload: &[u8]) {
         match serde_json::from_slice::<crate::fanout::Pushed>(payload) {
             Ok(p) => {
-                self.local.hub.deliver(&p, &self.local.metrics);
+                self.local.hub.deliver(p, &self.local.metrics);
             }
             Err(e) => {
                 self.metrics
@@ -588,7 +587,7 @@ impl Store for RedisStore {
                 .await;
             sent.map(|_| ()).map_err(|e| {
                 // Other gateways miss it; this one's clients need not.
-                inner.local.hub.deliver(&pushed, &inner.local.metrics);
+                inner.local.hub.deliver(pushed, &inner.local.metrics);
                 inner.failed("fanout", "local_only", Some(&e));
                 store_error(e)
             })
