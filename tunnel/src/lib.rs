@@ -2,8 +2,8 @@
 //!
 //! A [`Connection`] carries bidirectional [`Stream`]s, whatever the transport: [`quic`]
 //! (default), [`tls`] over TCP (accepted on the gateway's HTTPS port), a [`unix`] socket (for
-//! containers with no network), or the in-memory [`duplex`] pipe tests use; the latter three
-//! multiplex with [`mux`]. On top of any of them, [`handshake`] runs the hello exchange, and
+//! containers with no network), [`wireguard`] (silent to strangers, a userspace TCP/IP stack
+//! inside), or the in-memory [`duplex`] pipe tests use; all but QUIC multiplex with [`mux`]. On top of any of them, [`handshake`] runs the hello exchange, and
 //! [`io`], [`body`] and [`http`] move frames, HTTP bodies and heads over streams. Relay code
 //! in both ends sees only [`Conn`] and [`Stream`].
 
@@ -17,6 +17,7 @@ pub mod quic;
 pub mod tls;
 mod transport;
 pub mod unix;
+pub mod wireguard;
 
 pub use transport::{
     BoxFuture, Closed, Conn, Connection, Peer, SendHalf, Stream, StreamRead, StreamWrite,

@@ -37,7 +37,7 @@ const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// A UDP socket bound to `addr`, its kernel buffers raised toward [`UDP_SOCKET_BUFFER`].
-fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+pub(crate) fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = UdpSocket::bind(addr)?;
     let sock = socket2::SockRef::from(&socket);
     // Best effort: a kernel that grants less still works, only with more loss under bursts.

@@ -51,6 +51,8 @@ pub enum TransportKind {
     Tls,
     /// A Unix socket, streams multiplexed by HTTP/2.
     Unix,
+    /// WireGuard over UDP, a userspace TCP connection inside, streams multiplexed by HTTP/2.
+    WireGuard,
     /// An in-memory pipe (tests).
     Duplex,
 }
@@ -62,6 +64,7 @@ impl TransportKind {
             TransportKind::Quic => "quic",
             TransportKind::Tls => "tls",
             TransportKind::Unix => "unix",
+            TransportKind::WireGuard => "wireguard",
             TransportKind::Duplex => "duplex",
         }
     }

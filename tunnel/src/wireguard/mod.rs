@@ -1,0 +1,113 @@
+//! WireGuard: the silent transport. A WireGuard port answers nothing to a datagram that is not
+//! from a known key, so a scanner sees a closed port; connectors need only an ordinary UDP
+//! socket (no TUN device, no `NET_ADMIN`, no root) and the gateway needs no kernel module.
+//!
+//! The protocol is boringtun's ([`peer`] drives one peer's session); inside it a userspace
+//! TCP/IP stack (smoltcp, [`stack`]) carries one TCP connection per tunnel connection, and the
+//! same [HTTP/2 multiplexer](crate::mux) as the TLS/TCP transport runs over that, so relay
+//! code sees no difference. The connector dials ([`dial`]), the gateway listens on one UDP
+//! port for every peer and routes datagrams by key and session index ([`listen`]).
+//!
+//! **Tunnel addresses.** Every peer link is its own point-to-point network inside its own
+//! stack: nothing routes between links, so every link uses the same two addresses, the
+//! gateway [`GATEWAY_ADDR`] and the connector [`CONNECTOR_ADDR`] (from 100.64.0.0/10, the
+//! shared address space of RFC 6598, which no public network routes), and the gateway accepts
+//! on [`GATEWAY_PORT`]. A decrypted packet from any other source address is dropped
+//! (WireGuard's cryptokey routing with one allowed address per peer).
+
+pub mod dial;
+pub mod keys;
+pub mod listen;
+mod peer;
+mod stack;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+pub use dial::WgDialer;
+pub use keys::PrivateKey;
+pub use listen::{Accepted, WgListener, WgPeer};
+pub use stack::WgStream;
+
+/// The gateway's address inside every link.
+pub const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+
+/// The connector's address inside every link.
+pub const CONNECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+
+/// The TCP port the gateway accepts tunnel connections on inside a link.
+pub const GATEWAY_PORT: u16 = 443;
+
+/// WireGuard's data-plane MTU for a 1,500-byte path: 1,500 less the outer IPv6 (40), UDP (8)
+/// and WireGuard (32) headers, the value `wg-quick` uses.
+pub const DEFAULT_MTU: usize = 1420;
+
+/// Largest datagram handled: a full UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// How often the protocol's timers are looked at (keepalive, rekey, retry); the WireGuard
+/// paper's timers are whole seconds or more, and its reference implementations tick at this
+/// granularity or finer.
+pub const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// REKEY-AFTER-TIME of the WireGuard paper (section 6.1): a session older than this starts a
+/// new handshake. boringtun enforces it; a shorter `rekey_after` only rekeys sooner.
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+
+/// REKEY-TIMEOUT of the paper (section 6.1): a handshake with no answer is retried after this.
+pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Persistent keepalive the connector sends: 25 s, the interval `wg(8)` recommends to keep a
+/// NAT mapping alive (most expire UDP mappings after 30 s or more).
+pub const PERSISTENT_KEEPALIVE: u16 = 25;
+
+/// Send and receive buffer of each TCP connection inside a link: the most unacknowledged data
+/// in flight each way. 1 MiB fills a 50 MB/s path with 20 ms of round trip and matches the
+/// HTTP/2 stream window above it.
+const TCP_BUFFER: usize = 1024 * 1024;
+
+/// A TCP connection inside a link whose data goes unacknowledged this long is aborted (the
+/// peer is gone); the multiplexer's own keepalive notices sooner.
+const TCP_IDLE_ABORT: Duration = Duration::from_secs(60);
+
+/// Tunnel connections one peer may hold open at once (a connector keeps
+/// `connections_per_gateway` of them, one by default).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
+
+/// Settings of WireGuard links.
+#[derive(Debug, Clone, Copy)]
+pub struct WgParams {
+    /// Largest IP packet inside the tunnel.
+    pub mtu: usize,
+    /// Connector side: start a new handshake once the session is this old
+    /// ([`REKEY_AFTER_TIME`] by default).
+    pub rekey_after: Duration,
+}
+
+impl Default for WgParams {
+    fn default() -> Self {
+        WgParams {
+            mtu: DEFAULT_MTU,
+            rekey_after: REKEY_AFTER_TIME,
+        }
+    }
+}
+
+/// What happened on WireGuard links, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Datagrams refused: not WireGuard, a bad MAC, an unknown key or session, a replay, a
+    /// failed decryption, a packet from an address the peer may not use.
+    pub rejected: AtomicU64,
+    /// Decrypted packets dropped because the stack's queue was full.
+    pub dropped: AtomicU64,
+    /// Handshakes completed as responder.
+    pub handshakes: AtomicU64,
+    /// Handshakes started early because the session reached `rekey_after`.
+    pub rekeys: AtomicU64,
+    /// Times a peer's address changed (roaming).
+    pub roams: AtomicU64,
+    /// Datagrams the socket would not send.
+    pub send_errors: AtomicU64,
+}

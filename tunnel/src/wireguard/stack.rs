@@ -1,0 +1,467 @@
+//! The userspace TCP/IP stack (smoltcp) inside one WireGuard peer link: IP packets in and
+//! out of two bounded queues, TCP connections handed to the tunnel as [`WgStream`]s.
+//!
+//! Nothing here touches a socket or a clock: the peer driver ([`super::peer`]) moves packets
+//! between these queues and WireGuard, says what time it is, and is woken ([`Shared::kick`])
+//! whenever a stream wrote or read something the stack must act on.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+use super::{TCP_BUFFER, TCP_IDLE_ABORT};
+
+/// Packets waiting for the stack; beyond this a burst is dropped and TCP retransmits, so a
+/// peer that floods the link cannot grow the queue.
+const RX_QUEUE: usize = 1024;
+
+/// Packets the stack produced that the driver has not encrypted yet; the stack holds back
+/// (and keeps the data in its socket buffers) when this is full.
+const TX_QUEUE: usize = 256;
+
+/// Packet buffers kept for reuse, so the bulk path allocates nothing per packet.
+const SPARE_BUFFERS: usize = 256;
+
+/// The two packet queues smoltcp sees as its network device.
+struct Queues {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    mtu: usize,
+}
+
+impl Queues {
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    fn recycle(&mut self, mut b: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            b.clear();
+            self.spare.push(b);
+        }
+    }
+}
+
+/// A packet for the stack; its buffer goes back to the spare list once read.
+struct Rx<'a> {
+    packet: Vec<u8>,
+    spare: &'a mut Vec<Vec<u8>>,
+}
+
+/// Room for one packet from the stack, queued for the driver once written.
+struct Tx<'a> {
+    tx: &'a mut VecDeque<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl RxToken for Rx<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        let r = f(&self.packet);
+        if self.spare.len() < SPARE_BUFFERS {
+            let mut b = self.packet;
+            b.clear();
+            self.spare.push(b);
+        }
+        r
+    }
+}
+
+impl TxToken for Tx<'_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let mut buf = self.buf;
+        buf.resize(len, 0);
+        let r = f(&mut buf);
+        self.tx.push_back(buf);
+        r
+    }
+}
+
+impl Device for Queues {
+    type RxToken<'a> = Rx<'a>;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(Rx<'_>, Tx<'_>)> {
+        let packet = self.rx.pop_front()?;
+        let buf = self.spare.pop().unwrap_or_default();
+        Some((
+            Rx {
+                packet,
+                spare: &mut self.spare,
+            },
+            Tx {
+                tx: &mut self.tx,
+                buf,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<Tx<'_>> {
+        if self.tx.len() >= TX_QUEUE {
+            return None;
+        }
+        let buf = self.spare.pop().unwrap_or_default();
+        Some(Tx {
+            tx: &mut self.tx,
+            buf,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        caps
+    }
+}
+
+/// One end of a point-to-point link: this side's and the other side's tunnel address.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Link {
+    pub local: Ipv4Addr,
+    pub remote: Ipv4Addr,
+}
+
+/// The stack of one peer link.
+pub(crate) struct Stack {
+    iface: Interface,
+    queues: Queues,
+    sockets: SocketSet<'static>,
+    link: Link,
+    /// The listening socket (gateway side), waiting for the next connection.
+    listener: Option<(SocketHandle, u16)>,
+    /// Connections still open, accepted or dialed.
+    open: usize,
+    /// Sockets whose stream was dropped: removed once TCP has finished with them.
+    orphans: Vec<SocketHandle>,
+    /// Next local port for a dialed connection.
+    next_port: u16,
+    /// Set once the link is gone; streams fail with it.
+    ended: Option<String>,
+}
+
+/// The stack and the driver's wake-up, shared by the driver and every stream on the link.
+pub(crate) struct Shared {
+    stack: Mutex<Stack>,
+    /// Woken when a stream changed something the stack must send (data, a window, a close).
+    pub kick: Notify,
+}
+
+/// First local port of dialed connections; each dial takes the next one from a random start,
+/// so a restarted connector does not reuse the 4-tuple of a connection the gateway still
+/// holds.
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+impl Shared {
+    /// A stack for `link`, with IP packets of at most `mtu` bytes.
+    pub fn new(link: Link, mtu: usize, now: Instant) -> Arc<Shared> {
+        let mut queues = Queues {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            spare: Vec::new(),
+            mtu,
+        };
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = rand::random();
+        let mut iface = Interface::new(config, &mut queues, now);
+        iface.update_ip_addrs(|addrs| {
+            // A /30 holds both ends, so the peer is on-link and no route is needed.
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(link.local), 30));
+        });
+        let span = EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start();
+        let next_port = EPHEMERAL_PORTS.start() + rand::random::<u16>() % span;
+        Arc::new(Shared {
+            stack: Mutex::new(Stack {
+                iface,
+                queues,
+                sockets: SocketSet::new(Vec::new()),
+                link,
+                listener: None,
+                open: 0,
+                orphans: Vec::new(),
+                next_port,
+                ended: None,
+            }),
+            kick: Notify::new(),
+        })
+    }
+
+    /// The stack, even if a holder panicked (its state stays consistent between calls).
+    pub fn lock(&self) -> MutexGuard<'_, Stack> {
+        self.stack.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn new_socket() -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+    );
+    // The multiplexer above already gathers its writes; Nagle would only add delay.
+    s.set_nagle_enabled(false);
+    s.set_timeout(Some(smoltcp::time::Duration::from_micros(
+        TCP_IDLE_ABORT.as_micros() as u64,
+    )));
+    s
+}
+
+impl Stack {
+    /// Hand a decrypted IP packet to the stack; false when the queue is full (dropped).
+    pub fn push_packet(&mut self, packet: &[u8]) -> bool {
+        if self.queues.rx.len() >= RX_QUEUE {
+            return false;
+        }
+        let mut b = self.queues.buffer();
+        b.extend_from_slice(packet);
+        self.queues.rx.push_back(b);
+        true
+    }
+
+    /// The next packet the stack wants sent, to be encrypted and then given back with
+    /// [`Stack::recycle`].
+    pub fn pop_packet(&mut self) -> Option<Vec<u8>> {
+        self.queues.tx.pop_front()
+    }
+
+    /// Return a sent packet's buffer.
+    pub fn recycle(&mut self, b: Vec<u8>) {
+        self.queues.recycle(b);
+    }
+
+    /// Run TCP: take in queued packets, produce what is due. Returns how long until the
+    /// stack next needs to run if nothing else happens.
+    pub fn poll(&mut self, now: Instant) -> Option<Duration> {
+        self.iface.poll(now, &mut self.queues, &mut self.sockets);
+        self.reap();
+        self.iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+    }
+
+    /// Whether packets wait to be sent.
+    pub fn has_output(&self) -> bool {
+        !self.queues.tx.is_empty()
+    }
+
+    /// Whether packets wait to be taken in.
+    pub fn has_input(&self) -> bool {
+        !self.queues.rx.is_empty()
+    }
+
+    fn reap(&mut self) {
+        let sockets = &mut self.sockets;
+        let before = self.orphans.len();
+        self.orphans.retain(|h| {
+            let s = sockets.get_mut::<tcp::Socket>(*h);
+            let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
+            if done {
+                sockets.remove(*h);
+            }
+            !done
+        });
+        self.open -= before - self.orphans.len();
+    }
+
+    /// Listen on `port` for connections from the peer (gateway side).
+    pub fn listen(&mut self, port: u16) {
+        let mut s = new_socket();
+        if s.listen(port).is_ok() {
+            self.listener = Some((self.sockets.add(s), port));
+        }
+    }
+
+    /// The connection the listening socket took, if any; a new listening socket replaces it
+    /// while fewer than `max` connections are open.
+    pub fn take_accepted(&mut self, max: usize) -> Option<SocketHandle> {
+        let (h, port) = self.listener?;
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        if s.is_listening() {
+            return None;
+        }
+        self.listener = None;
+        self.open += 1;
+        if self.open < max {
+            self.listen(port);
+        }
+        Some(h)
+    }
+
+    /// Start a connection to the peer's `port` (connector side).
+    pub fn connect(&mut self, port: u16) -> Result<SocketHandle, String> {
+        if let Some(why) = &self.ended {
+            return Err(why.clone());
+        }
+        let local = self.next_port;
+        self.next_port = if local == *EPHEMERAL_PORTS.end() {
+            *EPHEMERAL_PORTS.start()
+        } else {
+            local + 1
+        };
+        let mut s = new_socket();
+        let remote = IpEndpoint::new(IpAddress::Ipv4(self.link.remote), port);
+        s.connect(self.iface.context(), remote, local)
+            .map_err(|e| format!("tunnel connect: {e}"))?;
+        self.open += 1;
+        Ok(self.sockets.add(s))
+    }
+
+    /// End the link: every stream fails with `why`.
+    pub fn end(&mut self, why: &str) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.ended = Some(why.to_owned());
+        for (_, s) in self.sockets.iter_mut() {
+            let smoltcp::socket::Socket::Tcp(s) = s;
+            s.abort();
+        }
+    }
+
+    /// Whether the link is gone.
+    pub fn has_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+}
+
+/// A TCP connection inside a WireGuard link: the byte stream the multiplexer runs over.
+pub struct WgStream {
+    shared: Arc<Shared>,
+    handle: SocketHandle,
+}
+
+impl WgStream {
+    pub(crate) fn new(shared: Arc<Shared>, handle: SocketHandle) -> WgStream {
+        WgStream { shared, handle }
+    }
+
+    /// Resolves once the connection is established, or fails if it never will be.
+    pub(crate) async fn established(&self) -> Result<(), String> {
+        std::future::poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(why) = &st.ended {
+                return Poll::Ready(Err(why.clone()));
+            }
+            let s = st.sockets.get_mut::<tcp::Socket>(self.handle);
+            match s.state() {
+                tcp::State::Established => Poll::Ready(Ok(())),
+                tcp::State::SynSent | tcp::State::SynReceived => {
+                    s.register_send_waker(cx.waker());
+                    Poll::Pending
+                }
+                other => Poll::Ready(Err(format!("tunnel connection refused ({other})"))),
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for WgStream {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        let s = st.sockets.get_mut::<tcp::Socket>(self.handle);
+        s.close();
+        st.orphans.push(self.handle);
+        drop(st);
+        self.shared.kick.notify_one();
+    }
+}
+
+fn gone(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, why.to_owned())
+}
+
+impl AsyncRead for WgStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut st = this.shared.lock();
+        let ended = st.ended.clone();
+        let s = st.sockets.get_mut::<tcp::Socket>(this.handle);
+        if s.can_recv() {
+            let n = match s.recv_slice(buf.initialize_unfilled()) {
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Err(gone(&e.to_string()))),
+            };
+            buf.advance(n);
+            drop(st);
+            // The window opened: the stack may owe the peer an update.
+            this.shared.kick.notify_one();
+            return Poll::Ready(Ok(()));
+        }
+        let opening = matches!(s.state(), tcp::State::SynSent | tcp::State::SynReceived);
+        if !s.may_recv() && !opening {
+            return match (s.state(), ended) {
+                (_, Some(why)) => Poll::Ready(Err(gone(&why))),
+                (tcp::State::Closed, None) => Poll::Ready(Err(gone("tunnel connection reset"))),
+                _ => Poll::Ready(Ok(())),
+            };
+        }
+        s.register_recv_waker(cx.waker());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for WgStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut st = this.shared.lock();
+        if let Some(why) = &st.ended {
+            return Poll::Ready(Err(gone(why)));
+        }
+        let s = st.sockets.get_mut::<tcp::Socket>(this.handle);
+        if s.can_send() {
+            let n = match s.send_slice(data) {
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Err(gone(&e.to_string()))),
+            };
+            drop(st);
+            this.shared.kick.notify_one();
+            return Poll::Ready(Ok(n));
+        }
+        if !s.may_send() && !matches!(s.state(), tcp::State::SynSent | tcp::State::SynReceived) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        s.register_send_waker(cx.waker());
+        Poll::Pending
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.shared
+            .lock()
+            .sockets
+            .get_mut::<tcp::Socket>(this.handle)
+            .close();
+        this.shared.kick.notify_one();
+        Poll::Ready(Ok(()))
+    }
+}
