@@ -84,6 +84,9 @@ fn d_fallback() -> Duration {
 fn d_probe() -> Duration {
     DEFAULT_QUIC_PROBE_INTERVAL
 }
+fn d_rekey() -> Duration {
+    netwall_tunnel::wireguard::REKEY_AFTER_TIME
+}
 
 /// Which transport carries the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -98,6 +101,9 @@ pub enum TransportChoice {
     Tls,
     /// Unix socket only (every gateway address is `unix:/path`).
     Unix,
+    /// WireGuard only, to the gateway's `wireguard_listen` port. Never chosen by `auto`: it
+    /// needs keys on both sides.
+    Wireguard,
 }
 
 /// One gateway to dial.
@@ -150,6 +156,20 @@ pub struct ConnectorConfig {
     /// of each gateway address.
     #[serde(default)]
     pub tls_port: Option<u16>,
+    /// With `transport = "wireguard"`: the gateway's WireGuard public key (base64).
+    #[serde(default)]
+    pub gateway_wireguard_public_key: Option<Spanned<String>>,
+    /// File holding this connector's WireGuard private key (base64, as `wg genkey` or
+    /// `netwall-connector wg-keygen` writes it).
+    #[serde(default)]
+    pub wireguard_private_key_file: Option<Spanned<PathBuf>>,
+    /// Environment variable holding the private key instead of a file.
+    #[serde(default)]
+    pub wireguard_private_key_env: Option<Spanned<String>>,
+    /// Start a new WireGuard handshake once the session is this old; at most the protocol's
+    /// REKEY-AFTER-TIME (120 s), which also applies when this is longer.
+    #[serde(default = "d_rekey", deserialize_with = "duration")]
+    pub wireguard_rekey_after: Duration,
     /// With `auto`: how long the QUIC handshake may take before falling back to TLS.
     #[serde(default = "d_fallback", deserialize_with = "duration")]
     pub quic_fallback_after: Duration,
@@ -314,8 +334,11 @@ pub struct Resolved {
     pub tcp_services: BTreeMap<String, ServiceTarget>,
     /// Gateways to dial.
     pub gateways: Vec<GatewayAddr>,
-    /// Certificate trust; `None` when every gateway is a Unix socket.
+    /// Certificate trust; `None` when every gateway is a Unix socket or WireGuard carries
+    /// the tunnel.
     pub trust: Option<Trust>,
+    /// Keys and settings of the WireGuard transport (`transport = "wireguard"`).
+    pub wireguard: Option<WireguardSetup>,
     /// Connector identity.
     pub connector_id: String,
     /// Where the status is kept, resolved.
@@ -375,7 +398,9 @@ impl ConnectorConfig {
                     let unix = matches!(a, GatewayAddr::Unix(_));
                     let fits = match config.transport {
                         TransportChoice::Unix => unix,
-                        TransportChoice::Quic | TransportChoice::Tls => !unix,
+                        TransportChoice::Quic
+                        | TransportChoice::Tls
+                        | TransportChoice::Wireguard => !unix,
                         TransportChoice::Auto => true,
                     };
                     if !fits {
@@ -448,6 +473,10 @@ impl ConnectorConfig {
             }
         }
 
+        let wireguard = wireguard_setup(&at, &config, &resolve, &mut errs);
+        // WireGuard authenticates the gateway by its key: no certificate to verify, and the
+        // key pair authenticates the connector (a credential is sent if configured).
+        let networked = networked && config.transport != TransportChoice::Wireguard;
         let trust = match (
             &config.ca_file,
             config.pin_sha256.is_empty(),
@@ -562,12 +591,120 @@ impl ConnectorConfig {
                     tcp_services,
                     gateways,
                     trust,
+                    wireguard,
                     connector_id,
                 })
             }
             _ => Err(ConfigErrors(errs)),
         }
     }
+}
+
+/// What the WireGuard transport needs: this connector's key, the gateway's, the settings.
+#[derive(Debug, Clone)]
+pub struct WireguardSetup {
+    /// This connector's private key.
+    pub key: netwall_tunnel::wireguard::PrivateKey,
+    /// The gateway's public key.
+    pub gateway_key: netwall_tunnel::wireguard::keys::PublicKey,
+    /// Link settings.
+    pub params: netwall_tunnel::wireguard::WgParams,
+}
+
+/// The WireGuard keys, when `transport = "wireguard"`; WireGuard settings with another
+/// transport are errors, so a half-done change does not go unnoticed.
+fn wireguard_setup(
+    at: &Located<'_>,
+    config: &ConnectorConfig,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    errs: &mut Vec<ConfigError>,
+) -> Option<WireguardSetup> {
+    use netwall_tunnel::wireguard::{REKEY_AFTER_TIME, WgParams, keys};
+    if config.transport != TransportChoice::Wireguard {
+        let stray = [
+            (
+                "gateway_wireguard_public_key",
+                config
+                    .gateway_wireguard_public_key
+                    .as_ref()
+                    .map(|k| k.span()),
+            ),
+            (
+                "wireguard_private_key_file",
+                config.wireguard_private_key_file.as_ref().map(|k| k.span()),
+            ),
+            (
+                "wireguard_private_key_env",
+                config.wireguard_private_key_env.as_ref().map(|k| k.span()),
+            ),
+        ];
+        for (key, span) in stray {
+            if span.is_some() {
+                errs.push(at.error(span, key, "applies only with transport = \"wireguard\""));
+            }
+        }
+        return None;
+    }
+    let rekey = config.wireguard_rekey_after;
+    if rekey < Duration::from_secs(1) || rekey > REKEY_AFTER_TIME {
+        errs.push(at.error(
+            at.find("", Some("wireguard_rekey_after")),
+            "wireguard_rekey_after",
+            "must be 1s to 120s (the protocol rekeys at 120 s in any case)",
+        ));
+    }
+    let gateway_key = match &config.gateway_wireguard_public_key {
+        Some(k) => match keys::parse_public(k.get_ref()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                errs.push(at.error(Some(k.span()), "gateway_wireguard_public_key", &e));
+                None
+            }
+        },
+        None => {
+            errs.push(at.error(
+                at.find("", Some("transport")),
+                "gateway_wireguard_public_key",
+                "is required with transport = \"wireguard\" (the gateway's `wg-keygen` public key)",
+            ));
+            None
+        }
+    };
+    let key = match (
+        &config.wireguard_private_key_file,
+        &config.wireguard_private_key_env,
+    ) {
+        (Some(f), None) => keys::load_private(Some(&resolve(f.get_ref())), None)
+            .map_err(|e| errs.push(at.error(Some(f.span()), "wireguard_private_key_file", &e)))
+            .ok(),
+        (None, Some(e)) => keys::load_private(None, Some(e.get_ref()))
+            .map_err(|m| errs.push(at.error(Some(e.span()), "wireguard_private_key_env", &m)))
+            .ok(),
+        (Some(_), Some(e)) => {
+            errs.push(at.error(
+                Some(e.span()),
+                "wireguard_private_key_env",
+                "give the key by file or by environment variable, not both",
+            ));
+            None
+        }
+        (None, None) => {
+            errs.push(at.error(
+                at.find("", Some("transport")),
+                "wireguard_private_key_file",
+                "is required with transport = \"wireguard\" (or wireguard_private_key_env)",
+            ));
+            None
+        }
+    };
+    Some(WireguardSetup {
+        key: key?,
+        gateway_key: gateway_key?,
+        params: WgParams {
+            rekey_after: rekey,
+            ..WgParams::default()
+        },
+    })
 }
 
 /// Split `host:port` (`[v6]:port` too).

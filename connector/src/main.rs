@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,16 @@ struct Cli {
     /// has a live tunnel connection.
     #[arg(long, value_enum)]
     probe: Option<Probe>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a WireGuard key pair: the private key goes in the file named by
+    /// `wireguard_private_key_file` (mode 0600), the public key in the gateway's
+    /// `[[tunnel]] wireguard_public_key`.
+    WgKeygen,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -92,6 +102,12 @@ const EXIT_REJECTED: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::WgKeygen) = cli.command {
+        let (private, public) = netwall_tunnel::wireguard::keys::generate();
+        println!("private_key = {private}");
+        println!("public_key  = {public}");
+        return ExitCode::SUCCESS;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

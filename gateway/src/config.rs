@@ -331,6 +331,16 @@ pub struct TunnelListenerConfig {
     /// browsers by ALPN, for connectors whose network blocks UDP.
     #[serde(default = "default_true")]
     pub tls_on_https: bool,
+    /// UDP address of the WireGuard listener, e.g. `0.0.0.0:51820`; off when absent. Peers
+    /// are the tunnels with a `wireguard_public_key`.
+    #[serde(default)]
+    pub wireguard_listen: Option<Spanned<SocketAddr>>,
+    /// File holding the gateway's WireGuard private key (base64, as `wg genkey` writes it).
+    #[serde(default)]
+    pub wireguard_private_key_file: Option<Spanned<PathBuf>>,
+    /// Environment variable holding the gateway's WireGuard private key instead.
+    #[serde(default)]
+    pub wireguard_private_key_env: Option<Spanned<String>>,
 }
 
 /// `[admin]`
@@ -370,6 +380,11 @@ pub struct TunnelConfig {
     /// Owner of the socket file, numeric: `"uid"`, `"uid:gid"` or `":gid"`.
     #[serde(default)]
     pub unix_socket_owner: Option<Spanned<String>>,
+    /// The connector's WireGuard public key (base64): connections over the WireGuard
+    /// listener from this key serve this tunnel, and the key authenticates them (a
+    /// configured credential must still match).
+    #[serde(default)]
+    pub wireguard_public_key: Option<Spanned<String>>,
 }
 
 impl TunnelConfig {
@@ -885,6 +900,7 @@ impl GatewayConfig {
                 ));
             }
         }
+        validate_wireguard(at, &self.tunnel_listener, &self.tunnels, &mut errs);
         let mut seen = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             validate_websocket(at, i, r, &mut errs);
@@ -1009,6 +1025,79 @@ pub fn valid_name(s: &str) -> bool {
         })
 }
 
+/// The WireGuard listener's key source, and peers that need a listener and a key of their own.
+fn validate_wireguard(
+    at: &Located<'_>,
+    tl: &TunnelListenerConfig,
+    tunnels: &[TunnelConfig],
+    errs: &mut Vec<ConfigError>,
+) {
+    let mut keys = std::collections::HashSet::new();
+    for (i, t) in tunnels.iter().enumerate() {
+        let Some(k) = &t.wireguard_public_key else {
+            continue;
+        };
+        if tl.wireguard_listen.is_none() {
+            errs.push(at.error(
+                Some(k.span()),
+                &format!("tunnel[{i}].wireguard_public_key"),
+                "needs `wireguard_listen` in [tunnel_listener]",
+            ));
+        }
+        if !keys.insert(k.get_ref().trim()) {
+            errs.push(at.error(
+                Some(k.span()),
+                &format!("tunnel[{i}].wireguard_public_key"),
+                "another tunnel already has this key (a key picks exactly one tunnel)",
+            ));
+        }
+    }
+    let Some(listen) = &tl.wireguard_listen else {
+        for (key, span) in [
+            (
+                "wireguard_private_key_file",
+                tl.wireguard_private_key_file.as_ref().map(|f| f.span()),
+            ),
+            (
+                "wireguard_private_key_env",
+                tl.wireguard_private_key_env.as_ref().map(|f| f.span()),
+            ),
+        ] {
+            if span.is_some() {
+                errs.push(at.error(
+                    span,
+                    &format!("tunnel_listener.{key}"),
+                    "needs `wireguard_listen`",
+                ));
+            }
+        }
+        return;
+    };
+    match (
+        &tl.wireguard_private_key_file,
+        &tl.wireguard_private_key_env,
+    ) {
+        (Some(_), Some(e)) => errs.push(at.error(
+            Some(e.span()),
+            "tunnel_listener.wireguard_private_key_env",
+            "give the key by file or by environment variable, not both",
+        )),
+        (None, None) => errs.push(at.error(
+            Some(listen.span()),
+            "tunnel_listener.wireguard_private_key_file",
+            "is required with `wireguard_listen` (or `wireguard_private_key_env`)",
+        )),
+        (None, Some(e)) if e.get_ref().is_empty() => errs.push(at.error(
+            Some(e.span()),
+            "tunnel_listener.wireguard_private_key_env",
+            "must not be empty",
+        )),
+        // The key is read at start (relative to the config's folder), where a missing or
+        // malformed key is a start error.
+        _ => {}
+    }
+}
+
 /// A tunnel's credential and Unix socket.
 fn validate_tunnel(at: &Located<'_>, i: usize, t: &TunnelConfig, errs: &mut Vec<ConfigError>) {
     match (&t.credential_sha256, &t.unix_socket) {
@@ -1022,11 +1111,21 @@ fn validate_tunnel(at: &Located<'_>, i: usize, t: &TunnelConfig, errs: &mut Vec<
             }
         }
         (None, Some(_)) => {}
+        (None, None) if t.wireguard_public_key.is_some() => {}
         (None, None) => errs.push(at.error(
             Some(t.name.span()),
             &format!("tunnel[{i}].credential_sha256"),
-            "is required (only a tunnel with a `unix_socket` may go without a credential)",
+            "is required (only a tunnel with a `unix_socket` or a `wireguard_public_key` may go without a credential)",
         )),
+    }
+    if let Some(k) = &t.wireguard_public_key
+        && let Err(e) = netwall_tunnel::wireguard::keys::parse_public(k.get_ref())
+    {
+        errs.push(at.error(
+            Some(k.span()),
+            &format!("tunnel[{i}].wireguard_public_key"),
+            &e,
+        ));
     }
     if let Some(p) = &t.unix_socket
         && p.get_ref().as_os_str().is_empty()

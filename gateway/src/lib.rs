@@ -100,6 +100,10 @@ pub struct RunningGateway {
     pub http_addr: Option<SocketAddr>,
     /// Bound QUIC tunnel address.
     pub tunnel_addr: SocketAddr,
+    /// Bound WireGuard address, when `wireguard_listen` is set.
+    pub wireguard_addr: Option<SocketAddr>,
+    /// The gateway's WireGuard public key (base64), for connectors' configs.
+    pub wireguard_public_key: Option<String>,
     /// Unix sockets bound for tunnels: `(tunnel, path)`.
     pub tunnel_sockets: Vec<(String, std::path::PathBuf)>,
     /// Bound TCP-route addresses, in `[[tcp_route]]` order.
@@ -124,6 +128,7 @@ pub struct RunningGateway {
     endpoint: QuicListener,
     tunnel_server: Arc<TunnelServer>,
     drain_timeout: Duration,
+    wireguard_stop: CancellationToken,
     reloader: Arc<reload::Reloader>,
 }
 
@@ -154,6 +159,7 @@ impl RunningGateway {
                 .await;
         })
         .await;
+        self.wireguard_stop.cancel();
         drained
     }
 
@@ -322,6 +328,46 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             .serve_quic(endpoint.clone())
             .instrument(info_span!("tunnel_listener", transport = "quic")),
     );
+    // WireGuard: its own UDP port, peers keyed by the tunnels' public keys. It stops only
+    // after the tunnel connections are closed, so in-flight requests over it finish.
+    let wireguard_stop = CancellationToken::new();
+    let wireguard = match &tl.wireguard_listen {
+        Some(listen) => {
+            let addr = *listen.get_ref();
+            let file = tl
+                .wireguard_private_key_file
+                .as_ref()
+                .map(|f| resolve(f.get_ref()));
+            let env = tl
+                .wireguard_private_key_env
+                .as_ref()
+                .map(|e| e.get_ref().as_str());
+            let key = netwall_tunnel::wireguard::keys::load_private(file.as_deref(), env)
+                .map_err(|e| StartError::Config(format!("WireGuard private key: {e}")))?;
+            let l = netwall_tunnel::wireguard::WgListener::bind(addr, key, Default::default())
+                .map_err(|source| StartError::Bind { addr, source })?;
+            l.set_peers(&tunnel::listen::wireguard_peers(&config.tunnels));
+            let l = Arc::new(l);
+            tokio::spawn(
+                listeners
+                    .clone()
+                    .serve_wireguard(l.clone(), wireguard_stop.clone())
+                    .instrument(info_span!("tunnel_listener", transport = "wireguard")),
+            );
+            Some(l)
+        }
+        None => None,
+    };
+    let wireguard_addr = match &wireguard {
+        Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+            addr: tunnel_addr,
+            source,
+        })?),
+        None => None,
+    };
+    let wireguard_public_key = wireguard
+        .as_ref()
+        .map(|l| netwall_tunnel::wireguard::keys::public_base64(&l.public_key()));
     let https_listener = bind_tcp(config.https.listen).await?;
     let https_addr = local_addr(&https_listener, config.https.listen)?;
     let proxy = Arc::new(proxy::Proxy::new(
@@ -354,6 +400,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             acme: acme_state.clone(),
             state: policy_state,
             listeners: listeners.clone(),
+            wireguard: wireguard.clone(),
             metrics: metrics.clone(),
         },
         generated,
@@ -476,6 +523,8 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         https_addr,
         http_addr,
         tunnel_addr,
+        wireguard_addr,
+        wireguard_public_key,
         tunnel_sockets,
         tcp_addrs,
         admin_addr,
@@ -492,6 +541,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         tunnel_server: server,
         drain_timeout: config.shutdown.drain_timeout,
         reloader,
+        wireguard_stop,
     })
 }
 

@@ -51,6 +51,10 @@ enum Command {
     /// Generate a random tunnel credential; prints the credential (for the connector) and its
     /// SHA-256 (for `credential_sha256` in gateway.toml).
     Credential,
+    /// Generate a WireGuard key pair: the private key goes in the file named by
+    /// `wireguard_private_key_file` (mode 0600), the public key in each connector's
+    /// `gateway_wireguard_public_key`.
+    WgKeygen,
 }
 
 fn init_logging(format: LogFormat) {
@@ -103,6 +107,12 @@ fn main() -> ExitCode {
                 "credential_sha256  = \"{}\"",
                 netwall_gateway::tunnel::credential_hash(credential.as_bytes())
             );
+            ExitCode::SUCCESS
+        }
+        Command::WgKeygen => {
+            let (private, public) = netwall_tunnel::wireguard::keys::generate();
+            println!("private_key = {private}");
+            println!("public_key  = {public}");
             ExitCode::SUCCESS
         }
         Command::Run => {

@@ -111,6 +111,8 @@ pub struct Parts {
     pub state: Arc<PolicyState>,
     /// Where tunnel sockets hand their connections.
     pub listeners: Listeners,
+    /// The WireGuard listener, whose peers follow the tunnels' keys.
+    pub wireguard: Option<Arc<netwall_tunnel::wireguard::WgListener>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -273,6 +275,9 @@ impl Reloader {
         // a connector on a new socket finds its tunnel declared.
         let tunnels = self.parts.registry.reconcile(declared_tunnels(config));
         self.serve_sockets(pending, &mut current.sockets);
+        if let Some(wg) = &self.parts.wireguard {
+            wg.set_peers(&crate::tunnel::listen::wireguard_peers(&config.tunnels));
+        }
         self.parts.state.commit(carry);
         let route_count = routes.routes().count();
         self.parts.proxy.set_routes(routes);

@@ -83,6 +83,12 @@ pub struct Pki {
     pub credential: String,
     /// Its SHA-256, for gateways.
     pub credential_sha256: String,
+    /// The gateway's WireGuard private key file.
+    pub gateway_wg_key: PathBuf,
+    /// The connector's WireGuard private key file.
+    pub connector_wg_key: PathBuf,
+    /// The connector's WireGuard public key, for gateways.
+    pub connector_wg_public: String,
     ca_cert: rcgen::Certificate,
     ca_key: rcgen::KeyPair,
 }
@@ -133,7 +139,12 @@ impl Pki {
         let (tc, tk) = leaf(vec!["localhost".into()]);
         let (oc, ok) = leaf(vec!["other.test".into()]);
         let credential = hex::encode(rand_bytes());
+        let (gateway_wg, _) = netwall_tunnel::wireguard::keys::generate();
+        let (connector_wg, connector_wg_public) = netwall_tunnel::wireguard::keys::generate();
         Pki {
+            gateway_wg_key: write("gateway-wg.key", &gateway_wg),
+            connector_wg_key: write("connector-wg.key", &connector_wg),
+            connector_wg_public,
             ca: write("ca.pem", &ca_cert.pem()),
             ca_der: ca_cert.der().clone(),
             https_cert: write("https.pem", &hc),
@@ -190,6 +201,8 @@ cert = "{tc}"
 key = "{tk}"
 idle_timeout = "3s"
 keep_alive = "500ms"
+wireguard_listen = "127.0.0.1:0"
+wireguard_private_key_file = "{wk}"
 [admin]
 listen = "127.0.0.1:0"
 [shutdown]
@@ -198,9 +211,12 @@ drain_timeout = "10s"
 name = "app"
 credential_sha256 = "{hash}"
 unix_socket = "{sock}"
+wireguard_public_key = "{wp}"
 {extra}
 "#,
             sock = self.dir.path().join("app.sock").display(),
+            wk = self.gateway_wg_key.display(),
+            wp = self.connector_wg_public,
             hc = self.https_cert.display(),
             hk = self.https_key.display(),
             tc = self.tunnel_cert.display(),
@@ -238,6 +254,24 @@ unix_socket = "{sock}"
                     .expect("the test gateway binds a tunnel socket")
                     .1;
                 (format!("\"unix:{}\"", path.display()), "unix")
+            }
+            Via::WireGuard => {
+                let addr = gateway
+                    .wireguard_addr
+                    .expect("the test gateway listens for WireGuard");
+                let key = gateway
+                    .wireguard_public_key
+                    .as_deref()
+                    .expect("the test gateway has a WireGuard key");
+                let keys = format!(
+                    "gateway_wireguard_public_key = \"{key}\"\nwireguard_private_key_file = \"{}\"\n",
+                    self.connector_wg_key.display()
+                );
+                return self.connector_toml_raw(
+                    &format!("\"{addr}\""),
+                    &format!("transport = \"wireguard\"\n{keys}{extra}"),
+                    services,
+                );
             }
         };
         self.connector_toml_raw(
@@ -288,6 +322,8 @@ pub enum Via {
     Tls,
     /// The tunnel's Unix socket.
     Unix,
+    /// WireGuard to the gateway's WireGuard port.
+    WireGuard,
 }
 
 tokio::task_local! {
@@ -301,8 +337,8 @@ pub fn via() -> Via {
 }
 
 /// Run a test body once per transport: `over_every_transport! { #[tokio::test] async fn
-/// name() { ... } }` becomes tests `name::quic`, `name::tls` and `name::unix`, each with the
-/// harness dialing over that transport.
+/// name() { ... } }` becomes tests `name::quic`, `name::tls`, `name::unix` and
+/// `name::wireguard`, each with the harness dialing over that transport.
 #[macro_export]
 macro_rules! over_every_transport {
     ($($(#[$m:meta])* async fn $name:ident() $body:block)*) => {$(
@@ -321,6 +357,10 @@ macro_rules! over_every_transport {
             $(#[$m])*
             async fn unix() {
                 $crate::harness::VIA.scope($crate::harness::Via::Unix, the_test()).await
+            }
+            $(#[$m])*
+            async fn wireguard() {
+                $crate::harness::VIA.scope($crate::harness::Via::WireGuard, the_test()).await
             }
         }
     )*};

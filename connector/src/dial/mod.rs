@@ -17,6 +17,8 @@ use netwall_proto::{Codec, Hello, PROTOCOL_VERSION, RejectCode};
 use netwall_tunnel::handshake::{self, HelloError, Session};
 use netwall_tunnel::mux::MuxParams;
 use netwall_tunnel::quic::{QuicDialer, QuicParams};
+use netwall_tunnel::wireguard::WgDialer;
+use netwall_tunnel::wireguard::keys::PublicKey;
 use netwall_tunnel::{TransportKind, tls, unix};
 use rand::Rng;
 
@@ -64,6 +66,8 @@ impl DialError {
 /// Dials gateways over any transport and says hello.
 pub struct Dialer {
     quic: Option<QuicDialer>,
+    /// The WireGuard dialer and the gateway's key (`transport = "wireguard"`).
+    wireguard: Option<(WgDialer, PublicKey)>,
     tls: Option<Arc<rustls::ClientConfig>>,
     mux: MuxParams,
     codec: Codec,
@@ -96,8 +100,13 @@ impl Dialer {
             }
             None => (None, None),
         };
+        let wireguard = resolved
+            .wireguard
+            .as_ref()
+            .map(|w| (WgDialer::new(w.key.clone(), w.params), w.gateway_key));
         Ok(Dialer {
             quic,
+            wireguard,
             tls,
             mux: MuxParams {
                 max_streams: usize::try_from(cfg.max_concurrent_streams)
@@ -132,6 +141,7 @@ impl Dialer {
         match (gw, self.choice) {
             (GatewayAddr::Unix(_), _) => TransportKind::Unix,
             (_, TransportChoice::Tls) => TransportKind::Tls,
+            (_, TransportChoice::Wireguard) => TransportKind::WireGuard,
             _ => TransportKind::Quic,
         }
     }
@@ -180,6 +190,13 @@ impl Dialer {
                     .ok_or_else(|| DialError::Resolve(name.to_owned()))?;
                 let server_name = self.server_name.as_deref().unwrap_or(host);
                 match (kind, &self.quic, &self.tls) {
+                    (TransportKind::WireGuard, _, _) => match &self.wireguard {
+                        Some((wg, gateway_key)) => wg
+                            .dial(target, gateway_key, self.mux)
+                            .await
+                            .map_err(connect_err)?,
+                        None => return Err(connect_err("no WireGuard keys configured".into())),
+                    },
                     (TransportKind::Tls, _, Some(tls_cfg)) => {
                         tls::dial(target, server_name, tls_cfg.clone(), self.mux)
                             .await

@@ -11,14 +11,17 @@ use std::time::Duration;
 
 use netwall_tunnel::mux::MuxParams;
 use netwall_tunnel::quic::QuicListener;
+use netwall_tunnel::wireguard::{WgListener, WgPeer};
 use netwall_tunnel::{Peer, tls, unix};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
 use super::server::{Binding, PendingSlot, TunnelServer};
+use crate::config::TunnelConfig;
 use netwall_tunnel::Conn;
 use std::future::Future;
 
@@ -26,6 +29,10 @@ use std::future::Future;
 /// limit (every open WebSocket holds one) plus its control stream. The connector announces
 /// its own limit; this is the gateway's cap on what it offers.
 pub const MUX_MAX_STREAMS: usize = 16_384 + 4;
+
+/// WireGuard connections accepted but not yet taken over; beyond this the peer's new
+/// connection is dropped and it dials again.
+const WIREGUARD_ACCEPT_QUEUE: usize = 64;
 
 /// Pause after a failed accept (EMFILE and the like), so it does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -107,6 +114,20 @@ impl Listeners {
         );
     }
 
+    /// Take over the connections WireGuard peers open until `stop`. A peer's key picked its
+    /// tunnel, so the connection is bound to it as a Unix socket's is.
+    pub async fn serve_wireguard(self, listener: Arc<WgListener>, stop: CancellationToken) {
+        let (tx, mut rx) = mpsc::channel(WIREGUARD_ACCEPT_QUEUE);
+        tokio::spawn(listener.serve(tx, stop));
+        while let Some(accepted) = rx.recv().await {
+            let remote = accepted.remote;
+            let binding = Binding::Tunnel(accepted.tunnel.clone());
+            let span = info_span!("tunnel_conn", remote = %remote, transport = "wireguard");
+            let establish = accepted.establish(self.mux);
+            self.spawn(None, Peer::Addr(remote), binding, establish, span);
+        }
+    }
+
     /// Accept connections on tunnel `tunnel`'s Unix socket until `stop` (a child of the
     /// shutdown token; a reload that removes or moves the socket cancels it). Connections
     /// already accepted keep running.
@@ -155,6 +176,20 @@ impl Listeners {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// The WireGuard peers `tunnels` declare (keys were checked when the config was read).
+pub fn wireguard_peers(tunnels: &[TunnelConfig]) -> Vec<WgPeer> {
+    tunnels
+        .iter()
+        .filter_map(|t| {
+            let key = t.wireguard_public_key.as_ref()?;
+            Some(WgPeer {
+                public: netwall_tunnel::wireguard::keys::parse_public(key.get_ref()).ok()?,
+                tunnel: t.name.get_ref().clone(),
+            })
+        })
+        .collect()
 }
 
 /// Who owns a tunnel socket file.

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use boringtun::x25519::{PublicKey, StaticSecret};
+pub use boringtun::x25519::PublicKey;
+use boringtun::x25519::StaticSecret;
 
 /// A private key: where it came from stays out of every message that shows it.
 #[derive(Clone)]
@@ -25,7 +26,7 @@ impl PrivateKey {
 
     /// The public key in base64.
     pub fn public_base64(&self) -> String {
-        STANDARD.encode(self.public().as_bytes())
+        public_base64(&self.public())
     }
 }
 
@@ -35,6 +36,11 @@ fn decode32(text: &str) -> Result<[u8; 32], String> {
         .map_err(|_| "not base64 (a WireGuard key is 44 characters of base64)".to_owned())?;
     <[u8; 32]>::try_from(bytes.as_slice())
         .map_err(|_| format!("{} bytes, a WireGuard key has 32", bytes.len()))
+}
+
+/// A public key in base64.
+pub fn public_base64(key: &PublicKey) -> String {
+    STANDARD.encode(key.as_bytes())
 }
 
 /// Parse a base64 public key.
