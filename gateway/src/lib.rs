@@ -518,7 +518,9 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     if let Some(acme) = acme {
         tokio::spawn(acme.run(shutdown.clone()));
     }
-    info!(%gateway_id, https = %https_addr, http = ?http_addr, tunnel = %tunnel_addr, admin = ?admin_addr, tunnel_fingerprint = %tunnel_fingerprint, "gateway started");
+    let wireguard_text = wireguard_addr.map(|a| a.to_string()).unwrap_or_default();
+    let wireguard_key_text = wireguard_public_key.clone().unwrap_or_default();
+    info!(%gateway_id, https = %https_addr, http = ?http_addr, tunnel = %tunnel_addr, wireguard = %wireguard_text, wireguard_public_key = %wireguard_key_text, admin = ?admin_addr, tunnel_fingerprint = %tunnel_fingerprint, "gateway started");
     Ok(RunningGateway {
         https_addr,
         http_addr,

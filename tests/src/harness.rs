@@ -863,7 +863,7 @@ pub fn rss_of(pid: u32) -> u64 {
 }
 
 /// Addresses a gateway process reported at start (JSON log).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GatewayAddrs {
     /// HTTPS.
     pub https: SocketAddr,
@@ -873,6 +873,10 @@ pub struct GatewayAddrs {
     pub admin: SocketAddr,
     /// HTTP redirect.
     pub http: SocketAddr,
+    /// WireGuard (UDP), when the gateway listens for it.
+    pub wireguard: Option<SocketAddr>,
+    /// The gateway's WireGuard public key, when it listens for WireGuard.
+    pub wireguard_public_key: Option<String>,
 }
 
 /// Run `netwall-gateway` on `config` (a file) with JSON logs; waits until it is listening.
@@ -901,6 +905,14 @@ pub fn spawn_gateway_with(mut cmd: Command, config: &Path, log: PathBuf) -> (Pro
         tunnel: addr("tunnel"),
         admin: addr("admin"),
         http: addr("http"),
+        wireguard: v["wireguard"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .and_then(|s| s.parse().ok()),
+        wireguard_public_key: v["wireguard_public_key"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
     };
     (p, addrs)
 }

@@ -8,3 +8,4 @@ pub mod harness;
 pub mod pebble;
 pub mod redis;
 pub mod sample;
+pub mod wg;

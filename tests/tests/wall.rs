@@ -273,6 +273,10 @@ fn edge_gateway_with(topo: &Topology, pki: &Pki, dir: &Path, routes: &str) -> (P
         .replace(
             "[tunnel_listener]\nlisten = \"127.0.0.1:0\"",
             "[tunnel_listener]\nlisten = \"0.0.0.0:0\"",
+        )
+        .replace(
+            "wireguard_listen = \"127.0.0.1:0\"",
+            "wireguard_listen = \"0.0.0.0:0\"",
         );
     std::fs::write(dir.join("gateway.toml"), gw_toml).expect("write");
     spawn_gateway_with(
@@ -358,6 +362,8 @@ fn wait_edge_metric(
 
 const QUIC_LIVE: &str = "netwall_tunnel_transport_connections{tunnel=\"app\",transport=\"quic\"}";
 const TLS_LIVE: &str = "netwall_tunnel_transport_connections{tunnel=\"app\",transport=\"tls\"}";
+const WG_LIVE: &str =
+    "netwall_tunnel_transport_connections{tunnel=\"app\",transport=\"wireguard\"}";
 
 #[test]
 fn the_container_accepts_no_inbound_connection_yet_serves_through_quic() {
@@ -367,6 +373,11 @@ fn the_container_accepts_no_inbound_connection_yet_serves_through_quic() {
 #[test]
 fn the_container_accepts_no_inbound_connection_yet_serves_through_tls() {
     wall("tls");
+}
+
+#[test]
+fn the_container_accepts_no_inbound_connection_yet_serves_through_wireguard() {
+    wall("wireguard");
 }
 
 /// The UDP port of the connector's connected QUIC socket in the container.
@@ -392,8 +403,19 @@ fn connector_udp_port(topo: &Topology) -> u16 {
 }
 
 /// Datagrams a scanner sends: a QUIC v1 Initial (long header, padded to 1,200 bytes), a
-/// short-header packet for a made-up connection, and junk.
+/// short-header packet for a made-up connection, junk, and WireGuard-shaped messages (an
+/// initiation, a response, a cookie reply and a data packet with random contents).
 fn probes() -> Vec<Vec<u8>> {
+    let mut all = quic_probes();
+    for (kind, len) in [(1u8, 148usize), (2, 92), (3, 64), (4, 96)] {
+        let mut d = vec![kind, 0, 0, 0];
+        d.extend((4..len).map(|i| (i as u8).wrapping_mul(31)));
+        all.push(d);
+    }
+    all
+}
+
+fn quic_probes() -> Vec<Vec<u8>> {
     let mut initial = vec![0xc3, 0, 0, 0, 1, 8];
     initial.extend_from_slice(&[0x5a; 8]); // destination connection id
     initial.push(8);
@@ -427,6 +449,25 @@ async fn replies_to_probes(target: SocketAddr, wait: Duration) -> Vec<Vec<u8>> {
     got
 }
 
+/// A real WireGuard handshake initiation to `target` (the gateway's public key `key`) from a
+/// key the gateway does not know, sent three times; whatever comes back within a second.
+async fn stranger_initiation_replies(target: SocketAddr, key: &str) -> Vec<Vec<u8>> {
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    let init = netwall_tests::wg::stranger_initiation(key);
+    for _ in 0..3 {
+        sock.send_to(&init, target).await.expect("send");
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
 fn wall(transport: &'static str) {
     init_logs();
     let topo = Topology::new();
@@ -449,23 +490,38 @@ fn wall(transport: &'static str) {
     // The connector in the container dials out to the edge's private address.
     let port = match transport {
         "quic" => addrs.tunnel.port(),
+        "wireguard" => addrs
+            .wireguard
+            .expect("the gateway listens for WireGuard")
+            .port(),
         _ => addrs.https.port(),
+    };
+    let settings = match transport {
+        "wireguard" => format!(
+            "transport = \"wireguard\"\ngateway_wireguard_public_key = \"{}\"\nwireguard_private_key_file = \"{}\"",
+            addrs
+                .wireguard_public_key
+                .as_deref()
+                .expect("the gateway has a WireGuard key"),
+            pki.connector_wg_key.display()
+        ),
+        _ => format!("transport = \"{transport}\""),
     };
     let mut connector = container_connector_with(
         &topo,
         &pki,
         &dir,
         &format!("{EDGE_PRIVATE}:{port}"),
-        &format!("transport = \"{transport}\""),
+        &settings,
         &format!(
             "cache = \"tcp://127.0.0.1:{CONTAINER_REDIS_PORT}\"\ndb = \"tcp://127.0.0.1:{CONTAINER_PG_PORT}\""
         ),
     );
     connector.wait_line("tunnel connected", Duration::from_secs(15));
-    let live = if transport == "quic" {
-        QUIC_LIVE
-    } else {
-        TLS_LIVE
+    let live = match transport {
+        "quic" => QUIC_LIVE,
+        "wireguard" => WG_LIVE,
+        _ => TLS_LIVE,
     };
     assert_eq!(edge_metric(&topo, addrs.admin, live), 1.0);
 
@@ -541,10 +597,11 @@ fn wall(transport: &'static str) {
         );
     }
 
-    // The connector's QUIC socket is silent to everyone but its gateway: a crafted Initial,
-    // a short-header packet and junk from the internet and the edge host get no datagram
-    // back (no Stateless Reset, no version negotiation), and the tunnel is undisturbed.
-    if transport == "quic" {
+    // The connector's UDP socket is silent to everyone but its gateway: a crafted Initial,
+    // a short-header packet, junk and WireGuard-shaped messages from the internet and the
+    // edge host get no datagram back (no Stateless Reset, no version negotiation, no
+    // handshake answer), and the tunnel is undisturbed.
+    if transport != "tls" {
         let udp = connector_udp_port(&topo);
         let target: SocketAddr = format!("{CONTAINER}:{udp}").parse().expect("addr");
         for (from, ns) in [("internet", topo.inet.clone()), ("edge", topo.edge.clone())] {
@@ -557,9 +614,28 @@ fn wall(transport: &'static str) {
                 replies.iter().map(Vec::len).collect::<Vec<_>>()
             );
         }
+        let again = in_netns(&topo.inet, through.clone());
+        assert!(again.iter().all(|a| a.status == StatusCode::OK));
+        assert_eq!(edge_metric(&topo, addrs.admin, live), 1.0);
+    }
+    // The gateway's WireGuard port is as silent to the internet host: no answer to junk, to
+    // WireGuard-shaped probes or to a well-formed initiation from a key it does not know.
+    if let (Some(wg), Some(key)) = (addrs.wireguard, addrs.wireguard_public_key.clone()) {
+        let target: SocketAddr = format!("{EDGE_PUBLIC}:{}", wg.port())
+            .parse()
+            .expect("addr");
+        let replies = in_netns(&topo.inet, move || async move {
+            let mut got = replies_to_probes(target, Duration::from_secs(1)).await;
+            got.extend(stranger_initiation_replies(target, &key).await);
+            got
+        });
+        assert!(
+            replies.is_empty(),
+            "the gateway's WireGuard port answered a stranger: {:?}",
+            replies.iter().map(Vec::len).collect::<Vec<_>>()
+        );
         let again = in_netns(&topo.inet, through);
         assert!(again.iter().all(|a| a.status == StatusCode::OK));
-        assert_eq!(edge_metric(&topo, addrs.admin, QUIC_LIVE), 1.0);
     }
 
     // Every TCP port of the container, from the edge and from the internet host: all refused.
