@@ -95,9 +95,9 @@ if len(sys.argv) == 3 and sys.argv[1] == "--challenge":
 
 out, mode, repeats, duration, concurrency, fixed_rate, bulk_mib, redis_requests, redis_pipeline, workers = sys.argv[1:11]
 raw = os.path.join(out, "raw")
-PATHS = ["direct", "nginx", "rathole", "netwall", "netwall_tls", "netwall_unix"]
+PATHS = ["direct", "nginx", "rathole", "netwall", "netwall_tls", "netwall_unix", "netwall_wg"]
 # netwall's tunnel transports: "netwall" is the default, QUIC.
-NETWALL = ["netwall", "netwall_tls", "netwall_unix"]
+NETWALL = ["netwall", "netwall_tls", "netwall_unix", "netwall_wg"]
 
 
 def passes(pattern):
@@ -205,7 +205,7 @@ results["mux"] = {k: mux(k) for k in ["yamux", "h2"]}
 
 # Raw TCP services: the paths that carry them, netwall_mtls being the QUIC gateway's route that
 # requires a client certificate.
-TCP_PATHS = ["direct", "rathole", "netwall", "netwall_tls", "netwall_unix", "netwall_mtls"]
+TCP_PATHS = ["direct", "rathole", "netwall", "netwall_tls", "netwall_unix", "netwall_wg", "netwall_mtls"]
 
 
 def redis(kind, path):
@@ -329,6 +329,8 @@ machine = {
     "netwall": "TLS 1.3 at the gateway, QUIC tunnel, connector, pooled HTTP/1.1 to the backend",
     "netwall_tls": "the same over a TLS 1.3/TCP tunnel to the gateway's HTTPS port (HTTP/2 streams)",
     "netwall_unix": "the same over a Unix-socket tunnel (HTTP/2 streams, no TLS on the tunnel)",
+    "netwall_wg": "the same over WireGuard (boringtun, ChaCha20-Poly1305 per packet, MTU 1,420) with a userspace "
+                  "TCP/IP stack (smoltcp) on both ends and HTTP/2 streams inside",
 }
 
 rows = []  # (scenario, metric, unit, higher_is_better, values by path)
@@ -371,13 +373,14 @@ def ratio(a, b):
 
 
 lines = [
-    f"| scenario | unit | {' | '.join(PATHS)} | netwall/direct | netwall/rathole | tls/quic | unix/quic |",
-    "| --- | --- | " + " | ".join("---:" for _ in PATHS) + " | ---: | ---: | ---: | ---: |",
+    f"| scenario | unit | {' | '.join(PATHS)} | netwall/direct | netwall/rathole | tls/quic | unix/quic | wg/quic |",
+    "| --- | --- | " + " | ".join("---:" for _ in PATHS) + " | ---: | ---: | ---: | ---: | ---: |",
 ]
 for label, unit, _higher, vals in rows:
     lines.append(f"| {label} | {unit} | " + " | ".join(fmt(vals[p]) for p in PATHS)
                  + f" | {ratio(vals['netwall'], vals['direct'])} | {ratio(vals['netwall'], vals['rathole'])}"
-                 + f" | {ratio(vals['netwall_tls'], vals['netwall'])} | {ratio(vals['netwall_unix'], vals['netwall'])} |")
+                 + f" | {ratio(vals['netwall_tls'], vals['netwall'])} | {ratio(vals['netwall_unix'], vals['netwall'])}"
+                 + f" | {ratio(vals['netwall_wg'], vals['netwall'])} |")
 fixed = results["fixed_rate"]
 added = {}
 if fixed["netwall"] and fixed["direct"]:
@@ -388,7 +391,8 @@ summary = [
     f"{machine['memory_gib']} GiB, {machine['rustc']}. No CPU pinning. netwall gateways and connectors run "
     f"`workers = {workers}`.",
     f"Paths: direct = {machine['backend']}; nginx = {machine['nginx']}; rathole = {machine['rathole']}; netwall = {machine['netwall']}; "
-    f"netwall_tls = {machine['netwall_tls']}; netwall_unix = {machine['netwall_unix']}.",
+    f"netwall_tls = {machine['netwall_tls']}; netwall_unix = {machine['netwall_unix']}; "
+    f"netwall_wg = {machine['netwall_wg']}.",
     f"Latency added by netwall over direct at {fixed_rate} req/s: "
     + (", ".join(f"{k[:-3].replace('p999', 'p99.9')} {v:+.2f} ms" for k, v in added.items()) if added else "n/a") + ".",
     f"Peak resident memory during the run: gateway {int(memory['gateway_peak_kib']) // 1024} MiB, connector {int(memory['connector_peak_kib']) // 1024} MiB.",
@@ -421,14 +425,14 @@ for kind, what in [("redis", f"{int(redis_requests):,} requests, 50 conns"),
 tcp_rows.append((f"TCP copy {bulk_mib} MiB, service to client", "MiB/s", {p: results["tcp"][p]["copy_down_mib_per_s"] for p in TCP_PATHS}))
 tcp_rows.append((f"TCP copy {bulk_mib} MiB, client to service", "MiB/s", {p: results["tcp"][p]["copy_up_mib_per_s"] for p in TCP_PATHS}))
 tcp_lines = [
-    f"| TCP service | unit | {' | '.join(TCP_PATHS)} | netwall/direct | netwall/rathole | tls/quic | unix/quic | mtls/quic |",
-    "| --- | --- | " + " | ".join("---:" for _ in TCP_PATHS) + " | ---: | ---: | ---: | ---: | ---: |",
+    f"| TCP service | unit | {' | '.join(TCP_PATHS)} | netwall/direct | netwall/rathole | tls/quic | unix/quic | wg/quic | mtls/quic |",
+    "| --- | --- | " + " | ".join("---:" for _ in TCP_PATHS) + " | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 for label, unit, vals in tcp_rows:
     tcp_lines.append(f"| {label} | {unit} | " + " | ".join(fmt(vals[p]) for p in TCP_PATHS)
                      + f" | {ratio(vals['netwall'], vals['direct'])} | {ratio(vals['netwall'], vals['rathole'])}"
                      + f" | {ratio(vals['netwall_tls'], vals['netwall'])} | {ratio(vals['netwall_unix'], vals['netwall'])}"
-                     + f" | {ratio(vals['netwall_mtls'], vals['netwall'])} |")
+                     + f" | {ratio(vals['netwall_wg'], vals['netwall'])} | {ratio(vals['netwall_mtls'], vals['netwall'])} |")
 tcp_note = ("TCP services: Redis 7 (redis-benchmark, `-t set,get`) and a bulk copy against netwall-loadgen's TCP sink. "
             "direct = the server on loopback; rathole = plain TCP forwarding; netwall = a `[[tcp_route]]` admitting "
             "127.0.0.1 by address (no TLS from the client) over each tunnel transport; netwall_mtls = the QUIC "

@@ -40,7 +40,7 @@ for name in ["report.png"]:
 
 problems = []
 results = report["results"]
-for path in ["netwall", "netwall_tls", "netwall_unix"]:
+for path in ["netwall", "netwall_tls", "netwall_unix", "netwall_wg"]:
     for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes"]:
         r = results[scenario][path]
         if not r or not r["rps"] > 0:
@@ -62,7 +62,7 @@ for kind in ["yamux", "h2"]:
     m = results.get("mux", {}).get(kind)
     if not m or not m["rps"] > 0 or not m["bulk_mib_per_s"] > 0:
         problems.append(f"multiplexer {kind}: {m}")
-for path in ["netwall", "netwall_tls", "netwall_unix", "netwall_mtls"]:
+for path in ["netwall", "netwall_tls", "netwall_unix", "netwall_wg", "netwall_mtls"]:
     t = results["tcp"][path]
     for kind in ["redis", "redis_pipelined"]:
         for test in ["SET", "GET"]:
@@ -80,7 +80,7 @@ for key, row in results["cpu"].items():
 header, rows = table[0], table[2:]
 columns = [c.strip() for c in header.strip("|").split("|")]
 netwall = columns.index("netwall")
-transports = [columns.index("netwall_tls"), columns.index("netwall_unix")]
+transports = [columns.index(c) for c in ["netwall_tls", "netwall_unix", "netwall_wg"]]
 for row in rows:
     cells = [c.strip() for c in row.strip("|").split("|")]
     if len(cells) != len(columns):

@@ -65,6 +65,30 @@ impl Deployment {
         )
     }
 
+    /// Make the connector's config dial the gateway's WireGuard port instead of QUIC.
+    fn dial_over_wireguard(&self) {
+        let text = std::fs::read_to_string(&self.connector_config).expect("read");
+        let wg = self
+            .addrs
+            .wireguard
+            .expect("the gateway listens for WireGuard");
+        let key = self
+            .addrs
+            .wireguard_public_key
+            .as_deref()
+            .expect("the gateway's WireGuard key");
+        let text = text
+            .replace(&format!("\"{}\"", self.addrs.tunnel), &format!("\"{wg}\""))
+            .replace(
+                "transport = \"quic\"",
+                &format!(
+                    "transport = \"wireguard\"\ngateway_wireguard_public_key = \"{key}\"\nwireguard_private_key_file = \"{}\"",
+                    self.pki.connector_wg_key.display()
+                ),
+            );
+        std::fs::write(&self.connector_config, text).expect("write");
+    }
+
     fn client(&self, h2: bool) -> HttpsClient {
         HttpsClient::new(self.addrs.https, &self.pki.ca_der, h2)
     }
@@ -327,10 +351,22 @@ async fn sigterm_on_the_gateway_finishes_in_flight_requests_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_gib_each_way_within_64_mib_per_process() {
+    one_gib_each_way(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_gib_each_way_over_wireguard_within_64_mib_per_process() {
+    one_gib_each_way(true).await;
+}
+
+async fn one_gib_each_way(wireguard: bool) {
     const GIB: u64 = 1 << 30;
     const BOUND: u64 = 64 << 20;
     // Appended to the route's table: lift its 10 MiB default body limit for the upload.
     let d = Deployment::new("max_body_bytes = 2147483648").await;
+    if wireguard {
+        d.dial_over_wireguard();
+    }
     let c = d.connector("connector");
     d.wait_live(1).await;
     let client = d.client(false);
