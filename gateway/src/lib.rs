@@ -347,6 +347,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             let l = netwall_tunnel::wireguard::WgListener::bind(addr, key, Default::default())
                 .map_err(|source| StartError::Bind { addr, source })?;
             l.set_peers(&tunnel::listen::wireguard_peers(&config.tunnels));
+            let _ = metrics.wireguard.set(l.counters());
             let l = Arc::new(l);
             tokio::spawn(
                 listeners

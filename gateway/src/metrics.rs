@@ -3,6 +3,8 @@
 //! Every rejection a client can see has a counter here, labelled by reason, so an operator
 //! can alert on a rise of any one failure without reading logs.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -206,6 +208,44 @@ pub struct Metrics {
     pub state_up: Gauge,
     /// Pushed messages by outcome.
     pub pushes: Family<PushLabel, Counter>,
+    /// The WireGuard listener's counters, once it runs (read at each scrape).
+    pub wireguard: Arc<OnceLock<Arc<netwall_tunnel::wireguard::Counters>>>,
+}
+
+/// Scrapes the WireGuard listener's own counters: `netwall_wireguard_events_total{event}`.
+#[derive(Debug)]
+struct WireguardCollector(Arc<OnceLock<Arc<netwall_tunnel::wireguard::Counters>>>);
+
+impl prometheus_client::collector::Collector for WireguardCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(c) = self.0.get() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "wireguard_events",
+            "WireGuard listener events: datagrams rejected (not WireGuard, bad MAC, unknown key or session, replay, failed decryption, forbidden inner source) or dropped (queue full), handshakes, early rekeys, roams, send errors",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (event, value) in [
+            ("rejected", &c.rejected),
+            ("dropped", &c.dropped),
+            ("handshake", &c.handshakes),
+            ("rekey", &c.rekeys),
+            ("roam", &c.roams),
+            ("send_error", &c.send_errors),
+        ] {
+            let labels = [("event", event)];
+            ConstCounter::new(value.load(Relaxed)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -250,8 +290,10 @@ impl Metrics {
             state_unavailable: Family::default(),
             state_up: Gauge::default(),
             pushes: Family::default(),
+            wireguard: Arc::default(),
             registry: Registry::default(),
         };
+        registry.register_collector(Box::new(WireguardCollector(m.wireguard.clone())));
         registry.register(
             "http_responses",
             "Responses sent to public clients, by status class",

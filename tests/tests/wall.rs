@@ -634,6 +634,16 @@ fn wall(transport: &'static str) {
             "the gateway's WireGuard port answered a stranger: {:?}",
             replies.iter().map(Vec::len).collect::<Vec<_>>()
         );
+        // Counted, every one: the probes and the three initiations from an unknown key.
+        let rejected = edge_metric(
+            &topo,
+            addrs.admin,
+            "netwall_wireguard_events_total{event=\"rejected\"}",
+        );
+        assert!(
+            rejected >= (probes().len() + 3) as f64,
+            "{rejected} stranger datagrams counted"
+        );
         let again = in_netns(&topo.inet, through);
         assert!(again.iter().all(|a| a.status == StatusCode::OK));
     }

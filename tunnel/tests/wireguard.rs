@@ -380,3 +380,50 @@ async fn replayed_and_forged_handshakes_change_nothing() {
     assert!(running.await.expect("load") > 0);
     echo(&g, &c, 1 << 20).await;
 }
+
+#[tokio::test]
+async fn a_peer_holds_at_most_its_connection_limit_and_gets_a_slot_back() {
+    let ck = new_key();
+    let mut gw = Gateway::start(&[&ck]).await;
+    let dialer = WgDialer::new(ck, WgParams::default());
+    let to = gw.addr;
+    let mut held = Vec::new();
+    for _ in 0..wireguard::MAX_CONNECTIONS_PER_PEER {
+        held.push(connect(&mut gw, &dialer, to).await);
+    }
+    // One more is refused by the peer link itself, and nothing reaches the gateway.
+    let public = gw.listener.public_key();
+    let over = tokio::time::timeout(Duration::from_secs(10), dialer.dial(to, &public, PARAMS))
+        .await
+        .expect("refused within 10 s, not left hanging");
+    assert!(over.is_err(), "a connection beyond the limit was accepted");
+    assert!(gw.accepted.try_recv().is_err());
+    // The gateway ends one; its slot comes back.
+    let (g, c) = held.pop().expect("held");
+    g.close(0, b"done");
+    drop((g, c));
+    // The slot is free once both ends have closed the connection; until then a dial is
+    // refused at once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dial = tokio::time::timeout(Duration::from_secs(5), dialer.dial(to, &public, PARAMS));
+        let (c, g) = tokio::join!(dial, async {
+            match tokio::time::timeout(Duration::from_secs(5), gw.accepted.recv()).await {
+                Ok(Some(a)) => a.establish(PARAMS).await.ok(),
+                _ => None,
+            }
+        });
+        if let (Ok(Ok(c)), Some(g)) = (c, g) {
+            echo(&g, &c, 64 * 1024).await;
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slot came back after a connection ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The others still work.
+    let (g, c) = &held[0];
+    echo(g, c, 64 * 1024).await;
+}

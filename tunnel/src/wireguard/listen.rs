@@ -241,7 +241,7 @@ impl WgListener {
             remote: CONNECTOR_ADDR,
         };
         let shared = Shared::new(link, self.params.mtu, smoltcp::time::Instant::ZERO);
-        shared.lock().listen(GATEWAY_PORT);
+        shared.lock().listen(GATEWAY_PORT, MAX_CONNECTIONS_PER_PEER);
         let driver = Driver {
             tunn: Tunn::new(
                 self.key.0.clone(),
@@ -259,7 +259,6 @@ impl WgListener {
             roaming: true,
             rekey_after: None,
             accept: Some(Acceptor {
-                max: MAX_CONNECTIONS_PER_PEER,
                 tunnel: slot.tunnel.clone(),
                 out: accepted.clone(),
             }),

@@ -46,8 +46,6 @@ pub struct Accepted {
 
 /// Gateway side: where connections the peer opened go.
 pub(crate) struct Acceptor {
-    /// Connections open at once on this link, at most.
-    pub max: usize,
     /// The tunnel the peer's key is bound to.
     pub tunnel: String,
     /// Accepted connections; when the gateway is this far behind, new ones are dropped (the
@@ -146,7 +144,7 @@ impl Driver {
                 }
                 let delay = st.poll(now);
                 if let Some(acc) = &self.accept {
-                    while let Some(h) = st.take_accepted(acc.max) {
+                    while let Some(h) = st.take_accepted() {
                         let accepted = Accepted {
                             stream: WgStream::new(self.shared.clone(), h),
                             remote: self.endpoint.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),

@@ -146,8 +146,10 @@ pub(crate) struct Stack {
     queues: Queues,
     sockets: SocketSet<'static>,
     link: Link,
+    /// Gateway side: the port accepted on and the most connections open at once.
+    accepting: Option<(u16, usize)>,
     /// The listening socket (gateway side), waiting for the next connection.
-    listener: Option<(SocketHandle, u16)>,
+    listener: Option<SocketHandle>,
     /// Connections still open, accepted or dialed.
     open: usize,
     /// Sockets whose stream was dropped: removed once TCP has finished with them.
@@ -194,6 +196,7 @@ impl Shared {
                 queues,
                 sockets: SocketSet::new(Vec::new()),
                 link,
+                accepting: None,
                 listener: None,
                 open: 0,
                 orphans: Vec::new(),
@@ -278,29 +281,39 @@ impl Stack {
             !done
         });
         self.open -= before - self.orphans.len();
+        self.keep_listening();
     }
 
-    /// Listen on `port` for connections from the peer (gateway side).
-    pub fn listen(&mut self, port: u16) {
+    /// Accept connections from the peer on `port`, at most `max` open at once (gateway
+    /// side). One listening socket waits at a time; TCP has no backlog here, so a second SYN
+    /// in the same instant is reset and retried by the peer.
+    pub fn listen(&mut self, port: u16, max: usize) {
+        self.accepting = Some((port, max));
+        self.keep_listening();
+    }
+
+    fn keep_listening(&mut self) {
+        let Some((port, max)) = self.accepting else {
+            return;
+        };
+        if self.listener.is_some() || self.open >= max {
+            return;
+        }
         let mut s = new_socket();
         if s.listen(port).is_ok() {
-            self.listener = Some((self.sockets.add(s), port));
+            self.listener = Some(self.sockets.add(s));
         }
     }
 
-    /// The connection the listening socket took, if any; a new listening socket replaces it
-    /// while fewer than `max` connections are open.
-    pub fn take_accepted(&mut self, max: usize) -> Option<SocketHandle> {
-        let (h, port) = self.listener?;
-        let s = self.sockets.get_mut::<tcp::Socket>(h);
-        if s.is_listening() {
+    /// The connection the listening socket took, if any.
+    pub fn take_accepted(&mut self) -> Option<SocketHandle> {
+        let h = self.listener?;
+        if self.sockets.get_mut::<tcp::Socket>(h).is_listening() {
             return None;
         }
         self.listener = None;
         self.open += 1;
-        if self.open < max {
-            self.listen(port);
-        }
+        self.keep_listening();
         Some(h)
     }
 
