@@ -715,3 +715,42 @@ async fn an_open_websocket_keeps_running_across_reloads() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wireguard_key_removed_by_a_reload_loses_its_link_and_comes_back_with_it() {
+    VIA.scope(Via::WireGuard, async {
+        let base = route("app.test", "/", "a", "");
+        let (g, _a, _connector) = Reloadable::serving_a(&base).await;
+        let client = g.client();
+        served_by(&client.get("https://app.test/").await, "a");
+        // Another connector's key in its place: this one's link ends at once, and its
+        // datagrams are answered by nothing from now on.
+        let original = g.pki.gateway_toml(&base);
+        let (_, stranger) = netwall_tunnel::wireguard::keys::generate();
+        let replaced = original.replace(&g.pki.connector_wg_public, &stranger);
+        assert_ne!(original, replaced);
+        let outcome = g.reload_with(&replaced);
+        assert!(outcome.ok, "{outcome:?}");
+        wait_tunnel(&g.gateway, 0).await;
+        let refused = client.get("https://app.test/").await;
+        assert!(refused.status.is_server_error(), "{}", refused.status);
+        // The key back: the connector's next dial starts a fresh handshake (its old session
+        // died with the link), so it serves again within seconds, not after WireGuard's 15 s
+        // of unanswered data.
+        let outcome = g.reload_with(&original);
+        assert!(outcome.ok, "{outcome:?}");
+        let back = std::time::Instant::now();
+        wait_until(
+            Duration::from_secs(10),
+            "the connector back over WireGuard",
+            || {
+                let registry = g.gateway.registry.clone();
+                async move { registry.get("app").is_some_and(|t| t.live_count() == 1) }
+            },
+        )
+        .await;
+        eprintln!("back over WireGuard {:?} after the reload", back.elapsed());
+        served_by(&client.get("https://app.test/").await, "a");
+    })
+    .await;
+}

@@ -80,6 +80,9 @@ impl WgDialer {
         if let Some(l) = links.get(&id)
             && !l.shared.lock().has_ended()
         {
+            l.shared
+                .rehandshake
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(l.shared.clone());
         }
         let bind: SocketAddr = if target.is_ipv4() {

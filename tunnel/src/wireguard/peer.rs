@@ -123,6 +123,12 @@ impl Driver {
                 _ = self.shared.kick.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
+            if self.shared.rehandshake.swap(false, Ordering::Relaxed)
+                && let TunnResult::WriteToNetwork(p) =
+                    self.tunn.format_handshake_initiation(&mut out, true)
+            {
+                self.send(p, None).await;
+            }
             if tokio::time::Instant::now() >= next_tick {
                 next_tick = tokio::time::Instant::now() + TIMER_TICK;
                 self.on_tick(&mut out, &mut rekey_sent).await;

@@ -165,6 +165,11 @@ pub(crate) struct Shared {
     stack: Mutex<Stack>,
     /// Woken when a stream changed something the stack must send (data, a window, a close).
     pub kick: Notify,
+    /// Set by a dial on a link that already carried connections: the peer may have lost
+    /// the session (a restarted gateway, a reload that took the key away and gave it back),
+    /// so the driver starts a fresh handshake at once instead of waiting for the protocol's
+    /// 15 s without an answer.
+    pub rehandshake: std::sync::atomic::AtomicBool,
 }
 
 /// First local port of dialed connections; each dial takes the next one from a random start,
@@ -204,6 +209,7 @@ impl Shared {
                 ended: None,
             }),
             kick: Notify::new(),
+            rehandshake: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
