@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use boringtun::noise::Tunn;
 use boringtun::x25519::PublicKey;
-use tokio::net::UdpSocket;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::peer::{Driver, Inbox};
 use super::stack::{Link, Shared, WgStream};
+use super::udp::WgSocket;
 use super::{
     CONNECTOR_ADDR, Counters, GATEWAY_ADDR, GATEWAY_PORT, PERSISTENT_KEEPALIVE, PrivateKey,
     WgParams,
@@ -94,10 +94,7 @@ impl WgDialer {
         std_sock
             .connect(target)
             .map_err(|e| format!("udp connect {target}: {e}"))?;
-        std_sock
-            .set_nonblocking(true)
-            .map_err(|e| format!("udp socket: {e}"))?;
-        let udp = Arc::new(UdpSocket::from_std(std_sock).map_err(|e| format!("udp socket: {e}"))?);
+        let udp = Arc::new(WgSocket::new(std_sock).map_err(|e| format!("udp socket: {e}"))?);
         let epoch = Instant::now();
         let link = Link {
             local: CONNECTOR_ADDR,
@@ -119,7 +116,6 @@ impl WgDialer {
             link,
             udp,
             endpoint: Some(target),
-            connected: true,
             roaming: false,
             rekey_after: Some(self.params.rekey_after),
             accept: None,

@@ -15,13 +15,13 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use super::peer::Accepted;
 use super::peer::{Acceptor, Datagram, Driver, Inbox};
 use super::stack::{Link, Shared};
+use super::udp::{WgSocket, datagrams};
 use super::{
     CONNECTOR_ADDR, Counters, GATEWAY_ADDR, GATEWAY_PORT, MAX_CONNECTIONS_PER_PEER, MAX_DATAGRAM,
     PrivateKey, WgParams,
@@ -77,7 +77,7 @@ struct Peers {
 
 /// The gateway's WireGuard port.
 pub struct WgListener {
-    udp: Arc<UdpSocket>,
+    udp: Arc<WgSocket>,
     key: PrivateKey,
     public: PublicKey,
     params: WgParams,
@@ -90,10 +90,9 @@ impl WgListener {
     /// Bind `addr` with the gateway's key `key`.
     pub fn bind(addr: SocketAddr, key: PrivateKey, params: WgParams) -> std::io::Result<Self> {
         let sock = crate::quic::udp_socket(addr)?;
-        sock.set_nonblocking(true)?;
         let public = key.public();
         Ok(WgListener {
-            udp: Arc::new(UdpSocket::from_std(sock)?),
+            udp: Arc::new(WgSocket::new(sock)?),
             key,
             public,
             params,
@@ -169,51 +168,63 @@ impl WgListener {
     ) {
         let limiter = RateLimiter::new(&self.public, HANDSHAKES_BEFORE_COOKIES);
         let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut cookie = [0u8; 64];
         let mut reset = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let (n, from) = tokio::select! {
+            let (len, stride, from) = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = reset.tick() => { limiter.reset_count(); continue }
-                r = self.udp.recv_from(&mut buf) => match r {
+                r = self.udp.recv(&mut buf) => match r {
                     Ok(r) => r,
                     Err(_) => continue,
                 },
             };
-            let datagram = &buf[..n];
-            let slot = match limiter.verify_packet(Some(from.ip()), datagram, &mut cookie) {
-                Ok(Packet::HandshakeInit(init)) => {
-                    match parse_handshake_anon(&self.key.0, &self.public, &init) {
-                        Ok(half) => self.lock().by_key.get(&half.peer_static_public).cloned(),
-                        Err(_) => None,
-                    }
-                }
-                Ok(Packet::HandshakeResponse(p)) => self.by_index(p.receiver_idx),
-                Ok(Packet::PacketCookieReply(p)) => self.by_index(p.receiver_idx),
-                Ok(Packet::PacketData(p)) => self.by_index(p.receiver_idx),
-                Err(TunnResult::WriteToNetwork(reply)) => {
-                    let _ = self.udp.send_to(reply, from).await;
-                    continue;
-                }
-                Err(_) => None,
-            };
-            let Some(slot) = slot else {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let data = Datagram {
-                data: datagram.to_vec(),
-                from,
-            };
-            let sender = self.inbox(&slot, datagram, &accepted);
-            if let Some(sender) = sender
-                && sender.try_send(data).is_err()
-            {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            for datagram in datagrams(&buf, len, stride) {
+                self.route(datagram, from, &limiter, &accepted).await;
             }
         }
         self.stop.cancel();
+    }
+
+    /// Hand one datagram to its peer's task, or count it and drop it.
+    async fn route(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        limiter: &RateLimiter,
+        accepted: &mpsc::Sender<Accepted>,
+    ) {
+        let mut cookie = [0u8; 64];
+        let slot = match limiter.verify_packet(Some(from.ip()), datagram, &mut cookie) {
+            Ok(Packet::HandshakeInit(init)) => {
+                match parse_handshake_anon(&self.key.0, &self.public, &init) {
+                    Ok(half) => self.lock().by_key.get(&half.peer_static_public).cloned(),
+                    Err(_) => None,
+                }
+            }
+            Ok(Packet::HandshakeResponse(p)) => self.by_index(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => self.by_index(p.receiver_idx),
+            Ok(Packet::PacketData(p)) => self.by_index(p.receiver_idx),
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                let _ = self.udp.send(from, reply, None).await;
+                return;
+            }
+            Err(_) => None,
+        };
+        let Some(slot) = slot else {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let sender = self.inbox(&slot, datagram, accepted);
+        let data = Datagram {
+            data: datagram.to_vec(),
+            from,
+        };
+        if let Some(sender) = sender
+            && sender.try_send(data).is_err()
+        {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn by_index(&self, receiver: u32) -> Option<Arc<Slot>> {
@@ -255,7 +266,6 @@ impl WgListener {
             link,
             udp: self.udp.clone(),
             endpoint: None,
-            connected: false,
             roaming: true,
             rekey_after: None,
             accept: Some(Acceptor {

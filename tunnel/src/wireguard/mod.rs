@@ -20,6 +20,7 @@ pub mod keys;
 pub mod listen;
 mod peer;
 mod stack;
+mod udp;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicU64;

@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::stack::{Link, Shared, WgStream};
+use super::udp::{Batch, WgSocket, datagrams};
 use super::{Counters, MAX_DATAGRAM, REKEY_TIMEOUT, TIMER_TICK};
 
 /// Datagrams taken in one go before the stack runs: fewer stack passes under a burst, and a
@@ -58,11 +58,9 @@ pub(crate) struct Driver {
     pub tunn: Tunn,
     pub shared: Arc<Shared>,
     pub link: Link,
-    pub udp: Arc<UdpSocket>,
+    pub udp: Arc<WgSocket>,
     /// Where datagrams go; follows the peer's latest authenticated source when `roaming`.
     pub endpoint: Option<SocketAddr>,
-    /// Whether the socket is connected (send without an address).
-    pub connected: bool,
     /// Follow the peer's address (gateway side).
     pub roaming: bool,
     /// Start a new handshake once the session is this old (connector side).
@@ -80,13 +78,34 @@ impl Driver {
     }
 
     async fn send(&self, packet: &[u8], to: Option<SocketAddr>) {
-        let sent = match (self.connected, to.or(self.endpoint)) {
-            (true, _) => self.udp.send(packet).await,
-            (false, Some(to)) => self.udp.send_to(packet, to).await,
-            (false, None) => return,
+        self.send_batch(packet, None, to).await;
+    }
+
+    async fn send_batch(&self, contents: &[u8], segment: Option<usize>, to: Option<SocketAddr>) {
+        let Some(to) = to.or(self.endpoint) else {
+            return;
         };
-        if sent.is_err() {
+        if self.udp.send(to, contents, segment).await.is_err() {
             self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn flush(&self, batch: &mut Batch) {
+        if !batch.is_empty() {
+            let (contents, segment) = batch.contents();
+            self.send_batch(contents, segment, None).await;
+            batch.clear();
+        }
+    }
+
+    async fn on_received(&mut self, got: Received, rx: &[u8], out: &mut [u8]) {
+        match got {
+            Received::Buffer { len, stride, from } => {
+                for d in datagrams(rx, len, stride) {
+                    self.on_datagram(d, from, out).await;
+                }
+            }
+            Received::Routed(d) => self.on_datagram(&d.data, d.from, out).await,
         }
     }
 
@@ -96,8 +115,9 @@ impl Driver {
         let mut rx = vec![0u8; MAX_DATAGRAM];
         let mut next_tick = tokio::time::Instant::now() + TIMER_TICK;
         let mut rekey_sent: Option<Instant> = None;
+        let mut sending = Batch::new();
         let why = loop {
-            let delay = self.pump(&mut out).await;
+            let delay = self.pump(&mut out, &mut sending).await;
             let wake = match delay {
                 Some(d) => next_tick.min(tokio::time::Instant::now() + d),
                 None => next_tick,
@@ -106,11 +126,11 @@ impl Driver {
                 biased;
                 _ = cancel.cancelled() => break "tunnel link closed",
                 got = receive(&mut inbox, &self.udp, &mut rx) => match got {
-                    Some(Ok((n, from))) => {
-                        self.on_datagram(n, from, &mut rx, &mut out).await;
+                    Some(Ok(first)) => {
+                        self.on_received(first, &rx, &mut out).await;
                         for _ in 1..RECEIVE_BATCH {
                             match try_receive(&mut inbox, &self.udp, &mut rx) {
-                                Some((n, from)) => self.on_datagram(n, from, &mut rx, &mut out).await,
+                                Some(more) => self.on_received(more, &rx, &mut out).await,
                                 None => break,
                             }
                         }
@@ -139,7 +159,7 @@ impl Driver {
 
     /// Run the stack, hand out accepted connections and send what it produced, until it has
     /// nothing more to send. Returns when the stack next needs to run.
-    async fn pump(&mut self, out: &mut [u8]) -> Option<Duration> {
+    async fn pump(&mut self, out: &mut [u8], sending: &mut Batch) -> Option<Duration> {
         let mut batch = Vec::new();
         loop {
             let now = self.now();
@@ -164,11 +184,19 @@ impl Driver {
                 }
                 (delay, st.has_output() || st.has_input())
             };
+            let limit = self.udp.batch_limit();
             for p in &batch {
                 if let TunnResult::WriteToNetwork(d) = self.tunn.encapsulate(p, out) {
-                    self.send(d, None).await;
+                    if !sending.fits(d, limit) {
+                        // `d` lives in `out`; the batch holds copies.
+                        let (contents, segment) = sending.contents();
+                        self.send_batch(contents, segment, None).await;
+                        sending.clear();
+                    }
+                    sending.push(d);
                 }
             }
+            self.flush(sending).await;
             if !more {
                 let mut st = self.shared.lock();
                 for b in batch.drain(..) {
@@ -179,9 +207,8 @@ impl Driver {
         }
     }
 
-    async fn on_datagram(&mut self, n: usize, from: SocketAddr, rx: &mut [u8], out: &mut [u8]) {
-        let kind = rx.first().copied();
-        let datagram = &rx[..n];
+    async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
+        let kind = datagram.first().copied();
         match self.tunn.decapsulate(Some(from.ip()), datagram, out) {
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake answered (2) or a session confirmed (4) proves the sender holds
@@ -261,29 +288,39 @@ impl Driver {
     }
 }
 
+/// What one receive brought.
+enum Received {
+    /// Datagrams in the receive buffer, `stride` bytes each.
+    Buffer {
+        len: usize,
+        stride: usize,
+        from: SocketAddr,
+    },
+    /// One datagram the listener routed here.
+    Routed(Datagram),
+}
+
 async fn receive(
     inbox: &mut Inbox,
-    udp: &UdpSocket,
+    udp: &WgSocket,
     rx: &mut [u8],
-) -> Option<std::io::Result<(usize, SocketAddr)>> {
+) -> Option<std::io::Result<Received>> {
     match inbox {
-        Inbox::Socket => Some(udp.recv_from(rx).await),
-        Inbox::Routed(ch) => {
-            let d = ch.recv().await?;
-            Some(Ok(copy_in(d, rx)))
-        }
+        Inbox::Socket => Some(
+            udp.recv(rx)
+                .await
+                .map(|(len, stride, from)| Received::Buffer { len, stride, from }),
+        ),
+        Inbox::Routed(ch) => Some(Ok(Received::Routed(ch.recv().await?))),
     }
 }
 
-fn try_receive(inbox: &mut Inbox, udp: &UdpSocket, rx: &mut [u8]) -> Option<(usize, SocketAddr)> {
+fn try_receive(inbox: &mut Inbox, udp: &WgSocket, rx: &mut [u8]) -> Option<Received> {
     match inbox {
-        Inbox::Socket => udp.try_recv_from(rx).ok(),
-        Inbox::Routed(ch) => ch.try_recv().ok().map(|d| copy_in(d, rx)),
+        Inbox::Socket => udp
+            .try_recv(rx)
+            .ok()
+            .map(|(len, stride, from)| Received::Buffer { len, stride, from }),
+        Inbox::Routed(ch) => ch.try_recv().ok().map(Received::Routed),
     }
-}
-
-fn copy_in(d: Datagram, rx: &mut [u8]) -> (usize, SocketAddr) {
-    let n = d.data.len().min(rx.len());
-    rx[..n].copy_from_slice(&d.data[..n]);
-    (n, d.from)
 }
