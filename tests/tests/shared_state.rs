@@ -461,6 +461,19 @@ async fn a_gateway_killed_under_load_leaves_the_others_serving() {
     for g in &c.gateways {
         wait_tunnel(g, 2).await;
     }
+    // The process gateway has the second connector too before it is asked anything.
+    let doomed_admin = addrs.admin;
+    wait_until(
+        Duration::from_secs(15),
+        "the connector on the process gateway",
+        || async move {
+            metric(
+                &metrics_text(doomed_admin).await,
+                "netwall_tunnel_connections{tunnel=\"app\"}",
+            ) == 1.0
+        },
+    )
+    .await;
     let doomed_client = HttpsClient::new(addrs.https, &c.pki.ca_der, false);
     assert_eq!(
         status(&doomed_client, "https://app.test/").await,
