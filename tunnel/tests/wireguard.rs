@@ -421,7 +421,6 @@ async fn a_peer_holds_at_most_its_connection_limit_and_gets_a_slot_back() {
             tokio::time::Instant::now() < deadline,
             "no slot came back after a connection ended"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The others still work.
     let (g, c) = &held[0];

@@ -215,14 +215,7 @@ impl WgListener {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let sender = self.inbox(&slot, datagram, accepted);
-        let data = Datagram {
-            data: datagram.to_vec(),
-            from,
-        };
-        if let Some(sender) = sender
-            && sender.try_send(data).is_err()
-        {
+        if !self.deliver(&slot, datagram, from, accepted) {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -231,21 +224,34 @@ impl WgListener {
         self.lock().by_index.get(&(receiver >> 8)).cloned()
     }
 
-    /// The peer's task inbox; its first handshake initiation starts the task.
-    fn inbox(
+    /// Queue `datagram` for the peer's task, whose link its first handshake initiation
+    /// starts. False when it was dropped (no link yet, or the task is this far behind).
+    fn deliver(
         &self,
         slot: &Arc<Slot>,
         datagram: &[u8],
+        from: SocketAddr,
         accepted: &mpsc::Sender<Accepted>,
-    ) -> Option<mpsc::Sender<Datagram>> {
+    ) -> bool {
         let mut inbox = slot.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = inbox.as_ref().filter(|tx| !tx.is_closed()) {
-            return Some(tx.clone());
-        }
+        let running = inbox.as_ref().filter(|tx| !tx.is_closed());
         // Only a handshake initiation starts a link.
-        if datagram.first() != Some(&1) || slot.stop.is_cancelled() {
-            return None;
-        }
+        let tx = match running {
+            Some(tx) => tx,
+            None if datagram.first() == Some(&1) && !slot.stop.is_cancelled() => {
+                inbox.insert(self.start_link(slot, accepted))
+            }
+            None => return false,
+        };
+        tx.try_send(Datagram {
+            data: datagram.to_vec(),
+            from,
+        })
+        .is_ok()
+    }
+
+    /// Start the task of `slot`'s link; returns its inbox.
+    fn start_link(&self, slot: &Slot, accepted: &mpsc::Sender<Accepted>) -> mpsc::Sender<Datagram> {
         let (tx, rx) = mpsc::channel(PEER_INBOX);
         let link = Link {
             local: GATEWAY_ADDR,
@@ -276,7 +282,6 @@ impl WgListener {
             epoch: Instant::now(),
         };
         tokio::spawn(driver.run(Inbox::Routed(rx), slot.stop.clone()));
-        *inbox = Some(tx.clone());
-        Some(tx)
+        tx
     }
 }

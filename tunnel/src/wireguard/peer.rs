@@ -116,8 +116,9 @@ impl Driver {
         let mut next_tick = tokio::time::Instant::now() + TIMER_TICK;
         let mut rekey_sent: Option<Instant> = None;
         let mut sending = Batch::new();
+        let mut packets = Vec::new();
         let why = loop {
-            let delay = self.pump(&mut out, &mut sending).await;
+            let delay = self.pump(&mut out, &mut sending, &mut packets).await;
             let wake = match delay {
                 Some(d) => next_tick.min(tokio::time::Instant::now() + d),
                 None => next_tick,
@@ -159,13 +160,18 @@ impl Driver {
 
     /// Run the stack, hand out accepted connections and send what it produced, until it has
     /// nothing more to send. Returns when the stack next needs to run.
-    async fn pump(&mut self, out: &mut [u8], sending: &mut Batch) -> Option<Duration> {
-        let mut batch = Vec::new();
+    async fn pump(
+        &mut self,
+        out: &mut [u8],
+        sending: &mut Batch,
+        packets: &mut Vec<Vec<u8>>,
+    ) -> Option<Duration> {
         loop {
             let now = self.now();
             let (delay, more) = {
                 let mut st = self.shared.lock();
-                for b in batch.drain(..) {
+                // The buffers of the packets sent last round go back for reuse.
+                for b in packets.drain(..) {
                     st.recycle(b);
                 }
                 let delay = st.poll(now);
@@ -180,28 +186,21 @@ impl Driver {
                     }
                 }
                 while let Some(p) = st.pop_packet() {
-                    batch.push(p);
+                    packets.push(p);
                 }
                 (delay, st.has_output() || st.has_input())
             };
             let limit = self.udp.batch_limit();
-            for p in &batch {
+            for p in packets.iter() {
                 if let TunnResult::WriteToNetwork(d) = self.tunn.encapsulate(p, out) {
                     if !sending.fits(d, limit) {
-                        // `d` lives in `out`; the batch holds copies.
-                        let (contents, segment) = sending.contents();
-                        self.send_batch(contents, segment, None).await;
-                        sending.clear();
+                        self.flush(sending).await;
                     }
                     sending.push(d);
                 }
             }
             self.flush(sending).await;
             if !more {
-                let mut st = self.shared.lock();
-                for b in batch.drain(..) {
-                    st.recycle(b);
-                }
                 return delay;
             }
         }
