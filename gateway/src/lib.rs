@@ -125,6 +125,7 @@ pub struct RunningGateway {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     tunnel_tasks: TaskTracker,
+    accept_loops: TaskTracker,
     endpoint: QuicListener,
     tunnel_server: Arc<TunnelServer>,
     drain_timeout: Duration,
@@ -138,6 +139,8 @@ impl RunningGateway {
     pub async fn shutdown(self) -> bool {
         info!("shutting down: no new connections; draining in-flight requests");
         self.shutdown.cancel();
+        self.accept_loops.close();
+        self.accept_loops.wait().await;
         self.tasks.close();
         let drained = tokio::time::timeout(self.drain_timeout, self.tasks.wait())
             .await
@@ -280,6 +283,9 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
 
     let tasks = TaskTracker::new();
     let tunnel_tasks = TaskTracker::new();
+    // The public accept loops: shutdown waits for them, so their ports are free again when it
+    // returns (a restart on the same ports must be able to bind).
+    let accept_loops = TaskTracker::new();
 
     let registry = Arc::new(Registry::new(
         reload::declared_tunnels(config),
@@ -438,7 +444,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
                 let l = bind_tcp(addr).await?;
                 let bound = local_addr(&l, addr)?;
                 tcp_addrs.push(bound);
-                tokio::spawn(tcp::serve(
+                accept_loops.spawn(tcp::serve(
                     route(bound.to_string()),
                     l,
                     shutdown.clone(),
@@ -454,7 +460,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     let sni_routes = Arc::new(sni_routes);
 
     let per_ip = policy::conn_limit::IpConnLimit::new(config.https.max_connections_per_ip);
-    tokio::spawn(listener::serve_https(
+    accept_loops.spawn(listener::serve_https(
         https_listener,
         acceptor,
         proxy.clone(),
@@ -479,7 +485,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             .filter(|a| a.get_ref().challenge == acme::config::ChallengeKind::Http01)
             .and(acme_state.clone());
         let handler = listener::redirect_handler(port, metrics.clone(), http01);
-        tokio::spawn(listener::serve_plain(
+        accept_loops.spawn(listener::serve_plain(
             l,
             handler,
             config.https.header_read_timeout,
@@ -540,6 +546,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         shutdown,
         tasks,
         tunnel_tasks,
+        accept_loops,
         endpoint,
         tunnel_server: server,
         drain_timeout: config.shutdown.drain_timeout,
