@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -122,7 +121,7 @@ impl CertPair {
     }
 
     pub(crate) fn certified(&self) -> Result<Arc<CertifiedKey>, TlsError> {
-        let signer = ring::sign::any_supported_type(&self.key)?;
+        let signer = netwall_tunnel::crypto::signing_key(&self.key)?;
         let ck = CertifiedKey::new(self.chain.clone(), signer);
         // A key that does not belong to the certificate would fail every handshake; refuse
         // it here (at start, or in a reload that keeps the old pair serving).
@@ -276,7 +275,7 @@ impl ResolvesServerCert for CertStore {
 pub const SELF_SIGNED_VALIDITY: time::Duration = time::Duration::days(90);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(ring::default_provider())
+    netwall_tunnel::crypto::provider()
 }
 
 /// Public listener TLS: 1.2 and 1.3, ALPN h2 then http/1.1 (and `netwall/1` when the

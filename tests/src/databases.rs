@@ -91,17 +91,15 @@ impl ClientCerts {
     ) -> std::io::Result<TlsStream<TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(server_ca.clone()).expect("add CA");
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![self.cert_der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
-        )
-        .expect("client certificate");
+        let cfg = rustls::ClientConfig::builder_with_provider(netwall_tunnel::crypto::provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![self.cert_der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
+            )
+            .expect("client certificate");
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from(sni.to_owned()).expect("server name");
         TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await

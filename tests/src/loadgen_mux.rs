@@ -58,7 +58,7 @@ pub struct MuxArgs {
 /// A TLS 1.3 connection over loopback: (accepting side, dialing side).
 async fn tls_pair() -> anyhow::Result<(server::TlsStream<TcpStream>, client::TlsStream<TcpStream>)>
 {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = netwall_tunnel::crypto::provider();
     let key = rcgen::KeyPair::generate()?;
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key)?;
     let der = cert.der().clone();

@@ -719,7 +719,7 @@ async fn a_bad_h2_preface_is_an_http2_connection_error_never_an_http1_answer() {
 async fn tls_prefers_the_servers_cipher_order() {
     let s = setup("", "").await;
     // Offer the suites weakest-first; the gateway still picks its own first choice.
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = (*netwall_tunnel::crypto::provider()).clone();
     provider.cipher_suites.reverse();
     let offered_first = provider.cipher_suites[0].suite();
     let roots = {
@@ -746,7 +746,7 @@ async fn tls_prefers_the_servers_cipher_order() {
             .negotiated_cipher_suite()
             .expect("suite")
             .suite();
-        let server_first = rustls::crypto::ring::default_provider()
+        let server_first = netwall_tunnel::crypto::provider()
             .cipher_suites
             .iter()
             .map(|c| c.suite())
@@ -761,6 +761,59 @@ async fn tls_prefers_the_servers_cipher_order() {
         assert_eq!(chosen, server_first, "{version:?}");
         assert_ne!(chosen, offered_first, "{version:?}: the client's order won");
     }
+}
+
+/// A TLS handshake with the gateway's HTTPS port: (key-exchange group, handshake kind).
+async fn handshake_with(
+    addr: std::net::SocketAddr,
+    cfg: rustls::ClientConfig,
+) -> (rustls::NamedGroup, rustls::HandshakeKind) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let tls = TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS");
+    let conn = tls.get_ref().1;
+    (
+        conn.negotiated_key_exchange_group().expect("group").name(),
+        conn.handshake_kind().expect("kind"),
+    )
+}
+
+#[tokio::test]
+async fn tunnels_and_browsers_get_the_post_quantum_hybrid_and_classical_clients_no_retry() {
+    let s = setup("", "").await;
+    // The connector's own client configuration, as it dials a tunnel over TLS/TCP.
+    let connector = netwall_connector::dial::trust::client_config(
+        &netwall_connector::config::Trust::Ca(s.pki.ca.clone()),
+    )
+    .expect("connector TLS");
+    assert_eq!(
+        handshake_with(s.gateway.https_addr, connector).await,
+        (
+            rustls::NamedGroup::X25519MLKEM768,
+            rustls::HandshakeKind::Full
+        )
+    );
+    // A client that offers only X25519 (as OpenSSL 3.0 does) is served in one round trip.
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(s.pki.ca_der.clone()).expect("ca");
+        r
+    };
+    let classical =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::CryptoProvider {
+            kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+            ..(*netwall_tunnel::crypto::provider()).clone()
+        }))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    assert_eq!(
+        handshake_with(s.gateway.https_addr, classical).await,
+        (rustls::NamedGroup::X25519, rustls::HandshakeKind::Full)
+    );
 }
 
 #[test]

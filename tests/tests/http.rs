@@ -620,7 +620,7 @@ async fn certificate_is_chosen_by_sni() {
         let mut cfg = (*client_tls(&pki.ca_der, &[b"http/1.1"])).clone();
         cfg.dangerous()
             .set_certificate_verifier(std::sync::Arc::new(AcceptAny(
-                rustls::crypto::ring::default_provider(),
+                (*netwall_tunnel::crypto::provider()).clone(),
             )));
         let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("name");
         let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))

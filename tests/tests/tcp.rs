@@ -268,14 +268,12 @@ async fn start_tls_echo(pki: &Pki) -> SocketAddr {
         .collect::<Result<Vec<_>, _>>()
         .expect("cert");
     let key = PrivateKeyDer::from_pem_file(&pki.other_key).expect("key");
-    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server config");
+    let cfg = rustls::ServerConfig::builder_with_provider(netwall_tunnel::crypto::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -5,9 +5,11 @@
 //! containers with no network), [`wireguard`] (silent to strangers, a userspace TCP/IP stack
 //! inside), or the in-memory [`duplex`] pipe tests use; all but QUIC multiplex with [`mux`]. On top of any of them, [`handshake`] runs the hello exchange, and
 //! [`io`], [`body`] and [`http`] move frames, HTTP bodies and heads over streams. Relay code
-//! in both ends sees only [`Conn`] and [`Stream`].
+//! in both ends sees only [`Conn`] and [`Stream`]; [`crypto`] names the one cryptographic
+//! provider both ends build their TLS with.
 
 pub mod body;
+pub mod crypto;
 pub mod duplex;
 pub mod handshake;
 pub mod http;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use netwall_proto::wire::TUNNEL_ALPN;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, ring};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -78,7 +78,7 @@ impl ServerCertVerifier for PinVerifier {
 /// The TLS client configuration for every networked transport: TLS 1.3 only, ALPN
 /// `netwall/1`, the gateway verified by `trust`.
 pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(ring::default_provider());
+    let provider = netwall_tunnel::crypto::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?;

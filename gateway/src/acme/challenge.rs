@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwapOption;
-use rustls::crypto::ring;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
@@ -77,7 +76,7 @@ impl AcmeState {
         let key = rcgen::KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let signer = ring::sign::any_supported_type(&der)?;
+        let signer = netwall_tunnel::crypto::signing_key(&der)?;
         let ck = CertifiedKey::new(vec![CertificateDer::from(cert.der().to_vec())], signer);
         if let Ok(mut m) = self.tls_alpn.write() {
             m.insert(name.to_owned(), Arc::new(ck));
@@ -136,7 +135,7 @@ mod tests {
         let state = AcmeState::new(vec!["app.example".into()]);
         assert!(state.certificate_for("app.example").is_none());
         let pair = crate::tls::CertPair::self_signed(&["app.example".into()]).expect("cert");
-        let signer = ring::sign::any_supported_type(&pair.key).expect("key");
+        let signer = netwall_tunnel::crypto::signing_key(&pair.key).expect("key");
         state.set_certificate(Arc::new(CertifiedKey::new(pair.chain.clone(), signer)));
         assert!(state.certificate_for("app.example").is_some());
         assert!(state.certificate_for("else.example").is_none());

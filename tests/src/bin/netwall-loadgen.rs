@@ -272,7 +272,12 @@ impl ServerCertVerifier for AnyCert {
 }
 
 fn tls_connector() -> anyhow::Result<TlsConnector> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // X25519 only: the key exchange nginx (OpenSSL 3.0) and netwall both do, so new
+    // connections per second compare like for like; the cipher code is netwall's own.
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+        ..(*netwall_tunnel::crypto::provider()).clone()
+    });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
