@@ -398,6 +398,9 @@ summary = [
     f"Peak resident memory during the run: gateway {int(memory['gateway_peak_kib']) // 1024} MiB, connector {int(memory['connector_peak_kib']) // 1024} MiB.",
     "Fixed-rate percentiles include each path's 64 connection setups (the TLS paths pay handshakes); in quick mode they "
     "weigh on p99, in a full run only on p99.9.",
+    "New connections: oha (rustls) offers the X25519MLKEM768 post-quantum hybrid first, which netwall's gateway "
+    "accepts and nginx (OpenSSL 3.0) does not know, so netwall's handshakes do that extra key exchange (about 15 µs "
+    "per side, ops/crypto-ab) and nginx's are X25519 only.",
     "Idle WebSocket memory (first pass) is the resident memory gained per open connection by the processes on the path: "
     "direct = the backend itself; nginx = its workers; rathole = server + client; netwall = gateway + connector"
     + (f" (gateway {results['ws']['netwall']['gateway_bytes_per_conn']:,.0f} + connector "
