@@ -17,8 +17,12 @@ use netwall_proto::{Codec, DecodeError, EncodeError};
 
 /// Bytes asked of the transport per read.
 const READ_CHUNK: usize = 16 * 1024;
-/// What an idle reader holds while it waits for the next frame.
+/// Bytes asked of the transport by the first read after a pause, read onto the stack (an
+/// idle reader holds no heap buffer): a small frame's worth.
 const IDLE_READ: usize = 512;
+
+/// What a writer keeps between writes: room for a data frame's header, not a head's.
+const IDLE_WRITE: usize = 64;
 
 /// Failure while reading frames.
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +85,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 });
             }
             if self.buf.is_empty() && !self.streaming {
-                // Between frames: read a little first, as the stream may have nothing more.
-                if self.buf.capacity() < IDLE_READ {
-                    self.buf.reserve(IDLE_READ);
+                // Between frames: read a little first, as the stream may have nothing more,
+                // and onto the stack, so a reader that waits (an idle WebSocket, a response
+                // not sent yet) holds no buffer at all.
+                let mut first = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
+                let mut rb = ReadBuf::uninit(&mut first);
+                match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        self.buf = BytesMut::new();
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(r) => r?,
                 }
-            } else if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                let n = rb.filled().len();
+                self.streaming = n == IDLE_READ;
+                if n == 0 {
+                    self.eof = true;
+                } else {
+                    let want = if self.streaming { READ_CHUNK } else { n };
+                    if self.buf.capacity() < want {
+                        self.buf = BytesMut::with_capacity(want);
+                    }
+                    self.buf.extend_from_slice(rb.filled());
+                }
+                continue;
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
                 self.buf.reserve(READ_CHUNK);
             }
             let (polled, offered) = {
@@ -100,11 +125,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Poll::Pending => {
                     if self.buf.is_empty() {
                         // Idle between frames, perhaps for hours (an open WebSocket): wait
-                        // without holding a large buffer.
+                        // without holding a buffer.
                         self.streaming = false;
-                        if self.buf.capacity() > 4 * IDLE_READ {
-                            self.buf = BytesMut::new();
-                        }
+                        self.buf = BytesMut::new();
                     }
                     return Poll::Pending;
                 }
@@ -144,8 +167,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W, codec: Codec) -> Self {
         FrameWriter {
             inner,
-            buf: BytesMut::with_capacity(256),
+            buf: BytesMut::new(),
             codec,
+        }
+    }
+
+    /// After a write: a buffer that grew for a head or a batch is given back, so a writer
+    /// that then waits (an idle WebSocket, a long response) holds no more than a data
+    /// frame's header needs.
+    fn release(&mut self) {
+        if self.buf.capacity() > IDLE_WRITE {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -156,7 +188,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         self.buf.clear();
         self.codec.encode(frame, &mut self.buf)?;
-        self.inner.write_all(&self.buf).await?;
+        let written = self.inner.write_all(&self.buf).await;
+        self.release();
+        written?;
         Ok(())
     }
 
@@ -168,7 +202,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         for frame in frames {
             self.codec.encode(frame, &mut self.buf)?;
         }
-        self.inner.write_all(&self.buf).await?;
+        let written = self.inner.write_all(&self.buf).await;
+        self.release();
+        written?;
         Ok(())
     }
 
@@ -220,7 +256,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_idle_reader_does_not_hold_a_large_buffer() {
+    async fn an_idle_reader_holds_no_buffer() {
         let (mut tx, rx) = tokio::io::duplex(256 * 1024);
         let codec = Codec::default();
         let mut reader = FrameReader::new(rx, codec);
@@ -233,14 +269,57 @@ mod tests {
             let frame = reader.next().await.expect("read").expect("a frame");
             assert!(matches!(&frame, Frame::Data(d) if d.len() == len));
             drop(frame);
-            // Nothing more was sent: the reader waits, holding a small buffer only.
+            // Nothing more was sent: the reader waits, holding no buffer.
             let polled = poll_fn(|cx| Poll::Ready(reader.poll_frame(cx).is_pending())).await;
             assert!(polled, "no further frame was sent");
-            assert!(
-                reader.buf.capacity() <= 4 * IDLE_READ,
-                "after a {len}-byte frame an idle reader holds {} bytes",
-                reader.buf.capacity()
+            assert_eq!(
+                reader.buf.capacity(),
+                0,
+                "after a {len}-byte frame an idle reader holds a buffer"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_writer_keeps_no_head_sized_buffer_between_writes() {
+        let (tx, mut rx) = tokio::io::duplex(256 * 1024);
+        let codec = Codec::default();
+        let mut writer = FrameWriter::new(tx, codec);
+        let big = Frame::Publish {
+            channel: "c".repeat(100),
+            message: Bytes::from(vec![1u8; 2000]),
+        };
+        writer.send(&big).await.expect("send");
+        assert!(
+            writer.buf.capacity() <= IDLE_WRITE,
+            "{}",
+            writer.buf.capacity()
+        );
+        writer
+            .send_all(&[&big, &Frame::Ping(1)])
+            .await
+            .expect("send all");
+        assert!(
+            writer.buf.capacity() <= IDLE_WRITE,
+            "{}",
+            writer.buf.capacity()
+        );
+        writer
+            .send_data(Bytes::from_static(b"hello"))
+            .await
+            .expect("data");
+        assert!(
+            writer.buf.capacity() <= IDLE_WRITE,
+            "{}",
+            writer.buf.capacity()
+        );
+        drop(writer);
+        // Every frame arrived whole.
+        let mut reader = FrameReader::new(&mut rx, codec);
+        let mut kinds = Vec::new();
+        while let Some(f) = reader.next().await.expect("frame") {
+            kinds.push(f.kind());
+        }
+        assert_eq!(kinds, ["publish", "publish", "ping", "data"]);
     }
 }
