@@ -731,10 +731,11 @@ impl Proxy {
         });
         self.tasks.spawn(
             async move {
-                match upgrade.finish().await {
-                    // Boxed: an idle session then holds one allocation of its own size, not
-                    // the larger layout of this wrapper with the session inside.
-                    Ok((ws, close_sent)) => Box::pin(session.run(Box::new(ws), close_sent)).await,
+                // Both steps boxed: the task then keeps two pointers for as long as the
+                // WebSocket is open, not the layout of the upgrade (which builds the client's
+                // WebSocket in place) beside the session's.
+                match Box::pin(upgrade.finish()).await {
+                    Ok((ws, close_sent)) => Box::pin(session.run(ws, close_sent)).await,
                     Err(e) => debug!(error = %e, "client WebSocket upgrade failed"),
                 }
             }

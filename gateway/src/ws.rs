@@ -58,8 +58,10 @@ pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4004;
 /// Close code: the client did not keep up with the messages pushed to it.
 pub const CLOSE_TOO_SLOW: u16 = 4005;
 
-/// Initial socket read and write buffer of a WebSocket, each.
-const IDLE_BUFFER_BYTES: usize = 512;
+/// Read and write buffer a WebSocket starts with and returns to, each: a small message's
+/// frame fits; a larger one grows the buffer for as long as it takes. Most WebSockets sit idle
+/// most of the time, so this is what each of them holds.
+const IDLE_BUFFER_BYTES: usize = 256;
 
 /// An order to a running session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -820,8 +822,9 @@ pub struct PendingUpgrade {
 }
 
 impl PendingUpgrade {
-    /// Wait for hyper to hand over the connection after the `101`.
-    pub async fn finish(self) -> Result<(ClientWs, CloseSent), String> {
+    /// Wait for hyper to hand over the connection after the `101`. The WebSocket comes boxed,
+    /// so whatever holds it for the session's life holds a pointer.
+    pub async fn finish(self) -> Result<(Box<ClientWs>, CloseSent), String> {
         let upgraded = self.on_upgrade.await.map_err(|e| e.to_string())?;
         let close_sent = CloseSent::default();
         let io = Scanned {
@@ -837,7 +840,7 @@ impl PendingUpgrade {
             self.options,
         )
         .map_err(|e| e.to_string())?;
-        Ok((ws, close_sent))
+        Ok((Box::new(ws), close_sent))
     }
 }
 
