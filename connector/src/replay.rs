@@ -20,7 +20,7 @@ use netwall_tunnel::body::{TunnelBody, pipe_upgraded, send_body};
 use netwall_tunnel::http::{from_header_map, strip_hop_by_hop, to_header_map};
 use netwall_tunnel::io::{FrameReader, FrameWriter};
 use netwall_tunnel::{Stream, StreamRead, StreamWrite};
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::config::{Resolved, ServiceTarget};
 use crate::local::LocalConnector;
@@ -150,18 +150,20 @@ impl Services {
             .await;
         };
         if head.websocket {
-            if let Err((code, reason)) = crate::ws::relay(
-                &service.connector,
-                &service.authority,
-                head,
-                &mut writer,
-                &mut reader,
-            )
-            .await
-            {
-                debug!(service = %service_name, %reason, "WebSocket relay failed");
-                reset(&mut writer, code, reason).await;
-            }
+            // A task of its own: an open WebSocket then holds the relay's state only, not
+            // the layout of this function, which the HTTP replay makes large.
+            let (connector, authority) = (service.connector.clone(), service.authority.clone());
+            tokio::spawn(
+                async move {
+                    let relay =
+                        crate::ws::relay(&connector, &authority, head, &mut writer, &mut reader);
+                    if let Err((code, reason)) = Box::pin(relay).await {
+                        debug!(service = %service_name, %reason, "WebSocket relay failed");
+                        reset(&mut writer, code, reason).await;
+                    }
+                }
+                .in_current_span(),
+            );
             return;
         }
         let built = (|| {

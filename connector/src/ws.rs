@@ -18,6 +18,10 @@ use yawc::{Frame, HttpRequest, OpCode, Options, WebSocket};
 
 use crate::local::LocalConnector;
 
+/// Read and write buffer of the WebSocket to the service, each, while idle: a small message's
+/// frame fits; a larger one grows the buffer while it passes.
+const IDLE_BUFFER_BYTES: usize = 256;
+
 /// Headers that belong to the client's handshake with the edge, not to this one.
 const HANDSHAKE_HEADERS: [&str; 6] = [
     "upgrade",
@@ -62,9 +66,14 @@ pub async fn relay(
         .without_compression()
         .with_no_delay()
         // Sized for idle connections: the buffers grow for large messages and shrink back.
-        .with_read_buffer_capacity(1024)
-        .with_write_buffer_capacity(1024);
-    let mut ws = match WebSocket::handshake_with_request(url, io, options, request).await {
+        .with_read_buffer_capacity(IDLE_BUFFER_BYTES)
+        .with_write_buffer_capacity(IDLE_BUFFER_BYTES);
+    // The request's head holds the tunnel's read buffer; an open WebSocket needs neither.
+    drop(head);
+    // Boxed: the handshake's state is large and lives only until the answer; unboxed, it
+    // would set the size of this future for as long as the WebSocket is open.
+    let handshake = WebSocket::handshake_with_request(url, io, options, request);
+    let mut ws = match Box::pin(handshake).await {
         Ok(ws) => ws,
         Err(yawc::WebSocketError::InvalidStatusCode(status)) => {
             // The service refused the upgrade: its status goes back to the client.
