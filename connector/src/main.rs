@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// A small request costs the connector a dozen short-lived allocations (frames, heads, hyper's
+/// buffers); glibc's allocator took about 16 % of its CPU under load (`ops/profile small_h1
+/// connector`), mimalloc's per-thread free lists far less (see README, Performance).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "netwall-connector",
