@@ -316,6 +316,10 @@ enum Phase {
     Stop,
 }
 
+/// Longest a WebSocket may take to open (TCP, TLS, handshake), and the connections to finish
+/// once told to stop.
+const WS_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct ConnResult {
     rtts_us: Vec<u32>,
@@ -350,10 +354,16 @@ async fn ws(a: WsArgs) -> anyhow::Result<serde_json::Value> {
         tasks.spawn(async move {
             let open = async {
                 let _permit = gate.acquire_owned().await?;
-                let io = dial(&url, &tls).await?;
-                yawc::WebSocket::handshake(ws_url, io, yawc::Options::default())
-                    .await
-                    .map_err(|e| anyhow!("handshake: {e}"))
+                // A path that accepts the TCP connection and never answers the handshake
+                // counts as a failed open, not a run that waits forever.
+                tokio::time::timeout(WS_OPEN_TIMEOUT, async {
+                    let io = dial(&url, &tls).await?;
+                    yawc::WebSocket::handshake(ws_url, io, yawc::Options::default())
+                        .await
+                        .map_err(|e| anyhow!("handshake: {e}"))
+                })
+                .await
+                .map_err(|_| anyhow!("no WebSocket within {WS_OPEN_TIMEOUT:?}"))?
             };
             match open.await {
                 Ok(ws) => {
@@ -410,7 +420,9 @@ async fn ws(a: WsArgs) -> anyhow::Result<serde_json::Value> {
     phase_tx.send_replace(Phase::Stop);
     let mut rtts = Vec::new();
     let (mut sent, mut lost) = (0u64, 0usize);
-    while let Some(r) = tasks.join_next().await {
+    // A connection stuck in a send to a path that stopped reading is given up with the rest.
+    let stop_deadline = tokio::time::Instant::now() + WS_OPEN_TIMEOUT;
+    while let Ok(Some(r)) = tokio::time::timeout_at(stop_deadline, tasks.join_next()).await {
         let Some(r) = r.map_err(|e| anyhow!("connection task failed: {e}"))? else {
             continue;
         };
