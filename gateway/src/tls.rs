@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use netwall_tunnel::crypto::provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -273,10 +274,6 @@ impl ResolvesServerCert for CertStore {
 }
 
 pub const SELF_SIGNED_VALIDITY: time::Duration = time::Duration::days(90);
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    netwall_tunnel::crypto::provider()
-}
 
 /// Public listener TLS: 1.2 and 1.3, ALPN h2 then http/1.1 (and `netwall/1` when the
 /// resolver accepts tunnels; no browser offers it). The server's cipher-suite order
