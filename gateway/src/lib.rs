@@ -271,7 +271,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         resolver = resolver.with_tunnel(&tunnel_pair)?;
     }
     let public_certs = CertStore::new(resolver);
-    let acceptor = TlsAcceptor::from(tls::public_server_config(public_certs.clone())?);
+    let public_tls = tls::public_server_config(public_certs.clone())?;
     let tunnel_fingerprint = tunnel_pair.fingerprint();
     if let (Some(out), Some(pem)) = (&tl.self_signed_cert_out, &tunnel_pair.generated_pem) {
         let out = resolve(out);
@@ -462,7 +462,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
     let per_ip = policy::conn_limit::IpConnLimit::new(config.https.max_connections_per_ip);
     accept_loops.spawn(listener::serve_https(
         https_listener,
-        acceptor,
+        public_tls,
         proxy.clone(),
         config.https.clone(),
         per_ip.clone(),

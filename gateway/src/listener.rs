@@ -16,9 +16,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use netwall_tunnel::tls_stream::TlsStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
@@ -95,7 +95,7 @@ fn claim_slot(
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_https(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     proxy: Arc<Proxy>,
     cfg: HttpsConfig,
     per_ip: Arc<IpConnLimit>,
@@ -136,8 +136,8 @@ pub async fn serve_https(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, proxy, metrics, builders, shutdown, per_ip, tunnels, sni_routes) = (
-            acceptor.clone(),
+        let (tls, proxy, metrics, builders, shutdown, per_ip, tunnels, sni_routes) = (
+            tls.clone(),
             proxy.clone(),
             metrics.clone(),
             builders.clone(),
@@ -178,8 +178,8 @@ pub async fn serve_https(
                     },
                 };
                 let deadline = tokio::time::Instant::now() + handshake_timeout;
-                let accept = if sni_routes.is_empty() {
-                    acceptor.accept(tcp)
+                let (tcp, received) = if sni_routes.is_empty() {
+                    (tcp, Vec::new())
                 } else {
                     // The ClientHello first: its server name may choose a TCP route.
                     let hello = match tokio::time::timeout_at(deadline, sni::read_client_hello(tcp))
@@ -204,10 +204,11 @@ pub async fn serve_https(
                         drop(slot);
                         return route.clone().handle_hello(hello, peer).await;
                     }
-                    tokio_rustls::StartHandshake::from_parts(hello.accepted, hello.tcp)
-                        .into_stream(acceptor.config().clone())
+                    // HTTP: the handshake starts over from the bytes already read.
+                    (hello.tcp, hello.recorded)
                 };
                 let _slot = slot;
+                let accept = TlsStream::accept(tcp, tls, received);
                 let tls = match tokio::time::timeout_at(deadline, accept).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -220,19 +221,17 @@ pub async fn serve_https(
                         return;
                     }
                 };
-                let (_, session) = tls.get_ref();
-                if session.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                if tls.alpn_protocol() == Some(ACME_TLS_ALPN) {
                     // An ACME CA's TLS-ALPN-01 check: the handshake was the answer.
                     debug!("answered an ACME TLS-ALPN-01 check");
                     return;
                 }
-                if session.alpn_protocol() == Some(TUNNEL_ALPN) {
+                if tls.alpn_protocol() == Some(TUNNEL_ALPN) {
                     // A connector whose network allows only outbound TCP: the tunnel server
                     // takes the connection over, with its own limits and deadline.
                     match &tunnels {
                         Some(t)
-                            if session.protocol_version()
-                                == Some(rustls::ProtocolVersion::TLSv1_3) =>
+                            if tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) =>
                         {
                             t.hand_over_tls(tls, peer)
                         }
@@ -258,7 +257,7 @@ pub async fn serve_https(
                         resp
                     }
                 });
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let h2 = tls.alpn_protocol() == Some(b"h2");
                 let io = TokioIo::new(Lingering::new(tls, linger));
                 let res = if h2 {
                     until_shutdown!(builders.1.serve_connection(io, svc), shutdown)

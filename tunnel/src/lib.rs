@@ -17,6 +17,7 @@ pub mod io;
 pub mod mux;
 pub mod quic;
 pub mod tls;
+pub mod tls_stream;
 mod transport;
 pub mod unix;
 pub mod wireguard;
