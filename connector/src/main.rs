@@ -5,12 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// A small request costs the connector a dozen short-lived allocations (frames, heads, hyper's
-/// buffers); glibc's allocator took about 16 % of its CPU under load (`ops/profile small_h1
-/// connector`), mimalloc's per-thread free lists far less (see README, Performance).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "netwall-connector",
@@ -146,11 +140,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(resolved.config.workers())
-        .enable_all()
-        .build()
-    {
+    let runtime = match netwall_runtime::build(resolved.config.workers()) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("netwall-connector: cannot start the runtime: {e}");

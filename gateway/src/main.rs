@@ -7,12 +7,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use rand::RngCore;
 
-/// Small per-request allocations dominate the allocator's work; mimalloc's per-thread free
-/// lists take about a quarter of a small request's CPU off the glibc allocator (see README,
-/// Performance).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "netwall-gateway",
@@ -132,10 +126,7 @@ fn main() -> ExitCode {
 fn run(config: PathBuf) -> anyhow::Result<()> {
     let loaded = netwall_gateway::config::GatewayConfig::load(&config)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(loaded.config.workers())
-        .enable_all()
-        .build()
+    netwall_runtime::build(loaded.config.workers())
         .context("cannot start the runtime")?
         .block_on(serve(loaded))
 }
