@@ -705,14 +705,14 @@ impl Proxy {
                 };
                 let shared =
                     crate::state::SharedSession::open(self.store.clone(), key, max_per_user).await;
-                Some(crate::ws::SessionUser {
+                Some(Box::new(crate::ws::SessionUser {
                     ticket,
                     shared,
                     commands,
                     revocations: self.local.revocations.clone(),
                     revalidate_interval: revalidate,
                     identity,
-                })
+                }))
             }
             None => None,
         };

@@ -375,8 +375,9 @@ pub struct Session {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
-    /// The authenticated user, on routes with auth.
-    pub user: Option<SessionUser>,
+    /// The authenticated user, on routes with auth (boxed: most sessions have none, and
+    /// every idle session would hold its size).
+    pub user: Option<Box<SessionUser>>,
     /// Messages the service pushes, on routes with `push = true`.
     pub push: Option<crate::fanout::Subscription>,
 }
@@ -418,28 +419,20 @@ impl Session {
             .messages_per_second
             .and_then(NonZeroU32::new)
             .map(|n| RateLimiter::direct(Quota::per_second(n)));
-        let mut ping =
-            tokio::time::interval_at(Instant::now() + c.heartbeat_interval, c.heartbeat_interval);
-        let mut pong_deadline: Option<Instant> = None;
-        let (mut commands, auth) = match self.user.take() {
-            Some(u) => (
-                Some(u.commands),
-                // The registrations live as long as the session: dropping one unregisters it.
-                Some((
-                    u.identity,
-                    (u.ticket, u.shared),
-                    u.revocations,
-                    u.revalidate_interval,
-                )),
-            ),
-            None => (None, None),
+        // The registrations live as long as the session: dropping one unregisters it.
+        let mut user = self.user.take();
+        let now = Instant::now();
+        let mut due = Deadlines {
+            ping: now + c.heartbeat_interval,
+            pong: None,
+            expires: user.as_ref().map(|u| {
+                now + Duration::from_secs(u.identity.exp.saturating_sub(crate::auth::now_secs()))
+            }),
+            revalidate: user.as_ref().map(|u| now + u.revalidate_interval),
         };
-        let expires = auth.as_ref().map(|(id, ..)| {
-            Instant::now() + Duration::from_secs(id.exp.saturating_sub(crate::auth::now_secs()))
-        });
-        let mut revalidate = auth
-            .as_ref()
-            .map(|a| tokio::time::interval_at(Instant::now() + a.3, a.3));
+        // One timer serves every deadline: an idle session holds one, not four.
+        let timer = tokio::time::sleep_until(due.earliest());
+        tokio::pin!(timer);
         let end = loop {
             tokio::select! {
                 frame = ws.next_frame() => {
@@ -471,11 +464,11 @@ impl Session {
                             }
                             self.metrics.ws_messages.get_or_create(&crate::metrics::DirectionLabel { direction: "to_service" }).inc();
                             self.metrics.ws_bytes.get_or_create(&crate::metrics::DirectionLabel { direction: "to_service" }).inc_by(payload.len() as u64);
-                            if self.writer.send(&TunnelFrame::WsMessage { kind, payload }).await.is_err() {
+                            if Box::pin(self.writer.send(&TunnelFrame::WsMessage { kind, payload })).await.is_err() {
                                 break End::Edge(1011, "tunnel lost", "tunnel_lost");
                             }
                         }
-                        OpCode::Pong => pong_deadline = None,
+                        OpCode::Pong => due.pong = None,
                         OpCode::Close => {
                             let code = frame.close_code().map_or(1005, u16::from);
                             let reason = frame.close_reason().ok().flatten().unwrap_or_default().to_owned();
@@ -488,44 +481,54 @@ impl Session {
                 frame = self.reader.next() => match frame {
                     Ok(Some(TunnelFrame::WsMessage { kind, payload })) => {
                         self.count_to_client(payload.len());
-                        if let Err(end) = send_bounded(&mut ws, message_frame(kind, payload), c.heartbeat_timeout).await {
+                        if let Err(end) = Box::pin(send_bounded(&mut ws, message_frame(kind, payload), c.heartbeat_timeout)).await {
                             break end;
                         }
                     }
                     Ok(Some(TunnelFrame::WsClose { code, reason })) => break End::ServiceClosed(code, reason),
                     _ => break End::Edge(1011, "service connection lost", "tunnel_lost"),
                 },
-                _ = ping.tick() => {
-                    if pong_deadline.is_none() {
-                        pong_deadline = Some(Instant::now() + c.heartbeat_timeout);
-                        if let Err(end) = send_bounded(&mut ws, Frame::ping(Bytes::from_static(b"netwall")), c.heartbeat_timeout).await {
-                            break end;
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if due.pong.is_some_and(|t| t <= now) {
+                        break End::Edge(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat");
+                    }
+                    if due.expires.is_some_and(|t| t <= now) {
+                        break End::Edge(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired");
+                    }
+                    if let (Some(at), Some(u)) = (due.revalidate, &user)
+                        && at <= now
+                    {
+                        if u.revocations.is_revoked(&u.identity) {
+                            break End::Edge(CLOSE_REVOKED, "revoked", "revoked");
+                        }
+                        due.revalidate = Some(at + u.revalidate_interval);
+                    }
+                    if due.ping <= now {
+                        due.ping += c.heartbeat_interval;
+                        if due.pong.is_none() {
+                            due.pong = Some(now + c.heartbeat_timeout);
+                            if let Err(end) = Box::pin(send_bounded(&mut ws, Frame::ping(Bytes::from_static(b"netwall")), c.heartbeat_timeout)).await {
+                                break end;
+                            }
                         }
                     }
+                    timer.as_mut().reset(due.earliest());
                 }
-                _ = sleep_until_opt(pong_deadline) => break End::Edge(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat"),
                 _ = self.shutdown.cancelled() => break End::Edge(1001, "gateway shutting down", "shutdown"),
-                _ = sleep_until_opt(expires) => break End::Edge(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired"),
-                Some(Command::Close(code, reason)) = recv_opt(&mut commands) => {
+                Some(Command::Close(code, reason)) = recv_opt(user.as_mut().map(|u| &mut u.commands)) => {
                     let what = if code == CLOSE_REPLACED { "replaced" } else { "revoked" };
                     break End::Edge(code, reason, what);
                 }
                 m = recv_push(&mut self.push) => match m {
                     Some(message) => {
                         self.count_to_client(message.len());
-                        if let Err(end) = send_bounded(&mut ws, Frame::text(message), c.heartbeat_timeout).await {
+                        if let Err(end) = Box::pin(send_bounded(&mut ws, Frame::text(message), c.heartbeat_timeout)).await {
                             break end;
                         }
                     }
                     None => break End::Edge(CLOSE_TOO_SLOW, "too slow for pushed messages", "too_slow"),
                 },
-                _ = tick_opt(&mut revalidate) => {
-                    if let Some((identity, _, revocations, _)) = &auth
-                        && revocations.is_revoked(identity)
-                    {
-                        break End::Edge(CLOSE_REVOKED, "revoked", "revoked");
-                    }
-                }
             }
         };
         // The close handshake is boxed so that its state does not enlarge every idle session.
@@ -543,7 +546,7 @@ impl Session {
         self.metrics
             .ws_duration_seconds
             .observe(opened.elapsed().as_secs_f64());
-        drop((self.lease, self.slot, auth));
+        drop((self.lease, self.slot, user));
     }
 
     /// Tell both sides the session is over; returns the close code the client saw.
@@ -643,10 +646,32 @@ impl Session {
     }
 }
 
-async fn recv_opt(rx: &mut Option<tokio::sync::mpsc::Receiver<Command>>) -> Option<Command> {
+async fn recv_opt(rx: Option<&mut tokio::sync::mpsc::Receiver<Command>>) -> Option<Command> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// When each of a session's timed duties is next due.
+struct Deadlines {
+    /// The next heartbeat ping.
+    ping: Instant,
+    /// The pong awaited for the last ping, if one is.
+    pong: Option<Instant>,
+    /// The token's expiry, on routes with auth.
+    expires: Option<Instant>,
+    /// The next revocation check, on routes with auth.
+    revalidate: Option<Instant>,
+}
+
+impl Deadlines {
+    /// The first of them.
+    fn earliest(&self) -> Instant {
+        [self.pong, self.expires, self.revalidate]
+            .into_iter()
+            .flatten()
+            .fold(self.ping, Instant::min)
     }
 }
 
@@ -669,22 +694,6 @@ async fn recv_push(push: &mut Option<crate::fanout::Subscription>) -> Option<Byt
             Some(_) => None,
             None => std::future::pending().await,
         },
-        None => std::future::pending().await,
-    }
-}
-
-async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
