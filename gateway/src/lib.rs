@@ -36,7 +36,6 @@ use std::time::Duration;
 
 use netwall_proto::Codec;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -422,10 +421,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             None
         } else {
             let ca = r.client_ca.as_ref().map(|ca| resolve(ca.get_ref()));
-            Some(TlsAcceptor::from(tls::tcp_server_config(
-                tcp_certs.clone(),
-                ca.as_deref(),
-            )?))
+            Some(tls::tcp_server_config(tcp_certs.clone(), ca.as_deref())?)
         };
         let route = |name: String| {
             Arc::new(tcp::relay::TcpRoute::new(

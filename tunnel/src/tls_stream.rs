@@ -168,6 +168,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         self.conn.alpn_protocol()
     }
 
+    /// The certificate chain the client presented, leaf first, if it was asked for one.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
     /// The TLS version agreed.
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
         self.conn.protocol_version()

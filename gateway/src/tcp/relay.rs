@@ -13,11 +13,10 @@ use ipnet::IpNet;
 use netwall_proto::{Codec, Frame, TCP_SINCE_VERSION, TcpOpen};
 use netwall_tunnel::body::pipe_upgraded;
 use netwall_tunnel::io::{FrameReader, FrameWriter};
+use netwall_tunnel::tls_stream::TlsStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tracing::info;
 
 use super::config::{StartTls, TcpRouteConfig};
@@ -33,7 +32,7 @@ pub struct TcpRoute {
     pub name: String,
     cfg: TcpRouteConfig,
     networks: Vec<IpNet>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     handshake_timeout: Duration,
     slots: Arc<SlotTable<IpAddr>>,
     open: Arc<tokio::sync::Semaphore>,
@@ -86,7 +85,7 @@ impl TcpRoute {
     pub fn new(
         name: String,
         cfg: TcpRouteConfig,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         handshake_timeout: Duration,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
@@ -152,15 +151,14 @@ impl TcpRoute {
         let local = tcp.local_addr().ok();
         match &self.tls {
             None => self.relay(tcp, client, local, String::new()).await,
-            Some(acceptor) => {
+            Some(config) => {
                 let starttls = self.cfg.starttls.as_ref().map(|s| *s.get_ref());
                 let handshake = async {
                     let mut tcp = tcp;
                     if let Some(StartTls::Postgres) = starttls {
                         pg_starttls(&mut tcp).await?;
                     }
-                    acceptor
-                        .accept(tcp)
+                    TlsStream::accept(tcp, config.clone(), Vec::new())
                         .await
                         .map_err(|e| (Refusal::Certificate, e.to_string()))
                 };
@@ -183,11 +181,10 @@ impl TcpRoute {
                 let io = Replayed::new(hello.recorded, hello.tcp);
                 self.relay(io, client, local, String::new()).await
             }
-            Some(acceptor) => {
-                let start = tokio_rustls::StartHandshake::from_parts(hello.accepted, hello.tcp);
+            Some(config) => {
+                // The handshake starts over from the bytes already read.
                 let handshake = async {
-                    start
-                        .into_stream(acceptor.config().clone())
+                    TlsStream::accept(hello.tcp, config.clone(), hello.recorded)
                         .await
                         .map_err(|e| (Refusal::Certificate, e.to_string()))
                 };
@@ -220,8 +217,6 @@ impl TcpRoute {
             }
         };
         let subject = tls
-            .get_ref()
-            .1
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| subject_of(c.as_ref()))

@@ -20,8 +20,6 @@ const HELLO_READ: usize = 4096;
 pub struct Hello {
     /// The socket, positioned after the bytes in `recorded`.
     pub tcp: TcpStream,
-    /// rustls's view of the hello, ready to complete the handshake with a chosen config.
-    pub accepted: rustls::server::Accepted,
     /// Every byte read so far, the hello and anything after it.
     pub recorded: Vec<u8>,
     /// The server name the client asked for, lowercased.
@@ -58,7 +56,6 @@ pub async fn read_client_hello(mut tcp: TcpStream) -> Result<Hello, String> {
                     .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
                 return Ok(Hello {
                     tcp,
-                    accepted,
                     recorded,
                     server_name,
                 });
