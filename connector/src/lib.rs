@@ -11,6 +11,7 @@
 pub mod config;
 pub mod dial;
 pub mod local;
+pub mod pool;
 pub mod proxy_v2;
 pub mod publish;
 pub mod reload;

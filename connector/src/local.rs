@@ -1,20 +1,15 @@
 //! Connections to local services, over TCP or a Unix socket.
 //!
-//! Each service gets its own client (and so its own keep-alive pool) whose connector always
-//! dials that service's address, whatever the request URI says: the URI only carries the
-//! path, so a request can never steer the connector to another address. WebSockets use the
-//! same dialer for a raw stream.
+//! Each service gets its own dialer (and so its own keep-alive pool, [`crate::pool`]), which
+//! always dials that service's address: a request only carries a path, so it can never steer
+//! the connector to another address. WebSockets use the same dialer for a raw stream.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -51,21 +46,6 @@ impl LocalConnector {
         tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "service connect timed out"))?
-    }
-}
-
-impl tower_service::Service<Uri> for LocalConnector {
-    type Response = LocalStream;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<LocalStream>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(LocalStream(TokioIo::new(this.connect().await?))) })
     }
 }
 
@@ -114,42 +94,5 @@ impl AsyncWrite for LocalIo {
             LocalIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             LocalIo::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
-    }
-}
-
-/// A local connection as hyper's pooled client sees it.
-pub struct LocalStream(TokioIo<LocalIo>);
-
-impl Connection for LocalStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for LocalStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for LocalStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }

@@ -1,8 +1,8 @@
 //! Replaying one tunnel stream to a local service.
 //!
-//! The stream carries a request head and body; the request goes to the service through that
-//! service's pooled keep-alive client, and the response head and body come back on the same
-//! stream. An HTTP/1.1 upgrade is relayed as raw bytes only after the service really answered
+//! The stream carries a request head and body; the request goes to the service on one of that
+//! service's pooled keep-alive connections ([`crate::pool`]), and the response head and body
+//! come back on the same stream. An HTTP/1.1 upgrade is relayed as raw bytes only after the service really answered
 //! `101`. Failures become a `Reset` with a code the gateway turns into the right status; the
 //! connector itself never invents HTTP responses.
 
@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use netwall_proto::{Codec, Frame, Reset, ResetCode, ResponseHead};
 use netwall_tunnel::body::{TunnelBody, pipe_upgraded, send_body};
 use netwall_tunnel::http::{from_header_map, strip_hop_by_hop, to_header_map};
@@ -24,19 +24,20 @@ use tracing::{Instrument, debug};
 
 use crate::config::{Resolved, ServiceTarget};
 use crate::local::LocalConnector;
+use crate::pool::{Pool, PoolError};
 
 /// Response bodies up to this size (known in advance) are sent with their head in one write.
 const SMALL_BODY: u64 = 16 * 1024;
 
 type ReqBody = Either<TunnelBody<StreamRead>, Empty<Bytes>>;
 
-/// A local service and its pooled client.
+/// A local service and its keep-alive connections.
 #[derive(Clone)]
 pub struct Service {
-    client: Client<LocalConnector, ReqBody>,
+    pool: Arc<Pool<ReqBody>>,
     /// Dialer for raw connections (WebSockets).
     connector: LocalConnector,
-    /// Authority put in request URIs (the client pools by it).
+    /// Authority of the service, for the WebSocket handshake.
     authority: String,
     /// Where it lives, so a reload that keeps it keeps its pool.
     target: ServiceTarget,
@@ -74,10 +75,6 @@ impl Services {
                     return (name.clone(), kept.clone());
                 }
                 let connector = LocalConnector::new(target.clone(), timeout);
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(pool.1)
-                    .set_host(false)
-                    .build(connector.clone());
                 let authority = match target {
                     ServiceTarget::Tcp { authority } => authority.clone(),
                     ServiceTarget::Unix(_) => "localhost".to_owned(),
@@ -85,7 +82,7 @@ impl Services {
                 (
                     name.clone(),
                     Service {
-                        client,
+                        pool: Arc::new(Pool::new(connector.clone(), pool.1)),
                         connector,
                         authority,
                         target: target.clone(),
@@ -168,9 +165,8 @@ impl Services {
         }
         let built = (|| {
             let method = Method::from_bytes(head.method.as_bytes()).ok()?;
-            let uri: Uri = format!("http://{}{}", service.authority, head.uri)
-                .parse()
-                .ok()?;
+            // Origin form only: the path (and query) is all that goes to the service.
+            let uri = Uri::from(PathAndQuery::try_from(head.uri.as_str()).ok()?);
             let headers = to_header_map(&head.headers).ok()?;
             Some((method, uri, headers))
         })();
@@ -194,17 +190,16 @@ impl Services {
         *req.headers_mut() = headers;
 
         let response = tokio::select! {
-            r = service.client.request(req) => r,
+            r = service.pool.send(req) => r,
             // The gateway gave up (client gone, route timeout): stop waiting for the service.
             _ = writer.get_mut().stopped() => return,
         };
-        let mut resp = match response {
+        let (mut resp, mut conn) = match response {
             Ok(r) => r,
             Err(e) => {
-                let code = if e.is_connect() {
-                    ResetCode::ServiceUnavailable
-                } else {
-                    ResetCode::ServiceError
+                let code = match e {
+                    PoolError::Connect(_) => ResetCode::ServiceUnavailable,
+                    PoolError::Request(_) => ResetCode::ServiceError,
                 };
                 debug!(service = %head.service, error = %e, "service request failed");
                 return reset(
@@ -233,7 +228,10 @@ impl Services {
             if writer.send(&Frame::ResponseHead(head)).await.is_err() {
                 return;
             }
-            match on_upgrade.await {
+            // The connection is the service's side of the upgrade now: hyper hands it over once
+            // its driver has run to the end.
+            let ((), upgraded) = tokio::join!(conn.run_to_end(), on_upgrade);
+            match upgraded {
                 Ok(upgraded) => {
                     pipe_upgraded(TokioIo::new(upgraded), writer, reader).await;
                 }
@@ -256,9 +254,13 @@ impl Services {
             headers: from_header_map(&parts.headers),
         };
         if body.size_hint().exact().is_some_and(|n| n <= SMALL_BODY) {
-            // A small body of known size goes out with its head and end in one write.
-            let collected = match body.collect().await {
-                Ok(c) => c,
+            // A small body of known size goes out with its head and end in one write; the
+            // connection is free for the next request before that write.
+            let collected = match conn.drive(body.collect()).await {
+                Ok(c) => {
+                    service.pool.finish(conn).await;
+                    c
+                }
                 Err(e) => {
                     return reset(
                         &mut writer,
@@ -292,8 +294,9 @@ impl Services {
         {
             return;
         }
-        match send_body(body, &mut writer, None).await {
+        match conn.drive(send_body(body, &mut writer, None)).await {
             Ok(_) => {
+                service.pool.finish(conn).await;
                 let _ = writer.shutdown().await;
             }
             Err(e) => {

@@ -726,6 +726,71 @@ netwall_tests::over_every_transport! {
     }
 }
 
+/// A service that answers one request per connection and closes it a little later, while it
+/// idles in the connector's pool, without saying so (no `Connection: close`): a connection
+/// closed while idle is never used for the next request, so none of them fails.
+#[tokio::test]
+async fn a_connection_the_service_closed_while_idle_is_not_reused() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    init_logs();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let close_now = std::sync::Arc::new(tokio::sync::Notify::new());
+    let closed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (counter, asked, done) = (accepted.clone(), close_now.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (asked, done) = (asked.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Closed only once the answer is certainly in and the connection pooled:
+                // when the next request would take it.
+                asked.notified().await;
+                let _ = tcp.shutdown().await;
+                drop(tcp);
+                done.notify_one();
+            });
+        }
+    });
+    let s = Setup::new(
+        &route("app.test", "/", "web", ""),
+        Some(&format!("web = \"http://{addr}\"")),
+    )
+    .await;
+    let c = s.client(false);
+    for i in 0..20 {
+        if i > 0 {
+            // The service closes the idle connection, and the test waits until it has.
+            close_now.notify_one();
+            tokio::time::timeout(Duration::from_secs(5), closed.notified())
+                .await
+                .expect("the service closed its connection");
+        }
+        let r = c.get(&format!("https://app.test/once/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
+        assert_eq!(r.text(), "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        20,
+        "one connection per request"
+    );
+}
+
 #[tokio::test]
 async fn proxy_protocol_v2_gives_the_client_address_and_is_required() {
     init_logs();
