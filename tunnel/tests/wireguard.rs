@@ -282,7 +282,18 @@ async fn the_tunnel_follows_the_connector_to_a_new_source_port() {
     let ck = new_key();
     let mut gw = Gateway::start(&[&ck]).await;
     let relay = Relay::start(gw.addr).await;
-    let dialer = WgDialer::new(ck, WgParams::default());
+    // After the relay moves to a new port, what the gateway sends goes to the old one until
+    // the connector sends something from the new one. A real connector's control stream pings
+    // every 2 s; with no control stream here, the link's own keepalive plays that part at the
+    // same pace (with WireGuard's 25 s, a connector that was only receiving stayed lost past
+    // the deadlines below).
+    let dialer = WgDialer::new(
+        ck,
+        WgParams {
+            persistent_keepalive: 2,
+            ..WgParams::default()
+        },
+    );
     let (g, c) = connect(&mut gw, &dialer, relay.addr).await;
     let stop = CancellationToken::new();
     let running = load(g.clone(), c.clone(), stop.clone());

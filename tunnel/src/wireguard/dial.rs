@@ -14,10 +14,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::peer::{Driver, Inbox};
 use super::stack::{Link, Shared, WgStream};
 use super::udp::WgSocket;
-use super::{
-    CONNECTOR_ADDR, Counters, GATEWAY_ADDR, GATEWAY_PORT, PERSISTENT_KEEPALIVE, PrivateKey,
-    WgParams,
-};
+use super::{CONNECTOR_ADDR, Counters, GATEWAY_ADDR, GATEWAY_PORT, PrivateKey, WgParams};
 use crate::mux::{self, MuxParams, Role};
 use crate::transport::{Conn, Peer, TransportKind};
 
@@ -106,7 +103,7 @@ impl WgDialer {
             self.key.0.clone(),
             *gateway,
             None,
-            Some(PERSISTENT_KEEPALIVE),
+            Some(self.params.persistent_keepalive),
             index,
             None,
         );

@@ -84,6 +84,11 @@ pub struct WgParams {
     /// Connector side: start a new handshake once the session is this old
     /// ([`REKEY_AFTER_TIME`] by default).
     pub rekey_after: Duration,
+    /// Connector side: seconds of silence after which an empty packet is sent
+    /// ([`PERSISTENT_KEEPALIVE`] by default). It keeps a NAT mapping alive, and it is what
+    /// tells the gateway the connector's new address after a NAT rebinds it while the
+    /// connector only receives; the connector's control-stream pings usually do that first.
+    pub persistent_keepalive: u16,
 }
 
 impl Default for WgParams {
@@ -91,6 +96,7 @@ impl Default for WgParams {
         WgParams {
             mtu: DEFAULT_MTU,
             rekey_after: REKEY_AFTER_TIME,
+            persistent_keepalive: PERSISTENT_KEEPALIVE,
         }
     }
 }
