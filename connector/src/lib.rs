@@ -449,7 +449,11 @@ async fn serve(
             stream = s.conn.accept() => match stream {
                 Ok(stream) => {
                     accepted += 1;
-                    tokio::spawn(ctx.services.load_full().replay(stream).in_current_span());
+                    // Boxed first: the replay's state (some 5 KB) is written once, to the
+                    // heap, and the task holds a pointer, instead of being moved into the
+                    // span wrapper and again into the task.
+                    let replay = Box::pin(ctx.services.load_full().replay(stream));
+                    tokio::spawn(replay.in_current_span());
                 }
                 Err(e) => break e,
             },
