@@ -244,7 +244,9 @@ pub async fn serve_https(
                 let flag = linger.clone();
                 let svc = service_fn(move |req| {
                     let (proxy, flag) = (proxy.clone(), flag.clone());
-                    async move {
+                    // Boxed: a request's state is some 4 KB, and HTTP/2 runs every stream as
+                    // a task of its own, which would otherwise hold it inline and copy it in.
+                    Box::pin(async move {
                         let resp = proxy.handle(req, peer).await;
                         // An answer that closes the connection may leave a body unread.
                         if let Ok(r) = &resp
@@ -255,7 +257,7 @@ pub async fn serve_https(
                             flag.set();
                         }
                         resp
-                    }
+                    })
                 });
                 let h2 = tls.alpn_protocol() == Some(b"h2");
                 let io = TokioIo::new(Lingering::new(tls, linger));
