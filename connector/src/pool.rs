@@ -106,13 +106,9 @@ where
     }
 
     /// Put `conn` back once its exchange is over, if it can carry another request.
-    pub async fn finish(&self, mut conn: Conn<B>) {
+    pub fn finish(&self, mut conn: Conn<B>) {
         // One more turn lets hyper finish the exchange's bookkeeping (and see a `close`).
-        poll_fn(|cx| {
-            conn.poll_driver(cx);
-            Poll::Ready(())
-        })
-        .await;
+        conn.poll_now();
         if conn.done || !conn.sender.is_ready() {
             return;
         }
@@ -132,7 +128,7 @@ where
                 idle.pop()?
             };
             // A close the service sent while the connection waited is seen here.
-            conn.poll_driver(&mut Context::from_waker(Waker::noop()));
+            conn.poll_now();
             if !conn.done && conn.sender.is_ready() {
                 return Some(conn);
             }
@@ -190,6 +186,12 @@ where
             }
         })
         .await
+    }
+
+    /// Let the connection do what it can without waiting, for a caller that will not be
+    /// woken by it (the connection is about to wait in the stack, or was just taken from it).
+    fn poll_now(&mut self) {
+        self.poll_driver(&mut Context::from_waker(Waker::noop()));
     }
 
     fn poll_driver(&mut self, cx: &mut Context<'_>) {

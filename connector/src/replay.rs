@@ -2,9 +2,9 @@
 //!
 //! The stream carries a request head and body; the request goes to the service on one of that
 //! service's pooled keep-alive connections ([`crate::pool`]), and the response head and body
-//! come back on the same stream. An HTTP/1.1 upgrade is relayed as raw bytes only after the service really answered
-//! `101`. Failures become a `Reset` with a code the gateway turns into the right status; the
-//! connector itself never invents HTTP responses.
+//! come back on the same stream. An HTTP/1.1 upgrade is relayed as raw bytes only after the
+//! service really answered `101`. Failures become a `Reset` with a code the gateway turns into
+//! the right status; the connector itself never invents HTTP responses.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -258,7 +258,7 @@ impl Services {
             // connection is free for the next request before that write.
             let collected = match conn.drive(body.collect()).await {
                 Ok(c) => {
-                    service.pool.finish(conn).await;
+                    service.pool.finish(conn);
                     c
                 }
                 Err(e) => {
@@ -296,7 +296,7 @@ impl Services {
         }
         match conn.drive(send_body(body, &mut writer, None)).await {
             Ok(_) => {
-                service.pool.finish(conn).await;
+                service.pool.finish(conn);
                 let _ = writer.shutdown().await;
             }
             Err(e) => {

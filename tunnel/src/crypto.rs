@@ -44,8 +44,8 @@ pub const KX_GROUPS: &[&dyn SupportedKxGroup] = &[
 ];
 
 /// The provider: aws-lc-rs with its default cipher suites (AES-GCM and ChaCha20-Poly1305,
-/// forward-secret only) in its order, their TLS 1.3 key schedule on [`HKDF_SHA256`] and
-/// [`HKDF_SHA384`], and [`KX_GROUPS`].
+/// forward-secret only) in its order, their TLS 1.3 key schedule on HMAC keyed once per
+/// secret, and [`KX_GROUPS`].
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(CryptoProvider {
         cipher_suites: cipher_suites().to_vec(),
@@ -89,15 +89,15 @@ fn with_keyed_hkdf(suite: SupportedCipherSuite) -> SupportedCipherSuite {
 }
 
 /// HKDF-SHA-256 for the TLS 1.3 key schedule, on [`KeyedHmac`].
-pub static HKDF_SHA256: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA256);
+static HKDF_SHA256: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA256);
 /// HKDF-SHA-384 for the TLS 1.3 key schedule, on [`KeyedHmac`].
-pub static HKDF_SHA384: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA384);
+static HKDF_SHA384: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA384);
 static HMAC_SHA256: KeyedHmac = KeyedHmac(aws_lc_rs_hmac::HMAC_SHA256);
 static HMAC_SHA384: KeyedHmac = KeyedHmac(aws_lc_rs_hmac::HMAC_SHA384);
 
 /// HMAC whose key is set up once: aws-lc-rs keeps the keyed state, and each signature starts
 /// from a copy of it.
-pub struct KeyedHmac(aws_lc_rs_hmac::Algorithm);
+struct KeyedHmac(aws_lc_rs_hmac::Algorithm);
 
 impl hmac::Hmac for KeyedHmac {
     fn with_key(&self, key: &[u8]) -> Box<dyn hmac::Key> {
