@@ -22,7 +22,8 @@ pub const DEFAULT_CONNECTIONS_PER_GATEWAY: usize = 1;
 /// one for its lifetime, so this allows 10,000 idle WebSockets and more per tunnel connection,
 /// not just in-flight requests (quinn's default of 100 is for browsers). It is not free: quinn
 /// keeps state for every stream slot the gateway may open, about 2 KiB each once requests have
-/// cycled through them (measured: peak 16 MiB at 4,096, 22 MiB at 16,384, 46 MiB at 65,536).
+/// cycled through them (measured: peak 16 MiB at 4,096, 22 MiB at 16,384, 46 MiB at 65,536),
+/// so a QUIC connection grants 1,024 first and widens the grant as they fill.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 16_384;
 /// Silence after which the tunnel connection is declared dead (matches the gateway).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -3,13 +3,16 @@
 //! closes and truncations are told apart, bad input ends in an error (never a hang), and
 //! TLS 1.2, key updates and a ClientHello read ahead all work.
 
+mod common;
+
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use common::Pki;
 use netwall_tunnel::tls_stream::TlsStream;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -18,41 +21,9 @@ use tokio_rustls::client::TlsStream as ClientStream;
 /// No test waits longer than this for anything.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-struct Pki {
-    server: Arc<rustls::ServerConfig>,
-    client: Arc<rustls::ClientConfig>,
-}
-
+/// The server and client configurations, speaking `versions`.
 fn pki(versions: &[&'static rustls::SupportedProtocolVersion]) -> Pki {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("self-signed");
-    let der = CertificateDer::from(cert.der().to_vec());
-    let provider = netwall_tunnel::crypto::provider();
-    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .expect("server config");
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).expect("root");
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Pki {
-        server: Arc::new(server),
-        client: Arc::new(client),
-    }
+    common::pki(versions, &[b"h2", b"http/1.1"], &[b"http/1.1"])
 }
 
 /// A connected pair: our server stream and a tokio-rustls client.
