@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
@@ -129,6 +129,14 @@ impl Device for Queues {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
+        // Checksums are computed on what the stack sends, and not verified on what it
+        // receives: every packet reaching it was authenticated by WireGuard's AEAD under the
+        // peer's session key, which catches any change a checksum could (Linux's WireGuard
+        // marks decrypted packets CHECKSUM_UNNECESSARY for the same reason). Verifying was
+        // 3.6 % of the receiving end's CPU in a bulk transfer. Sending them keeps every peer
+        // that does verify (an older connector) working.
+        caps.checksum.ipv4 = Checksum::Tx;
+        caps.checksum.tcp = Checksum::Tx;
         caps
     }
 }
@@ -482,5 +490,84 @@ impl AsyncWrite for WgStream {
             .close();
         this.shared.kick.notify_one();
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, TcpPacket};
+
+    use super::*;
+
+    const GATEWAY: Link = Link {
+        local: Ipv4Addr::new(100, 64, 0, 1),
+        remote: Ipv4Addr::new(100, 64, 0, 2),
+    };
+    const CONNECTOR: Link = Link {
+        local: GATEWAY.remote,
+        remote: GATEWAY.local,
+    };
+
+    /// The packets `stack` sends after a poll.
+    fn sent(stack: &Arc<Shared>) -> Vec<Vec<u8>> {
+        let mut st = stack.lock();
+        st.poll(Instant::from_millis(0));
+        std::iter::from_fn(|| st.pop_packet()).collect()
+    }
+
+    /// A gateway stack listening on 443 and a connector stack dialing it, not yet connected.
+    fn pair() -> (Arc<Shared>, Arc<Shared>) {
+        let gateway = Shared::new(GATEWAY, 1420, Instant::from_millis(0));
+        gateway.lock().listen(443, 8);
+        let connector = Shared::new(CONNECTOR, 1420, Instant::from_millis(0));
+        connector.lock().connect(443).expect("connect");
+        (gateway, connector)
+    }
+
+    fn checksums_hold(packet: &[u8]) -> bool {
+        let ip = Ipv4Packet::new_checked(packet).expect("an IPv4 packet");
+        assert_eq!(ip.next_header(), IpProtocol::Tcp);
+        let tcp = TcpPacket::new_checked(ip.payload()).expect("a TCP segment");
+        ip.verify_checksum()
+            && tcp.verify_checksum(
+                &IpAddress::Ipv4(ip.src_addr()),
+                &IpAddress::Ipv4(ip.dst_addr()),
+            )
+    }
+
+    #[test]
+    fn what_the_stack_sends_carries_valid_checksums() {
+        let (gateway, connector) = pair();
+        let syn = sent(&connector);
+        assert_eq!(syn.len(), 1);
+        assert!(checksums_hold(&syn[0]), "the SYN's checksums are wrong");
+        assert!(gateway.lock().push_packet(&syn[0]));
+        let syn_ack = sent(&gateway);
+        assert_eq!(syn_ack.len(), 1);
+        assert!(
+            checksums_hold(&syn_ack[0]),
+            "the SYN-ACK's checksums are wrong"
+        );
+    }
+
+    #[test]
+    fn what_the_stack_receives_is_not_checked_again() {
+        // WireGuard authenticated the packet; a wrong checksum inside it is not a reason to
+        // drop it.
+        let (gateway, connector) = pair();
+        let mut syn = sent(&connector).pop().expect("a SYN");
+        let ip_header = usize::from(syn[0] & 0x0f) * 4;
+        syn[ip_header + 16] ^= 0xff;
+        syn[10] ^= 0xff;
+        assert!(!checksums_hold(&syn));
+        assert!(gateway.lock().push_packet(&syn));
+        let answer = sent(&gateway);
+        assert_eq!(answer.len(), 1, "the SYN was dropped");
+        let ip = Ipv4Packet::new_checked(&answer[0][..]).expect("IPv4");
+        let tcp = TcpPacket::new_checked(ip.payload()).expect("TCP");
+        assert!(
+            tcp.syn() && tcp.ack(),
+            "the SYN was not answered with a SYN-ACK"
+        );
     }
 }
