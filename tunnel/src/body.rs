@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http::{HeaderError, from_header_map, to_header_map};
-use crate::io::{FrameReader, FrameWriter, ReadError, WriteError};
+use crate::io::{ChunkWrite, FrameReader, FrameWriter, ReadError, WriteError};
 use netwall_proto::{Frame, Reset, ResetCode};
 
 /// Why a body relayed over a tunnel stream did not complete.
@@ -152,7 +152,7 @@ pub async fn send_body<B, W>(
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
-    W: AsyncWrite + Unpin,
+    W: ChunkWrite,
 {
     let mut sent = 0u64;
     let mut trailers = HeaderMap::new();
@@ -207,7 +207,7 @@ pub async fn pipe_upgraded<IO, R, W>(
 where
     IO: AsyncRead + AsyncWrite,
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: ChunkWrite,
 {
     use bytes::BytesMut;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -155,6 +155,34 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// A byte stream frames are written to, which may take a `Data` frame's payload as shared
+/// bytes instead of copying it.
+pub trait ChunkWrite: AsyncWrite + Unpin {
+    /// Write the front of `data` and advance it past what was taken, as
+    /// [`SendHalf::poll_write_chunk`](crate::SendHalf::poll_write_chunk); the default copies.
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = std::task::ready!(Pin::new(&mut *self).poll_write(cx, data))?;
+        bytes::Buf::advance(data, n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl ChunkWrite for crate::StreamWrite {
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        (**self).poll_write_chunk(cx, data)
+    }
+}
+
+impl ChunkWrite for tokio::io::DuplexStream {}
+
 /// Writes frames to a byte stream.
 pub struct FrameWriter<W> {
     inner: W,
@@ -162,7 +190,7 @@ pub struct FrameWriter<W> {
     codec: Codec,
 }
 
-impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+impl<W: ChunkWrite> FrameWriter<W> {
     /// Wrap `inner`, encoding with `codec`.
     pub fn new(inner: W, codec: Codec) -> Self {
         FrameWriter {
@@ -215,15 +243,21 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    /// Write `data` as one or more `Data` frames without copying it into a frame buffer.
+    /// Write `data` as one or more `Data` frames without copying it into a frame buffer (nor,
+    /// where the transport can take shared bytes, anywhere).
     pub async fn send_data(&mut self, mut data: Bytes) -> Result<(), WriteError> {
         let max = self.codec.limits().max_data_len;
         while !data.is_empty() {
-            let chunk = data.split_to(data.len().min(max));
+            let mut chunk = data.split_to(data.len().min(max));
             self.buf.clear();
             self.codec.encode_data_header(chunk.len(), &mut self.buf)?;
             self.inner.write_all(&self.buf).await?;
-            self.inner.write_all(&chunk).await?;
+            while !chunk.is_empty() {
+                let n = poll_fn(|cx| self.inner.poll_write_chunk(cx, &mut chunk)).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                }
+            }
         }
         Ok(())
     }

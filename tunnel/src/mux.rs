@@ -474,21 +474,23 @@ fn reset_error(r: Result<Reason, h2::Error>) -> std::io::Error {
     }
 }
 
-impl AsyncWrite for H2Send {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
+impl H2Send {
+    /// Send up to `len` bytes as flow control allows; `take(n)` hands over the first `n`.
+    fn poll_send(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        len: usize,
+        take: impl FnOnce(usize) -> Bytes,
     ) -> Poll<std::io::Result<usize>> {
-        if buf.is_empty() {
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
         let s = self.stream()?;
-        s.reserve_capacity(buf.len());
+        s.reserve_capacity(len);
         match ready!(s.poll_capacity(cx)) {
             Some(Ok(n)) if n > 0 => {
-                let n = n.min(buf.len());
-                match s.send_data(Bytes::copy_from_slice(&buf[..n]), false) {
+                let n = n.min(len);
+                match s.send_data(take(n), false) {
                     Ok(()) => Poll::Ready(Ok(n)),
                     Err(_) => Poll::Ready(Err(reset_error(ready!(s.poll_reset(cx))))),
                 }
@@ -500,6 +502,16 @@ impl AsyncWrite for H2Send {
             }
             Some(Err(_)) | None => Poll::Ready(Err(reset_error(ready!(s.poll_reset(cx))))),
         }
+    }
+}
+
+impl AsyncWrite for H2Send {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_send(cx, buf.len(), |n| Bytes::copy_from_slice(&buf[..n]))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -517,6 +529,16 @@ impl AsyncWrite for H2Send {
 }
 
 impl SendHalf for H2Send {
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<std::io::Result<usize>> {
+        // h2 queues DATA frames as `Bytes`: a slice of `data` goes as it is.
+        let len = data.len();
+        self.poll_send(cx, len, |n| data.split_to(n))
+    }
+
     fn stopped(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = std::future::poll_fn(|cx| match self {

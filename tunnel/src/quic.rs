@@ -6,6 +6,7 @@
 //! any closed port gives (ICMP port unreachable), never a QUIC Stateless Reset that would tell
 //! a scanner a QUIC endpoint lives there.
 
+use std::future::Future as _;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
@@ -188,6 +189,18 @@ impl crate::transport::SendHalf for quinn::SendStream {
         Box::pin(async move {
             let _ = quinn::SendStream::stopped(self).await;
         })
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut bytes::Bytes,
+    ) -> Poll<io::Result<usize>> {
+        // quinn keeps the chunk itself (its `poll_write` copies into a new one). Its
+        // `write_chunks` writes nothing unless it resolves, so polling a fresh one each time
+        // loses nothing.
+        let written = std::pin::pin!(self.write_chunks(std::slice::from_mut(data))).poll(cx);
+        written.map(|r| r.map(|w| w.bytes).map_err(io::Error::from))
     }
 }
 

@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Receiving half of a tunnel stream, whatever the transport.
@@ -26,6 +28,19 @@ pub trait SendHalf: AsyncWrite + Send + Unpin {
     /// Resolves once the peer said it will read no more (QUIC STOP_SENDING): the request
     /// was abandoned and its work can stop. Transports that cannot tell never resolve.
     fn stopped(&mut self) -> BoxFuture<'_, ()>;
+
+    /// Write the front of `data` as [`AsyncWrite::poll_write`] does, and advance `data` past
+    /// what was taken. A transport that keeps a send buffer of its own (QUIC, HTTP/2) keeps a
+    /// slice of `data` as it is instead of copying it; the default copies.
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = std::task::ready!(Pin::new(&mut *self).poll_write(cx, data))?;
+        data.advance(n);
+        Poll::Ready(Ok(n))
+    }
 }
 
 /// A future a transport returns from a trait method.

@@ -138,3 +138,16 @@ async fn the_grant_stops_at_the_configured_maximum() {
     t.recv.read_exact(&mut buf).await.expect("read");
     assert_eq!(&buf, b"late");
 }
+
+#[tokio::test]
+async fn data_frames_larger_than_the_stream_window_arrive_whole() {
+    let (gateway, connector) = pair(16).await;
+    let (sent, got) = tokio::time::timeout(
+        DEADLINE,
+        common::data_frames_cross(&gateway, &connector, 5 << 20),
+    )
+    .await
+    .expect("the payload crosses in time");
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "the payload arrived changed");
+}

@@ -3,6 +3,8 @@
 //! In each test `a` is the accepting side (the gateway, which opens request streams) and `b`
 //! the dialing side (the connector, which accepts them).
 
+mod common;
+
 use std::time::Duration;
 
 use netwall_tunnel::mux::MuxParams;
@@ -331,4 +333,17 @@ async fn requests_sent_in_the_same_turn_share_writes() {
         "{N} requests made ready together took {during} writes"
     );
     while senders.join_next().await.is_some() {}
+}
+
+#[tokio::test]
+async fn data_frames_larger_than_the_stream_window_arrive_whole() {
+    let (b, a) = duplex::pair(PARAMS).await.expect("pair");
+    let (sent, got) = tokio::time::timeout(
+        Duration::from_secs(30),
+        common::data_frames_cross(&a, &b, 5 << 20),
+    )
+    .await
+    .expect("the payload crosses in time");
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "the payload arrived changed");
 }
