@@ -165,9 +165,7 @@ pub trait ChunkWrite: AsyncWrite + Unpin {
         cx: &mut Context<'_>,
         data: &mut Bytes,
     ) -> Poll<io::Result<usize>> {
-        let n = std::task::ready!(Pin::new(&mut *self).poll_write(cx, data))?;
-        bytes::Buf::advance(data, n);
-        Poll::Ready(Ok(n))
+        crate::transport::poll_copy_chunk(self, cx, data)
     }
 }
 

@@ -37,10 +37,20 @@ pub trait SendHalf: AsyncWrite + Send + Unpin {
         cx: &mut Context<'_>,
         data: &mut Bytes,
     ) -> Poll<io::Result<usize>> {
-        let n = std::task::ready!(Pin::new(&mut *self).poll_write(cx, data))?;
-        data.advance(n);
-        Poll::Ready(Ok(n))
+        poll_copy_chunk(self, cx, data)
     }
+}
+
+/// Write the front of `data` to `w` by copying it, and advance `data` past what was taken:
+/// the chunk write of a writer that has no buffer of its own to keep `data` in.
+pub(crate) fn poll_copy_chunk<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    data: &mut Bytes,
+) -> Poll<io::Result<usize>> {
+    let n = std::task::ready!(Pin::new(w).poll_write(cx, data))?;
+    data.advance(n);
+    Poll::Ready(Ok(n))
 }
 
 /// A future a transport returns from a trait method.
