@@ -197,4 +197,10 @@ pub trait Connection: Send + Sync + 'static {
 
     /// Why the connection ended, or `None` while it is up.
     fn close_reason(&self) -> Option<Closed>;
+
+    /// The largest datagram this side sends on the connection now (QUIC: the path MTU found
+    /// by discovery), or `None` for transports that carry a byte stream.
+    fn datagram_size(&self) -> Option<u16> {
+        None
+    }
 }

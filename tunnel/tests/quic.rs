@@ -151,3 +151,76 @@ async fn data_frames_larger_than_the_stream_window_arrive_whole() {
     assert_eq!(got.len(), sent.len());
     assert!(got == sent, "the payload arrived changed");
 }
+
+/// Waits until `conn` sends datagrams of more than `bytes`, or panics at the deadline with the
+/// size it reached.
+async fn datagrams_grow_past(conn: &Conn, bytes: u16) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let size = conn
+            .datagram_size()
+            .expect("QUIC reports its datagram size");
+        if size > bytes {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "datagrams stayed at {size} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn loopback_bulk_runs_in_large_datagrams_and_keeps_them() {
+    const BULK: usize = 64 << 20;
+    let (gateway, connector) = pair(16).await;
+    // Loopback carries 64 KiB; both ends find datagrams well past Ethernet's 1,452 bytes.
+    datagrams_grow_past(&gateway, 6_000).await;
+    datagrams_grow_past(&connector, 6_000).await;
+
+    // Full-speed transfers both ways at once: every GSO batch of large packets must be one
+    // the kernel takes. A refused batch is lost whole, and quinn's black-hole detection then
+    // drops the connection to 1,200-byte datagrams.
+    let mut down = gateway.open().await.expect("open");
+    down.send.write_all(b"go").await.expect("write");
+    let mut up = connector.accept().await.expect("accept");
+    let mut go = [0u8; 2];
+    up.recv.read_exact(&mut go).await.expect("read");
+    let chunk = vec![0x5au8; 256 << 10];
+    let send = |mut w: netwall_tunnel::StreamWrite, chunk: Vec<u8>| async move {
+        for _ in 0..BULK / chunk.len() {
+            w.write_all(&chunk).await.expect("write");
+        }
+        w.shutdown().await.expect("finish");
+    };
+    let count = |mut r: netwall_tunnel::StreamRead| async move {
+        let mut n = 0usize;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let got = r.read(&mut buf).await.expect("read");
+            if got == 0 {
+                return n;
+            }
+            n += got;
+        }
+    };
+    let (_, _, to_connector, to_gateway) = tokio::time::timeout(DEADLINE, async {
+        tokio::join!(
+            send(down.send, chunk.clone()),
+            send(up.send, chunk.clone()),
+            count(up.recv),
+            count(down.recv),
+        )
+    })
+    .await
+    .expect("the transfers finish in time");
+    assert_eq!((to_connector, to_gateway), (BULK, BULK));
+    for (side, conn) in [("gateway", &gateway), ("connector", &connector)] {
+        let size = conn.datagram_size().expect("size");
+        assert!(
+            size > 6_000,
+            "the {side} fell back to {size}-byte datagrams"
+        );
+    }
+}
