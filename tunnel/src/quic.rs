@@ -53,12 +53,13 @@ const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// to it (or to less, see [`path_datagram_limit`]). Each QUIC packet is sealed and tracked on its
 /// own, so on a path that carries large datagrams (loopback, jumbo-frame networks) bigger packets
 /// cut the CPU per byte: 1 GiB over loopback, 1,452-byte packets (quinn's default bound) against
-/// 6,400, three rounds: download 577-615 -> 819-856 MiB/s, upload 442-494 -> 718-831, gateway
-/// and connector CPU per byte about halved. Not more: quinn hands the kernel up to ten packets
-/// in one GSO call, the kernel refuses a call over 64 KiB (EMSGSIZE, which quinn-udp takes for a
-/// failed MTU probe and drops silently), so with 9,000-byte packets a busy connection lost whole
-/// batches, quinn's black-hole detection fell back to 1,200 bytes and bulk ran 15-25 % slower
-/// than with the default. Ten packets of 6,500 bytes fit in 64 KiB.
+/// 6,500, three interleaved rounds: download 558-599 -> 802-863 MiB/s, upload 457-479 -> 636-706,
+/// CPU per byte gateway 0.89-1.01 -> 0.59-0.67 ns, connector 0.99-1.03 -> 0.48-0.52. Not more:
+/// quinn hands the kernel up to ten packets in one GSO call, the kernel refuses a call over 64
+/// KiB (EMSGSIZE, which quinn-udp takes for a failed MTU probe and drops silently), so with
+/// 9,000-byte packets a busy connection lost whole batches, quinn's black-hole detection fell
+/// back to 1,200 bytes and bulk ran 15-25 % slower than with the default. Ten packets of 6,500
+/// bytes fit in 64 KiB.
 pub const LARGEST_DATAGRAM: u16 = 6_500;
 
 /// The UDP payload every path must carry for QUIC (RFC 9000, section 14).
