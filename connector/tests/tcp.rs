@@ -117,10 +117,13 @@ async fn bytes_cross_both_ways_and_a_half_close_still_gets_the_answer() {
 
 #[tokio::test]
 async fn an_unknown_or_unreachable_service_is_a_reset_with_its_code() {
-    // A port nothing listens on: bound, then closed.
-    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = closed.local_addr().expect("addr");
-    drop(closed);
+    // A port that refuses: bound but never listening, and held for the whole test so no
+    // other test's listener can be handed it meanwhile.
+    let refusing = tokio::net::TcpSocket::new_v4().expect("socket");
+    refusing
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = refusing.local_addr().expect("addr");
     let services = format!("web = \"http://{addr}\"\ndb = \"tcp://{addr}\"");
     for (service, code) in [
         ("db", ResetCode::ServiceUnavailable),

@@ -423,6 +423,35 @@ pub async fn wait_tunnel(gateway: &netwall_gateway::RunningGateway, n: usize) {
     .await;
 }
 
+/// A loopback port that refuses connections for as long as the value lives: bound, never
+/// listening, so the kernel answers every connection attempt with a reset. A port bound and
+/// closed again refuses too, but only until the kernel hands it to the next socket bound to
+/// port 0, which in a parallel test run is another test's listener.
+pub struct RefusingPort {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl RefusingPort {
+    /// The refusing address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// A fresh [`RefusingPort`] on 127.0.0.1.
+pub fn refusing_port() -> RefusingPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    RefusingPort {
+        _socket: socket,
+        addr,
+    }
+}
+
 /// Start the sample service on an ephemeral loopback port.
 pub async fn start_sample(name: &str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

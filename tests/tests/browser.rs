@@ -69,10 +69,9 @@ async fn chromium_calls_an_api_from_an_allowed_origin_and_is_blocked_from_anothe
     // Pages on app.test and evil.test; an API on api.test that lets app.test's pages call it.
     let page =
         |host: &str| format!("[[route]]\nhost = \"{host}\"\ntunnel = \"app\"\nservice = \"web\"\n");
-    let gateway_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    // Chosen ahead (the page's origin names it), outside the kernel's ephemeral range so no
+    // other test's socket is handed it before the gateway binds it.
+    let gateway_port = netwall_tests::pebble::free_tcp_port();
     let api = format!(
         "[[route]]\nhost = \"api.test\"\ntunnel = \"app\"\nservice = \"web\"\n\
          [route.cors]\nallowed_origins = [\"https://app.test:{gateway_port}\"]\nallowed_methods = [\"POST\"]\nallowed_headers = [\"x-api-key\", \"content-type\"]\n"

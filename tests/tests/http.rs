@@ -215,11 +215,9 @@ netwall_tests::over_every_transport! {
     #[tokio::test]
     async fn every_error_status_has_its_body_and_counter() {
         let sample = start_sample("web").await;
-        // A port that refuses: bind, learn the port, close.
-        let refused: SocketAddr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr")
-        };
+        // A port that refuses, held for the whole test.
+        let refusing = refusing_port();
+        let refused = refusing.addr();
         let routes = [
             route("app.test", "/", "web", "max_body_bytes = 1000"),
             route("app.test", "/slow", "web", "timeout = \"300ms\""),
