@@ -152,22 +152,31 @@ async fn data_frames_larger_than_the_stream_window_arrive_whole() {
     assert!(got == sent, "the payload arrived changed");
 }
 
-/// Waits until `conn` sends datagrams of more than `bytes`, or panics at the deadline with the
-/// size it reached.
-async fn datagrams_grow_past(conn: &Conn, bytes: u16) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let size = conn
-            .datagram_size()
-            .expect("QUIC reports its datagram size");
-        if size > bytes {
-            return;
+/// Exchanges one-byte round trips on `ping` (gateway side) and `pong` (connector side) until
+/// both ends send datagrams of more than `bytes`: discovery moves on the traffic and its
+/// acknowledgements, so every check follows a real exchange. Panics at the deadline with the
+/// sizes reached.
+async fn datagrams_grow_past(
+    (gateway, ping): (&Conn, &mut Stream),
+    (connector, pong): (&Conn, &mut Stream),
+    bytes: u16,
+) {
+    let size = |c: &Conn| c.datagram_size().expect("QUIC reports its datagram size");
+    let grown = async {
+        let mut byte = [0u8; 1];
+        while size(gateway) <= bytes || size(connector) <= bytes {
+            ping.send.write_all(b"?").await.expect("ping");
+            pong.recv.read_exact(&mut byte).await.expect("ping arrives");
+            pong.send.write_all(b"!").await.expect("pong");
+            ping.recv.read_exact(&mut byte).await.expect("pong arrives");
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "datagrams stayed at {size} bytes"
+    };
+    if tokio::time::timeout(DEADLINE, grown).await.is_err() {
+        panic!(
+            "datagrams stayed at {} (gateway) and {} (connector) bytes",
+            size(gateway),
+            size(connector)
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -175,18 +184,17 @@ async fn datagrams_grow_past(conn: &Conn, bytes: u16) {
 async fn loopback_bulk_runs_in_large_datagrams_and_keeps_them() {
     const BULK: usize = 64 << 20;
     let (gateway, connector) = pair(16).await;
-    // Loopback carries 64 KiB; both ends find datagrams well past Ethernet's 1,452 bytes.
-    datagrams_grow_past(&gateway, 6_000).await;
-    datagrams_grow_past(&connector, 6_000).await;
-
-    // Full-speed transfers both ways at once: every GSO batch of large packets must be one
-    // the kernel takes. A refused batch is lost whole, and quinn's black-hole detection then
-    // drops the connection to 1,200-byte datagrams.
     let mut down = gateway.open().await.expect("open");
     down.send.write_all(b"go").await.expect("write");
     let mut up = connector.accept().await.expect("accept");
     let mut go = [0u8; 2];
     up.recv.read_exact(&mut go).await.expect("read");
+    // Loopback carries 64 KiB; both ends find datagrams well past Ethernet's 1,452 bytes.
+    datagrams_grow_past((&gateway, &mut down), (&connector, &mut up), 6_000).await;
+
+    // Full-speed transfers both ways at once: every GSO batch of large packets must be one
+    // the kernel takes. A refused batch is lost whole, and quinn's black-hole detection then
+    // drops the connection to 1,200-byte datagrams.
     let chunk = vec![0x5au8; 256 << 10];
     let send = |mut w: netwall_tunnel::StreamWrite, chunk: Vec<u8>| async move {
         for _ in 0..BULK / chunk.len() {
