@@ -171,6 +171,12 @@ pub struct ConnectorConfig {
     /// REKEY-AFTER-TIME (120 s), which also applies when this is longer.
     #[serde(default = "d_rekey", deserialize_with = "duration")]
     pub wireguard_rekey_after: Duration,
+    /// Largest IP packet inside the WireGuard link. By default the route's MTU to the
+    /// gateway less 80 bytes, at most 1,420 unless the route is the loopback device
+    /// (`wireguard::link_mtu`); set it where the whole path is known to carry more (jumbo
+    /// frames end to end) or less.
+    #[serde(default)]
+    pub wireguard_mtu: Option<Spanned<usize>>,
     /// With `auto`: how long the QUIC handshake may take before falling back to TLS.
     #[serde(default = "d_fallback", deserialize_with = "duration")]
     pub quic_fallback_after: Duration,
@@ -620,7 +626,7 @@ fn wireguard_setup(
     resolve: &dyn Fn(&Path) -> PathBuf,
     errs: &mut Vec<ConfigError>,
 ) -> Option<WireguardSetup> {
-    use netwall_tunnel::wireguard::{REKEY_AFTER_TIME, WgParams, keys};
+    use netwall_tunnel::wireguard::{self, REKEY_AFTER_TIME, WgParams, keys};
     if config.transport != TransportChoice::Wireguard {
         let stray = [
             (
@@ -638,6 +644,10 @@ fn wireguard_setup(
                 "wireguard_private_key_env",
                 config.wireguard_private_key_env.as_ref().map(|k| k.span()),
             ),
+            (
+                "wireguard_mtu",
+                config.wireguard_mtu.as_ref().map(|k| k.span()),
+            ),
         ];
         for (key, span) in stray {
             if span.is_some() {
@@ -652,6 +662,20 @@ fn wireguard_setup(
             at.find("", Some("wireguard_rekey_after")),
             "wireguard_rekey_after",
             "must be 1s to 120s (the protocol rekeys at 120 s in any case)",
+        ));
+    }
+    let mtu = config.wireguard_mtu.as_ref().map(|m| *m.get_ref());
+    if let Some(m) = &config.wireguard_mtu
+        && !(wireguard::SMALLEST_MTU..=wireguard::LARGEST_MTU).contains(m.get_ref())
+    {
+        errs.push(at.error(
+            Some(m.span()),
+            "wireguard_mtu",
+            &format!(
+                "must be {} to {} (a 576- to 9,000-byte path less WireGuard's 80 bytes)",
+                wireguard::SMALLEST_MTU,
+                wireguard::LARGEST_MTU
+            ),
         ));
     }
     let gateway_key = match &config.gateway_wireguard_public_key {
@@ -703,6 +727,7 @@ fn wireguard_setup(
         gateway_key: gateway_key?,
         params: WgParams {
             rekey_after: rekey,
+            mtu,
             ..WgParams::default()
         },
     })

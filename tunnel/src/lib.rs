@@ -16,6 +16,7 @@ pub mod http;
 pub mod io;
 pub mod mux;
 pub mod quic;
+pub mod route;
 pub mod tls;
 pub mod tls_stream;
 mod transport;

@@ -83,29 +83,7 @@ pub fn datagram_limit(link_mtu: u32, ipv6: bool) -> u16 {
 /// when the kernel does not say. The connector offers the gateway no more than this, so a
 /// connector behind an ordinary 1,500-byte link probes and is probed as it always was.
 fn path_datagram_limit(socket: &UdpSocket, ipv6: bool) -> u16 {
-    use std::os::fd::AsRawFd as _;
-    let (level, name) = if ipv6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
-    } else {
-        (libc::IPPROTO_IP, libc::IP_MTU)
-    };
-    let mut mtu: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the descriptor is open for the call (borrowed from `socket`) and the kernel
-    // writes at most `len` bytes into `mtu`, an int as the option requires.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&raw mut mtu).cast(),
-            &raw mut len,
-        )
-    };
-    match u32::try_from(mtu) {
-        Ok(mtu) if rc == 0 && mtu > 0 => datagram_limit(mtu, ipv6),
-        _ => ETHERNET_DATAGRAM,
-    }
+    crate::route::mtu(socket, ipv6).map_or(ETHERNET_DATAGRAM, |mtu| datagram_limit(mtu, ipv6))
 }
 
 /// quinn's endpoint settings for datagrams of at most `limit` bytes: the size offered to the

@@ -91,13 +91,17 @@ impl WgDialer {
         std_sock
             .connect(target)
             .map_err(|e| format!("udp connect {target}: {e}"))?;
+        let mtu = self
+            .params
+            .mtu
+            .unwrap_or_else(|| super::link_mtu(crate::route::mtu(&std_sock, target.is_ipv6())));
         let udp = Arc::new(WgSocket::new(std_sock).map_err(|e| format!("udp socket: {e}"))?);
         let epoch = Instant::now();
         let link = Link {
             local: CONNECTOR_ADDR,
             remote: GATEWAY_ADDR,
         };
-        let shared = Shared::new(link, self.params.mtu, smoltcp::time::Instant::ZERO);
+        let shared = Shared::new(link, mtu, smoltcp::time::Instant::ZERO);
         let index = rand::random::<u32>() >> 8;
         let tunn = Tunn::new(
             self.key.0.clone(),

@@ -257,7 +257,8 @@ impl WgListener {
             local: GATEWAY_ADDR,
             remote: CONNECTOR_ADDR,
         };
-        let shared = Shared::new(link, self.params.mtu, smoltcp::time::Instant::ZERO);
+        let mtu = self.params.mtu.unwrap_or(super::LARGEST_MTU);
+        let shared = Shared::new(link, mtu, smoltcp::time::Instant::ZERO);
         shared.lock().listen(GATEWAY_PORT, MAX_CONNECTIONS_PER_PEER);
         let driver = Driver {
             tunn: Tunn::new(

@@ -40,9 +40,47 @@ pub const CONNECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 /// The TCP port the gateway accepts tunnel connections on inside a link.
 pub const GATEWAY_PORT: u16 = 443;
 
-/// WireGuard's data-plane MTU for a 1,500-byte path: 1,500 less the outer IPv6 (40), UDP (8)
-/// and WireGuard (32) headers, the value `wg-quick` uses.
-pub const DEFAULT_MTU: usize = 1420;
+/// Bytes WireGuard adds around each IP packet, counted as `wg-quick` counts them: the outer
+/// IPv6 (40) and UDP (8) headers and WireGuard's own (32), so one figure holds for both
+/// address families.
+pub const OVERHEAD: usize = 80;
+
+/// WireGuard's data-plane MTU for a 1,500-byte path, the value `wg-quick` uses; a connector's
+/// MTU when the kernel does not say what its route carries, and the most it takes from a
+/// route that leaves the host (see [`link_mtu`]).
+pub const DEFAULT_MTU: usize = 1500 - OVERHEAD;
+
+/// Largest IP packet inside a link: what a 9,000-byte jumbo-frame path carries. The gateway's
+/// stacks take and advertise this, and each connection's TCP MSS (set by the connector's side
+/// from its own MTU) bounds what either end sends. Measured on loopback (512 MiB each way,
+/// two rounds): 1,420 → 8,920 took bulk from 484-492 to 587-594 MiB/s down and 433 to
+/// 526-535 up, the CPU per byte a quarter lower; 16,000, 32,000 and 65,000 were within noise
+/// of 8,920.
+pub const LARGEST_MTU: usize = 9000 - OVERHEAD;
+
+/// Smallest MTU a link is given: IPv4's minimum datagram every host must take (576) less the
+/// overhead. A route that carries less than 576 bytes cannot carry the tunnel well anyway.
+pub const SMALLEST_MTU: usize = 576 - OVERHEAD;
+
+/// A connector's MTU inside its link, from the MTU the kernel knows for its route to the
+/// gateway (`None`: it does not say). WireGuard has no path MTU discovery and the socket sets
+/// Don't Fragment, so a packet larger than the path carries is lost without a word: the MTU
+/// follows `wg-quick`'s rule (the route's MTU less [`OVERHEAD`]), which keeps a link over a
+/// smaller route (an overlay network, a VPN, PPPoE) working, but trusts a route's MTU above
+/// 1,500 only when the route is the loopback device. An interface with jumbo frames says
+/// nothing of the routers past it (a cloud host's 9,001-byte interface reaches the Internet
+/// through 1,500-byte links), so it gets [`DEFAULT_MTU`]; an operator who knows the whole path
+/// carries more sets `wireguard_mtu`.
+pub fn link_mtu(route_mtu: Option<u32>) -> usize {
+    match route_mtu {
+        None => DEFAULT_MTU,
+        Some(m) if m >= crate::route::LOOPBACK_MTU => LARGEST_MTU,
+        Some(m) => usize::try_from(m)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(OVERHEAD)
+            .clamp(SMALLEST_MTU, DEFAULT_MTU),
+    }
+}
 
 /// Largest datagram handled: a full UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -79,8 +117,10 @@ pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
 /// Settings of WireGuard links.
 #[derive(Debug, Clone, Copy)]
 pub struct WgParams {
-    /// Largest IP packet inside the tunnel.
-    pub mtu: usize,
+    /// Largest IP packet inside the tunnel. `None`, the default: a connector takes
+    /// [`link_mtu`] of its route to the gateway, a gateway [`LARGEST_MTU`] (each connection's
+    /// MSS, from the connector's MTU, bounds what it sends).
+    pub mtu: Option<usize>,
     /// Connector side: start a new handshake once the session is this old
     /// ([`REKEY_AFTER_TIME`] by default).
     pub rekey_after: Duration,
@@ -94,7 +134,7 @@ pub struct WgParams {
 impl Default for WgParams {
     fn default() -> Self {
         WgParams {
-            mtu: DEFAULT_MTU,
+            mtu: None,
             rekey_after: REKEY_AFTER_TIME,
             persistent_keepalive: PERSISTENT_KEEPALIVE,
         }
@@ -117,4 +157,26 @@ pub struct Counters {
     pub roams: AtomicU64,
     /// Datagrams the socket would not send.
     pub send_errors: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_link_mtu_follows_the_route_and_trusts_more_than_1500_only_on_loopback() {
+        assert_eq!(link_mtu(None), 1420, "the kernel said nothing");
+        assert_eq!(link_mtu(Some(1500)), 1420, "Ethernet");
+        assert_eq!(link_mtu(Some(1450)), 1370, "a VXLAN overlay");
+        assert_eq!(link_mtu(Some(1492)), 1412, "PPPoE");
+        assert_eq!(
+            link_mtu(Some(9001)),
+            1420,
+            "a jumbo interface says nothing past it"
+        );
+        assert_eq!(link_mtu(Some(65_535)), 8920, "loopback");
+        assert_eq!(link_mtu(Some(65_534)), 1420);
+        assert_eq!(link_mtu(Some(300)), 496, "the floor");
+        assert_eq!(link_mtu(Some(u32::MAX)), 8920);
+    }
 }

@@ -21,18 +21,29 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-use super::{TCP_BUFFER, TCP_IDLE_ABORT};
+use super::{DEFAULT_MTU, TCP_BUFFER, TCP_IDLE_ABORT};
 
-/// Packets waiting for the stack; beyond this a burst is dropped and TCP retransmits, so a
-/// peer that floods the link cannot grow the queue.
-const RX_QUEUE: usize = 1024;
+/// Bytes of packets waiting for the stack (1,024 packets of the default MTU); beyond this a
+/// burst is dropped and TCP retransmits, so a peer that floods the link cannot grow the queue.
+/// The queues are bounded in packets of the link's MTU, so a link with larger packets holds
+/// no more bytes.
+const RX_QUEUE_BYTES: usize = 1024 * DEFAULT_MTU;
 
-/// Packets the stack produced that the driver has not encrypted yet; the stack holds back
-/// (and keeps the data in its socket buffers) when this is full.
-const TX_QUEUE: usize = 256;
+/// Bytes of packets the stack produced that the driver has not encrypted yet (256 packets of
+/// the default MTU); the stack holds back (and keeps the data in its socket buffers) when
+/// this is full.
+const TX_QUEUE_BYTES: usize = 256 * DEFAULT_MTU;
 
-/// Packet buffers kept for reuse, so the bulk path allocates nothing per packet.
-const SPARE_BUFFERS: usize = 256;
+/// Bytes of packet buffers kept for reuse, so the bulk path allocates nothing per packet.
+const SPARE_BYTES: usize = 256 * DEFAULT_MTU;
+
+/// Fewest packets any of the queues holds, whatever the MTU: a GSO batch's worth.
+const MIN_QUEUE: usize = 16;
+
+/// How many packets of `mtu` bytes make `bytes`.
+fn packets(bytes: usize, mtu: usize) -> usize {
+    (bytes / mtu.max(1)).max(MIN_QUEUE)
+}
 
 /// The two packet queues smoltcp sees as its network device.
 struct Queues {
@@ -40,6 +51,10 @@ struct Queues {
     tx: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
     mtu: usize,
+    /// The bounds of `rx`, `tx` and `spare` in packets.
+    rx_max: usize,
+    tx_max: usize,
+    spare_max: usize,
 }
 
 impl Queues {
@@ -48,7 +63,7 @@ impl Queues {
     }
 
     fn recycle(&mut self, mut b: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS {
+        if self.spare.len() < self.spare_max {
             b.clear();
             self.spare.push(b);
         }
@@ -59,6 +74,7 @@ impl Queues {
 struct Rx<'a> {
     packet: Vec<u8>,
     spare: &'a mut Vec<Vec<u8>>,
+    spare_max: usize,
 }
 
 /// Room for one packet from the stack, queued for the driver once written.
@@ -73,7 +89,7 @@ impl RxToken for Rx<'_> {
         F: FnOnce(&[u8]) -> R,
     {
         let r = f(&self.packet);
-        if self.spare.len() < SPARE_BUFFERS {
+        if self.spare.len() < self.spare_max {
             let mut b = self.packet;
             b.clear();
             self.spare.push(b);
@@ -106,6 +122,7 @@ impl Device for Queues {
             Rx {
                 packet,
                 spare: &mut self.spare,
+                spare_max: self.spare_max,
             },
             Tx {
                 tx: &mut self.tx,
@@ -115,7 +132,7 @@ impl Device for Queues {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Tx<'_>> {
-        if self.tx.len() >= TX_QUEUE {
+        if self.tx.len() >= self.tx_max {
             return None;
         }
         let buf = self.spare.pop().unwrap_or_default();
@@ -193,6 +210,9 @@ impl Shared {
             tx: VecDeque::new(),
             spare: Vec::new(),
             mtu,
+            rx_max: packets(RX_QUEUE_BYTES, mtu),
+            tx_max: packets(TX_QUEUE_BYTES, mtu),
+            spare_max: packets(SPARE_BYTES, mtu),
         };
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = rand::random();
@@ -243,7 +263,7 @@ fn new_socket() -> tcp::Socket<'static> {
 impl Stack {
     /// Hand a decrypted IP packet to the stack; false when the queue is full (dropped).
     pub fn push_packet(&mut self, packet: &[u8]) -> bool {
-        if self.queues.rx.len() >= RX_QUEUE {
+        if self.queues.rx.len() >= self.queues.rx_max {
             return false;
         }
         let mut b = self.queues.buffer();
@@ -517,11 +537,127 @@ mod tests {
 
     /// A gateway stack listening on 443 and a connector stack dialing it, not yet connected.
     fn pair() -> (Arc<Shared>, Arc<Shared>) {
-        let gateway = Shared::new(GATEWAY, 1420, Instant::from_millis(0));
-        gateway.lock().listen(443, 8);
-        let connector = Shared::new(CONNECTOR, 1420, Instant::from_millis(0));
-        connector.lock().connect(443).expect("connect");
+        let (gateway, connector, _) = pair_of(1420, 1420);
         (gateway, connector)
+    }
+
+    /// Like [`pair`] with the given MTUs; also the connector's socket.
+    fn pair_of(
+        gateway_mtu: usize,
+        connector_mtu: usize,
+    ) -> (Arc<Shared>, Arc<Shared>, SocketHandle) {
+        let gateway = Shared::new(GATEWAY, gateway_mtu, Instant::from_millis(0));
+        gateway.lock().listen(443, 8);
+        let connector = Shared::new(CONNECTOR, connector_mtu, Instant::from_millis(0));
+        let dialed = connector.lock().connect(443).expect("connect");
+        (gateway, connector, dialed)
+    }
+
+    /// The packets `stack` sends after a poll at `now`.
+    fn sent_at(stack: &Arc<Shared>, now: Instant) -> Vec<Vec<u8>> {
+        let mut st = stack.lock();
+        st.poll(now);
+        std::iter::from_fn(|| st.pop_packet()).collect()
+    }
+
+    /// Move packets both ways until neither stack has more to send, the clock advancing
+    /// 20 ms per exchange (so delayed ACKs go out); returns the largest packet each way
+    /// (connector to gateway, gateway to connector).
+    fn shuttle(
+        gateway: &Arc<Shared>,
+        connector: &Arc<Shared>,
+        clock: &mut Instant,
+    ) -> (usize, usize) {
+        let (mut up, mut down) = (0, 0);
+        for _ in 0..10_000 {
+            *clock += smoltcp::time::Duration::from_millis(20);
+            let from_connector = sent_at(connector, *clock);
+            let from_gateway = sent_at(gateway, *clock);
+            if from_connector.is_empty() && from_gateway.is_empty() {
+                return (up, down);
+            }
+            for p in from_connector {
+                up = up.max(p.len());
+                assert!(
+                    gateway.lock().push_packet(&p),
+                    "the gateway's queue is full"
+                );
+            }
+            for p in from_gateway {
+                down = down.max(p.len());
+                assert!(
+                    connector.lock().push_packet(&p),
+                    "the connector's queue is full"
+                );
+            }
+        }
+        panic!("the stacks never went quiet");
+    }
+
+    /// Largest packets each way (up, down) while 256 KiB cross the link each way.
+    fn largest_packets(gateway_mtu: usize, connector_mtu: usize) -> (usize, usize) {
+        let (gateway, connector, dialed) = pair_of(gateway_mtu, connector_mtu);
+        let mut clock = Instant::from_millis(0);
+        shuttle(&gateway, &connector, &mut clock);
+        let accepted = gateway.lock().take_accepted().expect("accepted");
+        let data = vec![7u8; 256 * 1024];
+        let (mut up, mut down) = (0, 0);
+        let (mut sent_up, mut sent_down, mut got_up, mut got_down) = (0, 0, 0, 0);
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..10_000 {
+            if got_up == data.len() && got_down == data.len() {
+                return (up, down);
+            }
+            {
+                let mut st = connector.lock();
+                let s = st.sockets.get_mut::<tcp::Socket>(dialed);
+                sent_up += s.send_slice(&data[sent_up..]).expect("send");
+                got_down += s.recv_slice(&mut buf).expect("recv");
+            }
+            {
+                let mut st = gateway.lock();
+                let s = st.sockets.get_mut::<tcp::Socket>(accepted);
+                sent_down += s.send_slice(&data[sent_down..]).expect("send");
+                got_up += s.recv_slice(&mut buf).expect("recv");
+            }
+            let (u, d) = shuttle(&gateway, &connector, &mut clock);
+            up = up.max(u);
+            down = down.max(d);
+        }
+        panic!("the transfer never finished: {got_up} up, {got_down} down");
+    }
+
+    #[test]
+    fn the_connectors_mtu_bounds_the_packets_both_ways() {
+        // The gateway takes the largest MTU; a connector on an ordinary path advertises an
+        // MSS from its own, and neither end sends more.
+        let (up, down) = largest_packets(super::super::LARGEST_MTU, 1420);
+        assert_eq!((up, down), (1420, 1420));
+        let (up, down) = largest_packets(super::super::LARGEST_MTU, 1370);
+        assert_eq!((up, down), (1370, 1370));
+        // A connector on loopback takes the largest too, and both ends use it.
+        let (up, down) = largest_packets(super::super::LARGEST_MTU, super::super::LARGEST_MTU);
+        assert_eq!((up, down), (8920, 8920));
+        // An older gateway that keeps 1,420 bounds a larger connector.
+        let (up, down) = largest_packets(1420, super::super::LARGEST_MTU);
+        assert_eq!((up, down), (1420, 1420));
+    }
+
+    #[test]
+    fn queues_hold_the_same_bytes_whatever_the_mtu() {
+        assert_eq!(packets(RX_QUEUE_BYTES, DEFAULT_MTU), 1024);
+        assert_eq!(packets(TX_QUEUE_BYTES, DEFAULT_MTU), 256);
+        assert_eq!(packets(RX_QUEUE_BYTES, 8920), 163);
+        assert_eq!(packets(TX_QUEUE_BYTES, 8920), MIN_QUEUE.max(40));
+        assert_eq!(packets(1, 8920), MIN_QUEUE);
+        let (gateway, _, _) = pair_of(8920, 1420);
+        let packet = vec![0u8; 8920];
+        let mut st = gateway.lock();
+        let taken = (0..2000).take_while(|_| st.push_packet(&packet)).count();
+        assert_eq!(
+            taken, 163,
+            "a large-MTU link queues no more bytes than an ordinary one"
+        );
     }
 
     fn checksums_hold(packet: &[u8]) -> bool {
