@@ -112,20 +112,26 @@ where
         if conn.done || !conn.sender.is_ready() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        expire(&mut idle);
+        expire(&mut idle, now);
         if idle.len() < self.max_idle {
-            idle.push((conn, Instant::now()));
+            idle.push((conn, now));
         }
     }
 
     /// The most recently used idle connection that is still open, if any.
     fn take(&self) -> Option<Conn<B>> {
         loop {
-            let (mut conn, _) = {
+            let mut conn = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                expire(&mut idle);
-                idle.pop()?
+                let (conn, since) = idle.pop()?;
+                if since.elapsed() >= IDLE_TIMEOUT {
+                    // The newest waited too long, so every other one did too.
+                    idle.clear();
+                    return None;
+                }
+                conn
             };
             // A close the service sent while the connection waited is seen here.
             conn.poll_now();
@@ -149,11 +155,12 @@ where
     }
 }
 
-/// Drop connections that waited longer than [`IDLE_TIMEOUT`] (the oldest are first).
-fn expire<B: hyper::body::Body + 'static>(idle: &mut Vec<(Conn<B>, Instant)>) {
+/// Drop connections that by `now` waited longer than [`IDLE_TIMEOUT`] (the oldest are
+/// first). One clock read serves the whole pass and the connection put back after it.
+fn expire<T>(idle: &mut Vec<(T, Instant)>, now: Instant) {
     let fresh = idle
         .iter()
-        .position(|(_, since)| since.elapsed() < IDLE_TIMEOUT)
+        .position(|(_, since)| now.saturating_duration_since(*since) < IDLE_TIMEOUT)
         .unwrap_or(idle.len());
     idle.drain(..fresh);
 }
@@ -204,5 +211,29 @@ where
                 debug!(error = %e, "service connection ended");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_drops_exactly_the_connections_idle_too_long() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut idle = vec![(1, at(0)), (2, at(10)), (3, at(50))];
+        expire(&mut idle, at(89));
+        assert_eq!(idle.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [1, 2, 3]);
+        expire(&mut idle, at(99));
+        assert_eq!(idle.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [2, 3]);
+        expire(&mut idle, at(139));
+        assert_eq!(idle.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [3]);
+        expire(&mut idle, at(500));
+        assert!(idle.is_empty());
+        // A clock read before the entries (another thread put one back meanwhile) keeps them.
+        let mut idle = vec![(4, at(10))];
+        expire(&mut idle, at(0));
+        assert_eq!(idle.len(), 1);
     }
 }
