@@ -1,6 +1,6 @@
 //! The WireGuard transport on loopback: real UDP sockets, boringtun sessions and the userspace
 //! TCP/IP stack on both ends. Bulk both ways, silence towards strangers (junk, unknown keys,
-//! a replayed handshake, a forged response), rekeying under load, and roaming.
+//! a replayed handshake, a forged response), rekeying under load, roaming, and packet sizes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -436,4 +436,40 @@ async fn a_peer_holds_at_most_its_connection_limit_and_gets_a_slot_back() {
     // The others still work.
     let (g, c) = &held[0];
     echo(g, c, 64 * 1024).await;
+}
+
+#[tokio::test]
+async fn packets_are_as_large_as_the_connectors_route_or_setting_allows() {
+    // Over loopback a connector takes 8,920-byte packets inside the link; one set to 1,200
+    // holds both directions to that, though the gateway would take 8,920. A data datagram
+    // carries the packet, WireGuard's 16-byte header and 16-byte tag, and up to 15 bytes of
+    // padding.
+    for (mtu, largest) in [(None, wireguard::LARGEST_MTU), (Some(1200), 1200)] {
+        let ck = new_key();
+        let mut gw = Gateway::start(&[&ck]).await;
+        let relay = Relay::start(gw.addr).await;
+        let dialer = WgDialer::new(
+            ck,
+            WgParams {
+                mtu,
+                ..WgParams::default()
+            },
+        );
+        let (g, c) = connect(&mut gw, &dialer, relay.addr).await;
+        echo(&g, &c, 1 << 20).await;
+        let biggest = |v: &std::sync::Mutex<Vec<Vec<u8>>>| {
+            v.lock()
+                .expect("lock")
+                .iter()
+                .map(Vec::len)
+                .max()
+                .unwrap_or(0)
+        };
+        for (way, size) in [("up", biggest(&relay.sent)), ("down", biggest(&relay.seen))] {
+            assert!(
+                (largest + 32..largest + 32 + 16).contains(&size),
+                "MTU {mtu:?}: the largest datagram {way} is {size} bytes, for {largest}-byte packets"
+            );
+        }
+    }
 }
