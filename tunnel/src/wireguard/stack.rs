@@ -49,23 +49,28 @@ fn packets(bytes: usize, mtu: usize) -> usize {
 struct Queues {
     rx: VecDeque<Vec<u8>>,
     tx: VecDeque<Vec<u8>>,
-    spare: Vec<Vec<u8>>,
+    spare: Spare,
     mtu: usize,
-    /// The bounds of `rx`, `tx` and `spare` in packets.
+    /// The bounds of `rx` and `tx` in packets.
     rx_max: usize,
     tx_max: usize,
-    spare_max: usize,
 }
 
-impl Queues {
-    fn buffer(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_default()
+/// Packet buffers kept for reuse, at most `max` of them.
+struct Spare {
+    buffers: Vec<Vec<u8>>,
+    max: usize,
+}
+
+impl Spare {
+    fn take(&mut self) -> Vec<u8> {
+        self.buffers.pop().unwrap_or_default()
     }
 
-    fn recycle(&mut self, mut b: Vec<u8>) {
-        if self.spare.len() < self.spare_max {
+    fn put(&mut self, mut b: Vec<u8>) {
+        if self.buffers.len() < self.max {
             b.clear();
-            self.spare.push(b);
+            self.buffers.push(b);
         }
     }
 }
@@ -73,8 +78,7 @@ impl Queues {
 /// A packet for the stack; its buffer goes back to the spare list once read.
 struct Rx<'a> {
     packet: Vec<u8>,
-    spare: &'a mut Vec<Vec<u8>>,
-    spare_max: usize,
+    spare: &'a mut Spare,
 }
 
 /// Room for one packet from the stack, queued for the driver once written.
@@ -89,11 +93,7 @@ impl RxToken for Rx<'_> {
         F: FnOnce(&[u8]) -> R,
     {
         let r = f(&self.packet);
-        if self.spare.len() < self.spare_max {
-            let mut b = self.packet;
-            b.clear();
-            self.spare.push(b);
-        }
+        self.spare.put(self.packet);
         r
     }
 }
@@ -117,12 +117,11 @@ impl Device for Queues {
 
     fn receive(&mut self, _now: Instant) -> Option<(Rx<'_>, Tx<'_>)> {
         let packet = self.rx.pop_front()?;
-        let buf = self.spare.pop().unwrap_or_default();
+        let buf = self.spare.take();
         Some((
             Rx {
                 packet,
                 spare: &mut self.spare,
-                spare_max: self.spare_max,
             },
             Tx {
                 tx: &mut self.tx,
@@ -135,7 +134,7 @@ impl Device for Queues {
         if self.tx.len() >= self.tx_max {
             return None;
         }
-        let buf = self.spare.pop().unwrap_or_default();
+        let buf = self.spare.take();
         Some(Tx {
             tx: &mut self.tx,
             buf,
@@ -208,11 +207,13 @@ impl Shared {
         let mut queues = Queues {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
-            spare: Vec::new(),
+            spare: Spare {
+                buffers: Vec::new(),
+                max: packets(SPARE_BYTES, mtu),
+            },
             mtu,
             rx_max: packets(RX_QUEUE_BYTES, mtu),
             tx_max: packets(TX_QUEUE_BYTES, mtu),
-            spare_max: packets(SPARE_BYTES, mtu),
         };
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = rand::random();
@@ -266,7 +267,7 @@ impl Stack {
         if self.queues.rx.len() >= self.queues.rx_max {
             return false;
         }
-        let mut b = self.queues.buffer();
+        let mut b = self.queues.spare.take();
         b.extend_from_slice(packet);
         self.queues.rx.push_back(b);
         true
@@ -280,7 +281,7 @@ impl Stack {
 
     /// Return a sent packet's buffer.
     pub fn recycle(&mut self, b: Vec<u8>) {
-        self.queues.recycle(b);
+        self.queues.spare.put(b);
     }
 
     /// Run TCP: take in queued packets, produce what is due. Returns how long until the
@@ -530,9 +531,7 @@ mod tests {
 
     /// The packets `stack` sends after a poll.
     fn sent(stack: &Arc<Shared>) -> Vec<Vec<u8>> {
-        let mut st = stack.lock();
-        st.poll(Instant::from_millis(0));
-        std::iter::from_fn(|| st.pop_packet()).collect()
+        sent_at(stack, Instant::from_millis(0))
     }
 
     /// A gateway stack listening on 443 and a connector stack dialing it, not yet connected.
