@@ -63,6 +63,12 @@ pub struct TlsStream<IO> {
     /// Ciphertext the transport has not taken yet: `outgoing.buf[out_start..outgoing.end]`.
     outgoing: Ciphertext,
     out_start: usize,
+    /// `outgoing.end` when it holds only the TLS 1.3 session tickets written at the end of the
+    /// handshake: they wait for this side's first write (or its close) and go out in the
+    /// same system call, instead of a segment of their own that wakes the client for
+    /// nothing. Anything else queued after them sends them at once. (A connection that has
+    /// not answered yet holds these few hundred bytes.)
+    tickets_held: Option<usize>,
     /// The peer sent `close_notify`: reads end here.
     peer_closed: bool,
     /// The transport's read side ended.
@@ -154,6 +160,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             plain_start: 0,
             outgoing: Ciphertext::default(),
             out_start: 0,
+            tickets_held: None,
             peer_closed: false,
             eof: false,
             close_sent: false,
@@ -206,8 +213,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             match step {
                 Step::Progress => continue,
                 Step::NeedInput if !self.conn.is_handshaking() => {
-                    // Done, and everything already received is processed: the last flight
-                    // (session tickets) goes out now.
+                    // Done, and everything already received is processed. A TLS 1.3 server's
+                    // last flight is its session tickets, which no client waits for: they go
+                    // out with the first response. Any other last flight (TLS 1.2's Finished)
+                    // is awaited by the peer and goes out now.
+                    if self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)
+                        && self.out_start < self.outgoing.end
+                    {
+                        self.tickets_held = Some(self.outgoing.end);
+                        return Poll::Ready(Ok(()));
+                    }
                     return self.poll_send(cx);
                 }
                 Step::NeedInput => {
@@ -374,8 +389,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         io::Error::new(io::ErrorKind::InvalidData, why)
     }
 
+    /// Whether ciphertext waits that must go out before this side waits for the peer: anything
+    /// but the held session tickets.
+    fn owes_peer(&self) -> bool {
+        self.out_start < self.outgoing.end && self.tickets_held != Some(self.outgoing.end)
+    }
+
     /// Write the unsent ciphertext; the buffer is freed once the transport took it all.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tickets_held = None;
         while self.out_start < self.outgoing.end {
             let unsent = &self.outgoing.buf[self.out_start..self.outgoing.end];
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, unsent))?;
@@ -488,8 +510,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
             match step {
                 Step::Progress | Step::Sent(_) => {
                     if buf.filled().len() > before {
-                        // Output produced on the way (tickets, an alert) goes out too.
-                        if this.out_start < this.outgoing.end
+                        // Output produced on the way (a key update, an alert) goes out too.
+                        if this.owes_peer()
                             && let Poll::Ready(Err(e)) = this.poll_send(cx)
                         {
                             return Poll::Ready(Err(e));
@@ -500,7 +522,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 Step::Closed => return Poll::Ready(Ok(())),
                 Step::NeedInput => {
                     // What the peer is owed (a key update, an alert) goes out before waiting.
-                    if this.out_start < this.outgoing.end
+                    if this.owes_peer()
                         && let Poll::Ready(Err(e)) = this.poll_send(cx)
                     {
                         return Poll::Ready(Err(e));
@@ -526,30 +548,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let data = &buf[..buf.len().min(MAX_WRITE)];
+        if self.tickets_held.take().is_some() {
+            // The held tickets and this write's records leave in one system call; what the
+            // transport does not take now waits here, as for any write.
+            let mut out = std::mem::take(&mut self.outgoing);
+            let sent = self.encrypt(data, &mut out);
+            self.outgoing = out;
+            return match (self.poll_send(cx), sent) {
+                (Poll::Ready(Err(e)), _) | (_, Err(e)) => Poll::Ready(Err(e)),
+                (_, Ok(n)) => Poll::Ready(Ok(n)),
+            };
+        }
         // Earlier ciphertext goes first: while the transport has not taken it, nothing more
         // is accepted, so a connection holds at most one write's ciphertext.
         if self.out_start < self.outgoing.end {
             ready!(self.poll_send(cx))?;
         }
-        let data = &buf[..buf.len().min(MAX_WRITE)];
         // Nothing waits: the ciphertext is built in the thread's scratch buffer and handed to
         // the transport from there.
         let mut out = Ciphertext {
             buf: SCRATCH.take(),
             end: 0,
         };
-        let sent = loop {
-            break match self.step(None, Outbound::Data(data), &mut out) {
-                Ok(Step::Sent(n)) => Ok(n),
-                Ok(Step::Progress) => continue,
-                Ok(Step::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
-                Ok(Step::NeedInput) => Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "TLS connection cannot send application data",
-                )),
-                Err(e) => Err(e),
-            };
-        };
+        let sent = self.encrypt(data, &mut out);
         // Hand it over (an alert after a failure too); what the transport does not take now
         // is this connection's to send before anything else.
         let mut at = 0;
@@ -580,6 +602,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         match (transport_failed, sent) {
             (Some(e), _) | (None, Err(e)) => Poll::Ready(Err(e)),
             (None, Ok(n)) => Poll::Ready(Ok(n)),
+        }
+    }
+
+    /// Encrypt `data` (all of it: at most [`MAX_WRITE`] bytes) as records appended to `out`.
+    fn encrypt(&mut self, data: &[u8], out: &mut Ciphertext) -> io::Result<usize> {
+        loop {
+            break match self.step(None, Outbound::Data(data), out) {
+                Ok(Step::Sent(n)) => Ok(n),
+                Ok(Step::Progress) => continue,
+                Ok(Step::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
+                Ok(Step::NeedInput) => Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "TLS connection cannot send application data",
+                )),
+                Err(e) => Err(e),
+            };
         }
     }
 }
@@ -624,9 +662,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         true
     }
 
+    /// Sends what was written. Held session tickets stay held: HTTP servers flush each time
+    /// they look for work, before the first response exists.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
+        if this.owes_peer() {
+            ready!(this.poll_send(cx))?;
+        }
         Pin::new(&mut this.io).poll_flush(cx)
     }
 

@@ -468,3 +468,119 @@ async fn vectored_writes_arrive_joined_and_in_order() {
     within(client.read_exact(&mut got)).await.expect("read");
     assert!(got == expected);
 }
+
+/// A transport that counts the writes that handed it bytes (each one a system call on a real
+/// socket, and a segment the peer wakes up for).
+struct CountedWrites {
+    tcp: TcpStream,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsyncRead for CountedWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// One TLS 1.3 connection as a web client makes it: handshake, a request, the response, with
+/// the server's writes counted; the client's handshake kind and the tickets it received.
+async fn request_response(pki: &Pki, client: &TlsConnector) -> (usize, rustls::HandshakeKind, u32) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = pki.server.clone();
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = writes.clone();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let io = CountedWrites {
+            tcp,
+            writes: counted,
+        };
+        let mut tls = TlsStream::accept(io, config, Vec::new())
+            .await
+            .expect("server handshake");
+        // An HTTP server flushes whenever it looks for work, before any response exists.
+        tls.flush().await.expect("flush");
+        let mut request = [0u8; 4];
+        tls.read_exact(&mut request).await.expect("request");
+        tls.flush().await.expect("flush");
+        tls.write_all(b"response").await.expect("response");
+        tls.flush().await.expect("flush");
+        tls
+    });
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut tls = within(client.connect(ServerName::try_from("localhost").expect("name"), tcp))
+        .await
+        .expect("client handshake");
+    tls.write_all(b"GET ").await.expect("request");
+    let mut response = [0u8; 8];
+    within(tls.read_exact(&mut response))
+        .await
+        .expect("response");
+    assert_eq!(&response, b"response");
+    let _server = within(server).await.expect("join");
+    let conn = tls.get_ref().1;
+    (
+        writes.load(std::sync::atomic::Ordering::Relaxed),
+        conn.handshake_kind().expect("handshake done"),
+        conn.tls13_tickets_received(),
+    )
+}
+
+#[tokio::test]
+async fn session_tickets_leave_with_the_first_response_and_resume() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let client = TlsConnector::from(pki.client.clone());
+    // Two writes in all: the handshake's flight, then the tickets and the response in one;
+    // the tickets still arrive first and work.
+    let (writes, kind, tickets) = request_response(&pki, &client).await;
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    assert_eq!(tickets, 2, "the client did not get the session tickets");
+    assert_eq!(writes, 2, "tickets sent in a segment of their own");
+    let (writes, kind, tickets) = request_response(&pki, &client).await;
+    assert_eq!(kind, rustls::HandshakeKind::Resumed);
+    assert_eq!(tickets, 2);
+    assert_eq!(writes, 2);
+}
+
+#[tokio::test]
+async fn a_tls_1_2_servers_last_flight_is_not_held() {
+    // In a full TLS 1.2 handshake the client waits for the server's Finished, which is the
+    // server's last flight: holding it would stall both sides.
+    let pki = pki(&[&rustls::version::TLS12]);
+    let (mut server, mut client) = within(pair(&pki)).await;
+    round_trip(&mut server, &mut client).await;
+}
