@@ -185,7 +185,7 @@ try:
         tunnels = json.load(fh)
 except (OSError, ValueError):
     tunnels = None
-for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes"]:
+for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes", "handshakes_fresh"]:
     results[scenario] = {p: oha(scenario, p) for p in PATHS}
 for kind in ["bulk_down", "bulk_up"]:
     results[kind] = {p: speed(kind, p) for p in PATHS}
@@ -290,6 +290,7 @@ CPU_ROWS = [  # (key, label, unit, paths, units, scale)
     ("small_h2", "small responses, h2, 8x8 streams", "µs/req", PATHS, oha_count, 1e6),
     ("fixed_rate", f"fixed {fixed_rate} req/s", "µs/req", PATHS, oha_count, 1e6),
     ("handshakes", "new connections (TLS handshake + request)", "µs/conn", PATHS, oha_count, 1e6),
+    ("handshakes_fresh", "new clients, X25519, full handshakes", "µs/conn", PATHS, oha_count, 1e6),
     ("bulk_down", f"bulk download {bulk_mib} MiB", "ns/byte", PATHS, lambda _n: bulk_bytes, 1e9),
     ("bulk_up", f"bulk upload {bulk_mib} MiB", "ns/byte", PATHS, lambda _n: bulk_bytes, 1e9),
 ]
@@ -347,6 +348,7 @@ add(f"fixed {fixed_rate} req/s: p50", "fixed_rate", "p50_ms", "ms", False)
 add(f"fixed {fixed_rate} req/s: p99", "fixed_rate", "p99_ms", "ms", False)
 add(f"fixed {fixed_rate} req/s: p99.9", "fixed_rate", "p999_ms", "ms", False)
 add("new connections (TLS handshake + request)", "handshakes", "rps", "conn/s", True)
+add("new clients, X25519, full handshakes (see note)", "handshakes_fresh", "rps", "conn/s", True)
 rows.append((f"bulk download {bulk_mib} MiB", "MiB/s", True, results["bulk_down"]))
 rows.append((f"bulk upload {bulk_mib} MiB", "MiB/s", True, results["bulk_up"]))
 ws_any = next((r for r in results["ws"].values() if r), None)
@@ -400,7 +402,9 @@ summary = [
     "weigh on p99, in a full run only on p99.9.",
     "New connections: oha (rustls) offers the X25519MLKEM768 post-quantum hybrid first, which netwall's gateway "
     "accepts and nginx (OpenSSL 3.0) does not know, so netwall's handshakes do that extra key exchange (about 15 µs "
-    "per side, ops/crypto-ab) and nginx's are X25519 only.",
+    "per side, ops/crypto-ab) and nginx's are X25519 only; and its 16 connections share one ticket cache of eight "
+    "tickets, so how many resume depends on how they bunch up. New clients (netwall-loadgen handshakes --sessions "
+    "fresh) compare like for like: X25519 offered alone, no resumption, a full handshake with certificate every time.",
     "Idle WebSocket memory (first pass) is the resident memory gained per open connection by the processes on the path: "
     "direct = the backend itself; nginx = its workers; rathole = server + client; netwall = gateway + connector"
     + (f" (gateway {results['ws']['netwall']['gateway_bytes_per_conn']:,.0f} + connector "

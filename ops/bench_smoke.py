@@ -41,7 +41,7 @@ for name in ["report.png"]:
 problems = []
 results = report["results"]
 for path in ["netwall", "netwall_tls", "netwall_unix", "netwall_wg"]:
-    for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes"]:
+    for scenario in ["small_h1", "small_h2", "fixed_rate", "handshakes", "handshakes_fresh"]:
         r = results[scenario][path]
         if not r or not r["rps"] > 0:
             problems.append(f"{scenario}: no {path} throughput")

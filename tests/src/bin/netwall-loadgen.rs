@@ -17,6 +17,8 @@ use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 #[path = "../loadgen_challenge.rs"]
 mod loadgen_challenge;
+#[path = "../loadgen_handshakes.rs"]
+mod loadgen_handshakes;
 #[path = "../loadgen_mux.rs"]
 mod loadgen_mux;
 #[path = "../loadgen_shared.rs"]
@@ -60,6 +62,8 @@ enum Cmd {
     /// The proof-of-work challenge: the gateway's cost per operation and solve times in
     /// headless Chromium at each difficulty.
     Challenge(loadgen_challenge::ChallengeArgs),
+    /// New TLS connections per second through one HTTPS path, with a chosen key exchange.
+    Handshakes(loadgen_handshakes::HandshakeArgs),
     /// Many gateways sharing Redis: rate-limit overhead by driver, fan-out latency, and
     /// Redis pub/sub alone.
     Shared(loadgen_shared::SharedArgs),
@@ -135,6 +139,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::TcpCopy(a) => loadgen_tcp::copy(a).await,
             Cmd::Challenge(a) => loadgen_challenge::run(a).await,
             Cmd::Shared(a) => loadgen_shared::run(a).await,
+            Cmd::Handshakes(a) => {
+                let client = client_config(a.key_exchange())?;
+                loadgen_handshakes::run(a, client).await
+            }
         }
     })?;
     println!("{report}");
@@ -271,11 +279,26 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
-fn tls_connector() -> anyhow::Result<TlsConnector> {
-    // X25519 only: the key exchange nginx (OpenSSL 3.0) and netwall both do, so new
-    // connections per second compare like for like; the cipher code is netwall's own.
+fn tls_connector(kx: loadgen_handshakes::KeyExchange) -> anyhow::Result<TlsConnector> {
+    Ok(TlsConnector::from(Arc::new(client_config(kx)?)))
+}
+
+/// The benchmark's TLS client: no certificate verification, HTTP/1.1, the given key exchange,
+/// rustls's default session cache (shared by every connection made with it).
+fn client_config(kx: loadgen_handshakes::KeyExchange) -> anyhow::Result<rustls::ClientConfig> {
+    // X25519 alone is the key exchange nginx (OpenSSL 3.0) and netwall both do, so their
+    // figures compare like for like; the cipher code is netwall's own.
+    let kx_groups = match kx {
+        loadgen_handshakes::KeyExchange::X25519 => {
+            vec![rustls::crypto::aws_lc_rs::kx_group::X25519]
+        }
+        loadgen_handshakes::KeyExchange::Hybrid => vec![
+            rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+            rustls::crypto::aws_lc_rs::kx_group::X25519,
+        ],
+    };
     let provider = Arc::new(rustls::crypto::CryptoProvider {
-        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+        kx_groups,
         ..(*netwall_tunnel::crypto::provider()).clone()
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -284,7 +307,7 @@ fn tls_connector() -> anyhow::Result<TlsConnector> {
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(cfg)))
+    Ok(cfg)
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -331,7 +354,7 @@ async fn ws(a: WsArgs) -> anyhow::Result<serde_json::Value> {
     let watched = parse_watch(&a.watch)?;
     let url: url::Url = a.url.parse().context("--url")?;
     let ws_url: url::Url = a.url.replacen("wss://", "ws://", 1).parse()?;
-    let tls = tls_connector()?;
+    let tls = tls_connector(loadgen_handshakes::KeyExchange::X25519)?;
     let before = settled(&watched, Duration::from_secs(5)).await?;
 
     let (phase_tx, phase) = watch::channel(Phase::Idle);
@@ -574,7 +597,7 @@ async fn tunnels(a: TunnelArgs) -> anyhow::Result<serde_json::Value> {
     let memory = memory_report(&watched, &before, &after, running.len());
 
     // Every tunnel answers through the gateway.
-    let tls = tls_connector()?;
+    let tls = tls_connector(loadgen_handshakes::KeyExchange::X25519)?;
     let mut ok = 0usize;
     let mut failures = Vec::new();
     for i in 0..a.count {
