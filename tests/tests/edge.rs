@@ -816,6 +816,63 @@ async fn tunnels_and_browsers_get_the_post_quantum_hybrid_and_classical_clients_
     );
 }
 
+/// One client's visit: a request answered in full (its session tickets come with the
+/// answer), then the connection closed. Whether the handshake resumed an earlier session.
+async fn visit(addr: std::net::SocketAddr, client: &TlsConnector) -> rustls::HandshakeKind {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut tls = client
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS");
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await.expect("answer");
+    assert!(answer.starts_with(b"HTTP/1.1 "), "no HTTP answer");
+    tls.get_ref().1.handshake_kind().expect("kind")
+}
+
+#[tokio::test]
+async fn returning_clients_resume_beyond_the_last_hundred() {
+    // 300 clients, each with its own session cache, visit once, then each comes back: every
+    // one resumes. With rustls's default server cache (256 entries, two tickets per
+    // handshake) none did: each client coming back found its tickets pushed out by the
+    // newer ones, and its full handshake pushed out the next client's.
+    const CLIENTS: usize = 300;
+    let s = setup("", "").await;
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(s.pki.ca_der.clone()).expect("ca");
+        r
+    };
+    let clients: Vec<TlsConnector> = (0..CLIENTS)
+        .map(|_| {
+            let mut cfg =
+                rustls::ClientConfig::builder_with_provider(netwall_tunnel::crypto::provider())
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth();
+            cfg.resumption = rustls::client::Resumption::in_memory_sessions(4);
+            TlsConnector::from(Arc::new(cfg))
+        })
+        .collect();
+    let addr = s.gateway.https_addr;
+    let mut resumed = [0usize; 2];
+    for (round, count) in resumed.iter_mut().enumerate() {
+        for chunk in clients.chunks(8) {
+            let kinds = futures_util::future::join_all(chunk.iter().map(|c| visit(addr, c))).await;
+            *count += kinds
+                .iter()
+                .filter(|k| **k == rustls::HandshakeKind::Resumed)
+                .count();
+        }
+        assert!(round == 1 || *count == 0, "first visits resumed");
+    }
+    assert_eq!(resumed[1], CLIENTS, "returning clients that resumed");
+}
+
 #[test]
 fn self_signed_development_certificates_expire_in_90_days() {
     let pair = netwall_gateway::tls::CertPair::self_signed(&["localhost".into()]).expect("cert");
