@@ -60,7 +60,7 @@ pub struct HandshakeArgs {
     concurrency: usize,
     /// The key exchange offered.
     #[arg(long, value_enum, default_value_t = KeyExchange::X25519)]
-    key_exchange: KeyExchange,
+    pub key_exchange: KeyExchange,
     /// New clients every time, or returning ones.
     #[arg(long, value_enum, default_value_t = Sessions::Fresh)]
     sessions: Sessions,
@@ -213,11 +213,4 @@ async fn one(
         resumed,
         tickets,
     })
-}
-
-impl HandshakeArgs {
-    /// The key exchange this run offers.
-    pub fn key_exchange(&self) -> KeyExchange {
-        self.key_exchange
-    }
 }

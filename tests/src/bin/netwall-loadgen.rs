@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Challenge(a) => loadgen_challenge::run(a).await,
             Cmd::Shared(a) => loadgen_shared::run(a).await,
             Cmd::Handshakes(a) => {
-                let client = client_config(a.key_exchange())?;
+                let client = client_config(a.key_exchange)?;
                 loadgen_handshakes::run(a, client).await
             }
         }
