@@ -407,7 +407,7 @@ fn redirect(
         format!(":{https_port}")
     };
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{host}{port}{pq}");
+    let location = format!("https://{}{port}{pq}", host.name);
     let mut resp = plain(StatusCode::PERMANENT_REDIRECT, "308 permanent redirect\n");
     match HeaderValue::from_str(&location) {
         Ok(v) => {

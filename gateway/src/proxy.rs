@@ -34,7 +34,8 @@ use crate::challenge::{Challenge, Endpoint, Gate};
 use crate::metrics::{ChallengeLabel, Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
 use crate::policy::cors::Preflight;
 use crate::policy::headers::{
-    HeaderError, check_limits, drop_underscored, join_cookies, request_host, strip_edge_owned,
+    HeaderError, RequestHost, check_limits, drop_underscored, join_cookies, request_host,
+    strip_edge_owned,
 };
 use crate::policy::path::normalize;
 use crate::policy::rate_limit::Decision;
@@ -251,7 +252,7 @@ impl Proxy {
         let route = self
             .routes
             .load()
-            .find(&host, req.uri().path())
+            .find(&host.name, req.uri().path())
             .ok_or(EdgeError::UnknownHost)?
             .clone();
         *routed = Some(route.stats.clone());
@@ -289,7 +290,10 @@ impl Proxy {
         // the head is built (`request_head`); nothing before it reads them.
         let mut identity = None;
         if let Some(challenge) = route.challenge.clone() {
-            match self.challenge(&challenge, req, &route, peer, &host).await? {
+            match self
+                .challenge(&challenge, req, &route, peer, &host.name)
+                .await?
+            {
                 Challenged::Continue(r, id) => {
                     req = *r;
                     identity = id;
@@ -588,7 +592,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         route: Arc<Route>,
         peer: SocketAddr,
-        host: &str,
+        host: &RequestHost,
         identity: Option<Identity>,
     ) -> Result<Response<ResponseBody>, EdgeError> {
         let policy = route.websocket.clone();
@@ -941,7 +945,7 @@ fn refused(err: EdgeError, event: &'static str, peer: SocketAddr) -> EdgeError {
 fn request_head<B>(
     req: &Request<B>,
     route: &Route,
-    host: &str,
+    host: &RequestHost,
     peer: SocketAddr,
     mode: Mode,
     identity: Option<Identity>,
@@ -974,17 +978,9 @@ fn request_head<B>(
     } else {
         ip.clone()
     };
-    let public_host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| host.to_owned());
+    // The host as routed, not as the client spelled it (`App.Test.`): what the edge decided on
+    // is what the service reads.
+    let public_host = host.authority();
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);

@@ -855,6 +855,52 @@ async fn proxy_protocol_v2_gives_the_client_address_and_is_required() {
     );
 }
 
+/// The service reads the host the edge routed on, however the client spelled it: a route
+/// for `app.test` matched `App.Test.`, so `App.Test.` must not reach a service that serves
+/// `app.test` and something else for any other spelling.
+#[tokio::test]
+async fn the_service_reads_the_host_the_edge_routed_on() {
+    let sample = start_sample("web").await;
+    let s = Setup::new(
+        &route("app.test", "/", "web", ""),
+        Some(&format!("web = \"http://{sample}\"")),
+    )
+    .await;
+    let c = s.client(false);
+    for (spelled, forwarded) in [
+        ("App.Test.", "app.test"),
+        ("APP.TEST.:8443", "app.test:8443"),
+        ("app.test:", "app.test"),
+    ] {
+        let req = Request::get("https://app.test/headers")
+            .header("host", spelled)
+            .body(body(Bytes::new()))
+            .expect("req");
+        let r = c.send(req).await.expect("request");
+        let text = r.text();
+        assert_eq!(r.status, StatusCode::OK, "{spelled}: {text}");
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has(&format!("host: {forwarded}")), "{spelled}: {text}");
+        assert!(
+            has(&format!("x-forwarded-host: {forwarded}")),
+            "{spelled}: {text}"
+        );
+        assert!(
+            has(&format!(
+                "forwarded: for=127.0.0.1;host=\"{forwarded}\";proto=https"
+            )),
+            "{spelled}: {text}"
+        );
+    }
+    // A port that is not one is refused, not forwarded for the service to read its own way.
+    let req = Request::get("https://app.test/headers")
+        .header("host", "app.test:99999")
+        .body(body(Bytes::new()))
+        .expect("req");
+    let r = c.send(req).await.expect("request");
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+}
+
 #[tokio::test]
 async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
     let sample = start_sample("web").await;

@@ -21,10 +21,31 @@ pub enum HeaderError {
     TooLarge,
 }
 
-/// The request's host, lower case, without port and trailing dot: the authority (HTTP/2,
-/// absolute form) or the single `Host` header. Refuses user info (`evil@host`), two `Host`
-/// headers, and a `Host` that names another host than the authority.
-pub fn request_host<B>(req: &Request<B>) -> Result<String, HeaderError> {
+/// A request's host as the edge reads it: routes, challenges and limits match `name`, and the
+/// service receives [`RequestHost::authority`] in `Host`, `X-Forwarded-Host` and `Forwarded`,
+/// so both read the same bytes however the client spelled them (`App.Test.:8443`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHost {
+    /// Lower case, without port and trailing dot.
+    pub name: String,
+    /// The port the client named, if any.
+    pub port: Option<u16>,
+}
+
+impl RequestHost {
+    /// `name[:port]`: the authority forwarded to the service.
+    pub fn authority(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// The request's host: the authority (HTTP/2, absolute form) or the single `Host` header.
+/// Refuses user info (`evil@host`), two `Host` headers, a port that is not one, and a `Host`
+/// that names another host than the authority.
+pub fn request_host<B>(req: &Request<B>) -> Result<RequestHost, HeaderError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
@@ -39,7 +60,9 @@ pub fn request_host<B>(req: &Request<B>) -> Result<String, HeaderError> {
             let h = parse_authority_host(a.as_str().as_bytes())?;
             // An HTTP/1.1 absolute-form target wins over `Host` (RFC 9112 §3.2.2); HTTP/2
             // must not carry a different one (RFC 9113 §8.3.1).
-            if req.version() == Version::HTTP_2 && from_header.as_ref().is_some_and(|f| *f != h) {
+            if req.version() == Version::HTTP_2
+                && from_header.as_ref().is_some_and(|f| f.name != h.name)
+            {
                 return Err(HeaderError::BadHost);
             }
             h
@@ -49,18 +72,29 @@ pub fn request_host<B>(req: &Request<B>) -> Result<String, HeaderError> {
     Ok(host)
 }
 
-/// The host of an authority (`host[:port]`), lower case, without a trailing dot.
-fn parse_authority_host(raw: &[u8]) -> Result<String, HeaderError> {
+/// The host of an authority (`host[:port]`), lower case, without a trailing dot, and its port.
+fn parse_authority_host(raw: &[u8]) -> Result<RequestHost, HeaderError> {
     if raw.contains(&b'@') {
         return Err(HeaderError::BadHost);
     }
     let text = std::str::from_utf8(raw).map_err(|_| HeaderError::BadHost)?;
     let authority: http::uri::Authority = text.parse().map_err(|_| HeaderError::BadHost)?;
-    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
-    if host.is_empty() {
+    let name = authority.host().trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() {
         return Err(HeaderError::MissingHost);
     }
-    Ok(host)
+    // What follows the host (user info was refused above, so the host starts the text): nothing,
+    // a bare `:` (no port, RFC 3986 §3.2.3) or `:` and a port number.
+    let port = match text.get(authority.host().len()..).unwrap_or_default() {
+        "" | ":" => None,
+        rest => Some(
+            rest.strip_prefix(':')
+                .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u16>().ok())
+                .ok_or(HeaderError::BadHost)?,
+        ),
+    };
+    Ok(RequestHost { name, port })
 }
 
 /// Join HTTP/2 `cookie` crumbs into one field with `; ` (RFC 9113 §8.2.3), so a browser's
@@ -184,7 +218,13 @@ mod tests {
             Result<&'a str, HeaderError>,
         );
         let cases: &[Case] = &[
-            (h1, "/", &["App.Test:8443"], Ok("app.test")),
+            (h1, "/", &["App.Test:8443"], Ok("app.test:8443")),
+            (h1, "/", &["App.Test.:8443"], Ok("app.test:8443")),
+            (h1, "/", &["app.test:"], Ok("app.test")),
+            (h1, "/", &["[::1]:8443"], Ok("[::1]:8443")),
+            (h1, "/", &["[::1]"], Ok("[::1]")),
+            (h1, "/", &["app.test:99999"], Err(BadHost)),
+            (h1, "/", &["app.test:+80"], Err(BadHost)),
             (h1, "/", &["app.test."], Ok("app.test")),
             (h1, "/", &[], Err(MissingHost)),
             (h1, "/", &["app.test", "evil.test"], Err(BadHost)),
@@ -198,7 +238,7 @@ mod tests {
             (h2, "https://app.test/", &["evil.test"], Err(BadHost)),
         ];
         for (v, uri, hosts, want) in cases {
-            let got = request_host(&req(*v, uri, hosts));
+            let got = request_host(&req(*v, uri, hosts)).map(|h| h.authority());
             assert_eq!(got.as_deref(), want.as_deref(), "{v:?} {uri} {hosts:?}");
         }
         let with_userinfo = Request::get("https://evil@app.test/")
