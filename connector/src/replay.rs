@@ -180,6 +180,11 @@ impl Services {
         };
         let (body, upgrade_reader) = if head.upgrade {
             (Either::Right(Empty::new()), Some(reader))
+        } else if reader.take_received_end() {
+            // The gateway sends a bodiless request's head and end in one write: the service
+            // gets a request without a body, as the client sent it, not an empty chunked one
+            // (`Transfer-Encoding: chunked` on a `DELETE` some services refuse).
+            (Either::Right(Empty::new()), None)
         } else {
             (Either::Left(TunnelBody::new(reader, None, ())), None)
         };

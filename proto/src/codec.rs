@@ -59,6 +59,10 @@ pub const DEFAULT_MAX_HEADERS: usize = MAX_CLIENT_HEADERS + EDGE_ADDED_HEADERS;
 /// Most service names in one `Hello`.
 pub const DEFAULT_MAX_SERVICES: usize = 256;
 
+/// How `Frame::End` without trailers is encoded: the end of every body that has none. A reader
+/// that finds it right behind a request head knows the request has no body before reading on.
+pub const BARE_END: [u8; FRAME_HEADER_LEN + 2] = [tag::END, 0, 0, 0, 2, 0, 0];
+
 mod tag {
     pub const HELLO: u8 = 0x01;
     pub const WELCOME: u8 = 0x02;

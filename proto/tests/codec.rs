@@ -371,3 +371,22 @@ fn publish_channels() {
         "a".repeat(MAX_CHANNEL_LEN)
     )));
 }
+
+#[test]
+fn a_bare_end_is_encoded_as_its_constant() {
+    let mut buf = BytesMut::new();
+    let codec = Codec::new(Limits::default());
+    codec
+        .encode(&Frame::End(Vec::new()), &mut buf)
+        .expect("encode");
+    assert_eq!(&buf[..], &BARE_END[..]);
+    let mut with_trailer = BytesMut::new();
+    let trailer = Header {
+        name: Bytes::from_static(b"grpc-status"),
+        value: Bytes::from_static(b"0"),
+    };
+    codec
+        .encode(&Frame::End(vec![trailer]), &mut with_trailer)
+        .expect("encode");
+    assert!(!with_trailer.starts_with(&BARE_END));
+}

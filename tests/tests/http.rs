@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use netwall_tests::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -158,6 +158,47 @@ netwall_tests::over_every_transport! {
         assert!(has("x-custom: kept"), "{text}");
         for gone in ["6.6.6.6", "x-secret", "keep-alive", "x-real-ip"] {
             assert!(!text.contains(gone), "{gone} leaked to the service: {text}");
+        }
+    }
+}
+
+netwall_tests::over_every_transport! {
+    /// A request without a body reaches the service without one, whatever its method: no
+    /// `Transfer-Encoding: chunked` the client never sent (some services refuse it on a
+    /// `DELETE`); one with a body keeps its framing.
+    #[tokio::test]
+    async fn a_request_without_a_body_reaches_the_service_without_one() {
+        let s = one_service().await;
+        for h2 in [false, true] {
+            let c = s.client(h2);
+            for method in [Method::DELETE, Method::POST, Method::from_bytes(b"PURGE").expect("method")] {
+                // Several times: the answer must not depend on how the tunnel's reads fall.
+                for _ in 0..20 {
+                    let req = Request::builder()
+                        .method(method.clone())
+                        .uri("https://app.test/headers")
+                        .body(body(Bytes::new()))
+                        .expect("req");
+                    let r = c.send(req).await.expect("request");
+                    let text = r.text();
+                    assert_eq!(r.status, StatusCode::OK, "{method} h2={h2}: {text}");
+                    // (An HTTP/2 client may say `content-length: 0` itself; that passes on.)
+                    let framed = |l: &&str| {
+                        l.starts_with("transfer-encoding")
+                            || (l.starts_with("content-length") && *l != "content-length: 0")
+                    };
+                    assert!(
+                        !text.lines().any(|l| framed(&l)),
+                        "{method} h2={h2}: the service read a body's framing: {text}"
+                    );
+                }
+            }
+            let req = Request::delete("https://app.test/headers")
+                .body(body(Bytes::from_static(b"abc")))
+                .expect("req");
+            let text = c.send(req).await.expect("request").text();
+            let framed = text.lines().any(|l| l == "content-length: 3" || l == "transfer-encoding: chunked");
+            assert!(framed, "h2={h2}: a body went without its framing: {text}");
         }
     }
 }

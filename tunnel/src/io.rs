@@ -144,6 +144,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether the next frame, already received, is an `End` without trailers; consumed if so.
+    /// Reads nothing: a request head and the end of its empty body, sent in one write, tell
+    /// the reader the request has no body without waiting for more.
+    pub fn take_received_end(&mut self) -> bool {
+        let end = self.buf.starts_with(&netwall_proto::BARE_END);
+        if end {
+            let _ = self.buf.split_to(netwall_proto::BARE_END.len());
+        }
+        end
+    }
+
     /// The next frame, or `None` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         poll_fn(|cx| self.poll_frame(cx)).await
