@@ -39,6 +39,7 @@ use crate::policy::headers::{
 };
 use crate::policy::path::normalize;
 use crate::policy::rate_limit::Decision;
+use crate::policy::ws_handshake::HandshakeError;
 use crate::respond::{EdgeError, respond};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::{Lease, Registry, StreamRead, StreamWrite, Tunnel};
@@ -595,6 +596,13 @@ impl Proxy {
         host: &RequestHost,
         identity: Option<Identity>,
     ) -> Result<Response<ResponseBody>, EdgeError> {
+        if let Err(e) = crate::policy::ws_handshake::check(req.method(), req.headers()) {
+            crate::security_event!(event = "bad_websocket_handshake", route = %route.name, client = %peer, reason = %e, "request refused");
+            return Err(match e {
+                HandshakeError::Version => EdgeError::WebSocketVersion,
+                _ => EdgeError::BadWebSocketHandshake,
+            });
+        }
         let policy = route.websocket.clone();
         if let Some(id) = &identity
             && let Err(retry_after) = policy.attempt(&id.sub).await

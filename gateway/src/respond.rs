@@ -34,6 +34,8 @@ pub enum EdgeError {
     TooManyConnections,
     /// A WebSocket opening handshake that is not valid.
     BadWebSocketHandshake,
+    /// A WebSocket opening handshake for a protocol version other than 13.
+    WebSocketVersion,
     /// The route requires a valid token and the request has none.
     Unauthorized,
     /// The user opened too many WebSockets recently; retry after this many seconds.
@@ -98,6 +100,7 @@ impl EdgeError {
             EdgeError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::BadWebSocketHandshake => StatusCode::BAD_REQUEST,
+            EdgeError::WebSocketVersion => StatusCode::UPGRADE_REQUIRED,
             EdgeError::Unauthorized => StatusCode::UNAUTHORIZED,
             EdgeError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::BadHost | EdgeError::BadPath | EdgeError::BadRequestBody => {
@@ -125,7 +128,7 @@ impl EdgeError {
             EdgeError::BadServiceResponse => "bad_service_response",
             EdgeError::BodyTooLarge => "body_too_large",
             EdgeError::TooManyConnections => "per_ip",
-            EdgeError::BadWebSocketHandshake => "bad_handshake",
+            EdgeError::BadWebSocketHandshake | EdgeError::WebSocketVersion => "bad_handshake",
             EdgeError::Unauthorized => "auth",
             EdgeError::TooManyAttempts(_) => "per_user_rate",
             EdgeError::BadHost => "bad_host",
@@ -156,6 +159,7 @@ impl EdgeError {
                 "429 too many requests: too many connections from this address\n"
             }
             EdgeError::BadWebSocketHandshake => "400 bad request: invalid WebSocket handshake\n",
+            EdgeError::WebSocketVersion => "426 upgrade required: WebSocket version 13 only\n",
             EdgeError::Unauthorized => "401 unauthorized\n",
             EdgeError::TooManyAttempts(_) => {
                 "429 too many requests: too many connection attempts\n"
@@ -208,6 +212,12 @@ pub fn respond(err: EdgeError, metrics: &Metrics) -> Response<Full<Bytes>> {
         }
         EdgeError::MethodNotAllowed => {
             h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
+        EdgeError::WebSocketVersion => {
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(crate::policy::ws_handshake::VERSION),
+            );
         }
         EdgeError::RateLimited {
             retry_after,

@@ -753,3 +753,75 @@ netwall_tests::over_every_transport! {
         assert!(echo.payload().iter().all(|b| *b == 7));
     }
 }
+
+/// The opening handshake is checked before the edge answers `101` (RFC 6455 §4.2.1): the
+/// service never sees the client's, so a malformed one must stop here, counted and logged.
+#[tokio::test]
+async fn malformed_opening_handshakes_are_refused_before_the_101() {
+    let s = setup("ws-handshake", "").await;
+    const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    const VERSION: &str = "Sec-WebSocket-Version: 13\r\n";
+    const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("valid", format!("GET {UPGRADE}{KEY}{VERSION}"), "101"),
+        (
+            "POST",
+            format!("POST {UPGRADE}{KEY}{VERSION}Content-Length: 0\r\n"),
+            "400",
+        ),
+        (
+            "no Connection: upgrade",
+            format!("GET Upgrade: websocket\r\n{KEY}{VERSION}"),
+            "400",
+        ),
+        (
+            "key not base64 of 16 bytes",
+            format!("GET {UPGRADE}Sec-WebSocket-Key: abc\r\n{VERSION}"),
+            "400",
+        ),
+        (
+            "two keys",
+            format!("GET {UPGRADE}{KEY}{KEY}{VERSION}"),
+            "400",
+        ),
+        ("no key", format!("GET {UPGRADE}{VERSION}"), "400"),
+        (
+            "version 8",
+            format!("GET {UPGRADE}{KEY}Sec-WebSocket-Version: 8\r\n"),
+            "426",
+        ),
+        ("no version", format!("GET {UPGRADE}{KEY}"), "426"),
+    ];
+    for (name, request, want) in &cases {
+        let (method, fields) = request.split_once(' ').expect("method");
+        let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
+        let head = format!("{method} /ws HTTP/1.1\r\nHost: app.test\r\n{fields}\r\n");
+        tls.write_all(head.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut b))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            got.push(b[0]);
+        }
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        assert!(
+            text.starts_with(&format!("http/1.1 {want} ")),
+            "{name}: {text}"
+        );
+        if *want == "426" {
+            assert!(
+                text.contains("sec-websocket-version: 13\r\n"),
+                "{name}: {text}"
+            );
+        }
+    }
+    let refused = cases.iter().filter(|c| c.2 != "101").count() as f64;
+    s.wait_metric(
+        "netwall_rejections_total{reason=\"bad_handshake\"}",
+        refused,
+    )
+    .await;
+}

@@ -13,6 +13,7 @@
 //! proof-of-work challenge (crate::challenge) -> its endpoints, bypasses, pass cookie, else
 //!   403 (429 under a flood) challenge page; a bypassing JWT is the identity below
 //! auth (JWT) -> 401;  rate limit (per route, by IP or `sub`) -> 429
+//! WebSocket handshake (policy::ws_handshake) -> 400, or 426 for another version
 //! ```
 //!
 //! On the way back, a route's CORS headers (policy::cors) and `[route.headers]`
@@ -30,3 +31,4 @@ pub mod path;
 pub mod rate_limit;
 pub mod response_headers;
 pub mod ws_frames;
+pub mod ws_handshake;
