@@ -27,7 +27,7 @@ use netwall_tunnel::io::{FrameReader, FrameWriter};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::{Instrument, debug};
+use tracing::{Instrument, debug, warn};
 
 use crate::auth::{Auth, AuthError, Identity};
 use crate::challenge::{Challenge, Endpoint, Gate};
@@ -633,7 +633,7 @@ impl Proxy {
             .get(&route.tunnel)
             .ok_or(EdgeError::TunnelOffline)?
             .clone();
-        let (accept, upgrade) = crate::ws::prepare_upgrade(&mut req, &policy)
+        let (mut accept, upgrade) = crate::ws::prepare_upgrade(&mut req, &policy)
             .ok_or(EdgeError::BadWebSocketHandshake)?;
         let mut head = request_head(&req, &route, host, peer, Mode::WebSocket, identity.clone());
         // The session's own channel, named to the service so it can push to this client.
@@ -672,6 +672,24 @@ impl Proxy {
             ))));
             *resp.status_mut() = status;
             return Ok(resp);
+        }
+        // The subprotocol the service chose, if it is one the client offered: a browser that
+        // offered some fails a WebSocket answered with none, or with another.
+        if let Some(chosen) = answer
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(b"sec-websocket-protocol"))
+        {
+            let value = HeaderValue::from_bytes(&chosen.value)
+                .ok()
+                .filter(|_| crate::policy::ws_handshake::offered(req.headers(), &chosen.value));
+            let Some(value) = value else {
+                warn!(route = %route.name, protocol = ?chosen.value, "the service chose a WebSocket subprotocol the client did not offer");
+                return Err(EdgeError::BadServiceResponse);
+            };
+            accept
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
         }
         self.metrics
             .ws_opened

@@ -222,7 +222,8 @@ pub fn ws_stats(name: &str) -> (u64, u64) {
         .unwrap_or_default()
 }
 
-/// Accept a WebSocket and echo every message. A path of `/ws/refuse` answers 403 instead;
+/// Accept a WebSocket and echo every message, choosing the subprotocol `chat` when offered.
+/// A path of `/ws/refuse` answers 403 instead;
 /// a text message `close <code>` makes the service close with that code; `whoami` answers
 /// with the identity headers the edge added.
 fn websocket_echo(req: &mut Request<Incoming>, name: Arc<str>) -> Response<SampleBody> {
@@ -242,9 +243,28 @@ fn websocket_echo(req: &mut Request<Incoming>, name: Arc<str>) -> Response<Sampl
     let options = yawc::Options::default()
         .with_max_payload_read((16 << 20) + 1)
         .with_max_read_buffer((16 << 20) + 1);
-    let Ok((resp, fut)) = yawc::WebSocket::upgrade_with_options(req, options) else {
+    // Subprotocols: `chat` when the client offers it; `/ws/wrong-protocol` answers one the
+    // client never offered, as a broken service would.
+    let offers_chat = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "chat");
+    let chosen = match req.uri().path() {
+        "/ws/wrong-protocol" => Some("not-offered"),
+        _ => offers_chat.then_some("chat"),
+    };
+    let Ok((mut resp, fut)) = yawc::WebSocket::upgrade_with_options(req, options) else {
         return full(StatusCode::BAD_REQUEST, "bad websocket handshake\n");
     };
+    if let Some(p) = chosen {
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::HeaderValue::from_static(p),
+        );
+    }
     tokio::spawn(async move {
         let Ok(mut ws) = fut.await else { return };
         while let Ok(frame) = ws.next_frame().await {

@@ -825,3 +825,56 @@ async fn malformed_opening_handshakes_are_refused_before_the_101() {
     )
     .await;
 }
+
+netwall_tests::over_every_transport! {
+    /// The subprotocol the service chose reaches the client (a browser that offered some fails
+    /// a WebSocket answered with none); one the client never offered is refused with 502.
+    #[tokio::test]
+    async fn the_subprotocol_the_service_chose_reaches_the_client() {
+        let s = setup("ws-subprotocol", "").await;
+        let open = |path: &'static str, offer: &'static str| {
+            let s = &s;
+            async move {
+                let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
+                let offer = if offer.is_empty() {
+                    String::new()
+                } else {
+                    format!("Sec-WebSocket-Protocol: {offer}\r\n")
+                };
+                let head = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{offer}\r\n");
+                tls.write_all(head.as_bytes()).await.expect("write");
+                let mut got = Vec::new();
+                while !got.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut b))
+                        .await
+                        .expect("an answer in time")
+                        .expect("read");
+                    got.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&got).to_lowercase();
+                (tls, text)
+            }
+        };
+        let (mut tls, text) = open("/ws", "superchat, chat").await;
+        assert!(text.starts_with("http/1.1 101 "), "{text}");
+        assert!(text.contains("\r\nsec-websocket-protocol: chat\r\n"), "{text}");
+        // Messages still cross on the WebSocket the connector opened itself.
+        tls.write_all(&client_frame(0x81, b"hello")).await.expect("write");
+        let mut frame = [0u8; 7];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut frame))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        assert_eq!(&frame, b"\x81\x05hello");
+
+        let (_, text) = open("/ws", "mqtt").await;
+        assert!(text.starts_with("http/1.1 101 "), "{text}");
+        assert!(!text.contains("sec-websocket-protocol"), "{text}");
+        let (_, text) = open("/ws", "").await;
+        assert!(!text.contains("sec-websocket-protocol"), "{text}");
+
+        let (_, text) = open("/ws/wrong-protocol", "chat").await;
+        assert!(text.starts_with("http/1.1 502 "), "{text}");
+    }
+}

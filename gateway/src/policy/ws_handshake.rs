@@ -62,6 +62,17 @@ pub fn check(method: &Method, headers: &HeaderMap) -> Result<(), HandshakeError>
     }
 }
 
+/// Whether `chosen`, the subprotocol a service answered with, is one the client offered in
+/// `Sec-WebSocket-Protocol` (RFC 6455 §4.2.2: the server picks one of the client's; a client
+/// fails a WebSocket whose server named another).
+pub fn offered(headers: &HeaderMap, chosen: &[u8]) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|token| token.trim_ascii() == chosen)
+}
+
 /// The value of `name` when the request carries exactly one.
 fn only(headers: &HeaderMap, name: header::HeaderName) -> Option<&[u8]> {
     let mut values = headers.get_all(name).iter();
@@ -97,6 +108,21 @@ mod tests {
     #[test]
     fn a_valid_handshake_passes() {
         assert_eq!(check(&Method::GET, &headers(&valid())), Ok(()));
+    }
+
+    #[test]
+    fn a_subprotocol_must_be_one_the_client_offered() {
+        let h = headers(&[
+            ("sec-websocket-protocol", "chat, superchat"),
+            ("sec-websocket-protocol", "graphql-ws"),
+        ]);
+        for ok in ["chat", "superchat", "graphql-ws"] {
+            assert!(offered(&h, ok.as_bytes()), "{ok}");
+        }
+        for no in ["Chat", "chat, superchat", "", "mqtt"] {
+            assert!(!offered(&h, no.as_bytes()), "{no}");
+        }
+        assert!(!offered(&HeaderMap::new(), b"chat"));
     }
 
     #[test]
