@@ -555,25 +555,32 @@ netwall_tests::over_every_transport! {
 
 /// Open a WebSocket by hand over raw TLS: the bytes after the `101` are frames.
 async fn raw_ws(s: &Setup) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let (tls, head) = answer_to(s, "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    tls
+}
+
+/// Send `head` (a whole request head) over a new TLS connection to the gateway and read the
+/// answer's head, lower-cased; the connection stays open for what follows a `101`.
+async fn answer_to(
+    s: &Setup,
+    head: &str,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    String,
+) {
     let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
-    tls.write_all(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
+    tls.write_all(head.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
         tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut b))
             .await
-            .expect("101 in time")
+            .expect("an answer in time")
             .expect("read");
-        head.push(b[0]);
+        got.push(b[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101 "),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tls
+    (tls, String::from_utf8_lossy(&got).to_lowercase())
 }
 
 /// A masked client frame.
@@ -794,19 +801,8 @@ async fn malformed_opening_handshakes_are_refused_before_the_101() {
     ];
     for (name, request, want) in &cases {
         let (method, fields) = request.split_once(' ').expect("method");
-        let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
         let head = format!("{method} /ws HTTP/1.1\r\nHost: app.test\r\n{fields}\r\n");
-        tls.write_all(head.as_bytes()).await.expect("write");
-        let mut got = Vec::new();
-        while !got.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut b))
-                .await
-                .expect("an answer in time")
-                .expect("read");
-            got.push(b[0]);
-        }
-        let text = String::from_utf8_lossy(&got).to_lowercase();
+        let (_, text) = answer_to(&s, &head).await;
         assert!(
             text.starts_with(&format!("http/1.1 {want} ")),
             "{name}: {text}"
@@ -833,28 +829,14 @@ netwall_tests::over_every_transport! {
     async fn the_subprotocol_the_service_chose_reaches_the_client() {
         let s = setup("ws-subprotocol", "").await;
         let open = |path: &'static str, offer: &'static str| {
+            let offer = if offer.is_empty() {
+                String::new()
+            } else {
+                format!("Sec-WebSocket-Protocol: {offer}\r\n")
+            };
+            let head = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{offer}\r\n");
             let s = &s;
-            async move {
-                let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
-                let offer = if offer.is_empty() {
-                    String::new()
-                } else {
-                    format!("Sec-WebSocket-Protocol: {offer}\r\n")
-                };
-                let head = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{offer}\r\n");
-                tls.write_all(head.as_bytes()).await.expect("write");
-                let mut got = Vec::new();
-                while !got.ends_with(b"\r\n\r\n") {
-                    let mut b = [0u8; 1];
-                    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut b))
-                        .await
-                        .expect("an answer in time")
-                        .expect("read");
-                    got.push(b[0]);
-                }
-                let text = String::from_utf8_lossy(&got).to_lowercase();
-                (tls, text)
-            }
+            async move { answer_to(s, &head).await }
         };
         let (mut tls, text) = open("/ws", "superchat, chat").await;
         assert!(text.starts_with("http/1.1 101 "), "{text}");
