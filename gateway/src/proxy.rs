@@ -34,8 +34,8 @@ use crate::challenge::{Challenge, Endpoint, Gate};
 use crate::metrics::{ChallengeLabel, Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
 use crate::policy::cors::Preflight;
 use crate::policy::headers::{
-    HeaderError, RequestHost, check_limits, drop_underscored, join_cookies, request_host,
-    strip_edge_owned,
+    HeaderError, RequestHost, check_limits, connection_names_upgrade, drop_underscored,
+    join_cookies, request_host, strip_edge_owned,
 };
 use crate::policy::path::normalize;
 use crate::policy::rate_limit::Decision;
@@ -925,14 +925,7 @@ fn is_idempotent(method: &http::Method) -> bool {
 
 /// The protocol an HTTP/1.1 `Upgrade` request asks for (its first token), if it is one.
 fn upgrade_protocol<B>(req: &Request<B>) -> Option<String> {
-    let upgrade = req.version() == Version::HTTP_11
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = req.version() == Version::HTTP_11 && connection_names_upgrade(req.headers());
     if !upgrade {
         return None;
     }

@@ -97,6 +97,17 @@ fn parse_authority_host(raw: &[u8]) -> Result<RequestHost, HeaderError> {
     Ok(RequestHost { name, port })
 }
 
+/// Whether `Connection` names `upgrade` (in any of its fields, any case): what makes an
+/// `Upgrade` header a request to switch protocols (RFC 9110 §7.8).
+pub fn connection_names_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
 /// Join HTTP/2 `cookie` crumbs into one field with `; ` (RFC 9113 §8.2.3), so a browser's
 /// hundred cookies count as one header and reach an HTTP/1.1 service as one.
 pub fn join_cookies(headers: &mut HeaderMap) {

@@ -40,13 +40,7 @@ pub fn check(method: &Method, headers: &HeaderMap) -> Result<(), HandshakeError>
     if method != Method::GET {
         return Err(HandshakeError::NotGet);
     }
-    let upgrade_named = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if !upgrade_named {
+    if !super::headers::connection_names_upgrade(headers) {
         return Err(HandshakeError::Connection);
     }
     let key = only(headers, header::SEC_WEBSOCKET_KEY).ok_or(HandshakeError::Key)?;
