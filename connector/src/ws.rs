@@ -130,7 +130,7 @@ pub async fn relay(
     // only until the answer; unboxed, it would set the size of this future for as long as
     // the WebSocket is open.
     let service_error = |e: String| (ResetCode::ServiceError, e);
-    let answered = Box::pin(async {
+    let handshake = Box::pin(async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| service_error(format!("service WebSocket handshake: {e}")))?;
@@ -142,8 +142,13 @@ pub async fn relay(
             .send_request(request)
             .await
             .map_err(|e| service_error(format!("service WebSocket handshake: {e}")))
-    })
-    .await?;
+    });
+    let answered = tokio::select! {
+        answered = handshake => answered?,
+        // The gateway gave up (its open timeout, the client gone): so does the handshake, and
+        // dropping it closes the connection to a service that never answered.
+        () = writer.get_mut().stopped() => return Ok(()),
+    };
     if answered.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The service refused the upgrade: its status goes back to the client.
         let head = ResponseHead {

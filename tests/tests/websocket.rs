@@ -527,10 +527,16 @@ netwall_tests::over_every_transport! {
             .await
             .expect("bind");
         let addr = silent.local_addr().expect("addr");
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((tcp, _)) = silent.accept().await {
-                held.push(tcp);
+            while let Ok((mut tcp, _)) = silent.accept().await {
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    // Reads the handshake and then nothing, until the connector lets go.
+                    let mut sink = Vec::new();
+                    let _ = tcp.read_to_end(&mut sink).await;
+                    let _ = closed_tx.send(());
+                });
             }
         });
         let route = "[[route]]\nhost = \"app.test\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\nopen_timeout = \"400ms\"\n";
@@ -550,6 +556,12 @@ netwall_tests::over_every_transport! {
             "took {:?}",
             started.elapsed()
         );
+        // The connector gives up with the gateway: it does not hold a connection (and a task)
+        // to the silent service for as long as the service stays silent.
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the connector closed its connection to the silent service")
+            .expect("signal");
     }
 }
 
