@@ -134,6 +134,46 @@ pub enum AuthError {
     /// The token or its subject was revoked.
     #[error("token revoked")]
     Revoked,
+    /// One token source holds two different tokens.
+    #[error("two different tokens in one source")]
+    Ambiguous,
+}
+
+/// The one value `values` holds (repeats of it allowed), none, or [`AuthError::Ambiguous`].
+fn only_one<T: PartialEq>(values: impl Iterator<Item = T>) -> Result<Option<T>, AuthError> {
+    let mut found = None;
+    for v in values {
+        match &found {
+            None => found = Some(v),
+            Some(f) if *f == v => {}
+            Some(_) => return Err(AuthError::Ambiguous),
+        }
+    }
+    Ok(found)
+}
+
+/// The credentials of an `Authorization: Bearer` value (the scheme is case-insensitive, RFC
+/// 9110 §11.1), or `None` for another scheme.
+fn bearer(value: &[u8]) -> Option<String> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// The `name=value` pairs of a `Cookie` field, names and values trimmed as the most lenient
+/// service frameworks trim them, so the edge sees every cookie any of them would.
+fn cookies(field: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    field.split(|b| *b == b';').filter_map(|pair| {
+        let at = pair.iter().position(|b| *b == b'=')?;
+        Some((pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()))
+    })
+}
+
+/// Whether a subject reaches the service in `x-netwall-sub` exactly as it was verified.
+fn forwardable(sub: &str) -> bool {
+    !sub.is_empty() && sub.trim_matches([' ', '\t']) == sub && HeaderValue::from_str(sub).is_ok()
 }
 
 fn read(base: &Path, p: &Path) -> Result<Vec<u8>, String> {
@@ -245,29 +285,41 @@ impl Auth {
         &self.config
     }
 
-    /// Find the token in `headers` and the request's `query`.
-    pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
-        self.sources.iter().find_map(|s| match s {
-            Source::Header => headers
-                .get(header::AUTHORIZATION)?
-                .to_str()
-                .ok()?
-                .strip_prefix("Bearer ")
-                .map(|t| t.trim().to_owned()),
-            Source::Query(name) => url::form_urlencoded::parse(query?.as_bytes())
-                .find_map(|(k, v)| (k == name.as_str()).then(|| v.into_owned())),
-            Source::Cookie(name) => headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .find_map(|c| {
-                    c.trim()
-                        .strip_prefix(name.as_str())?
-                        .strip_prefix('=')
-                        .map(str::to_owned)
-                }),
-        })
+    /// Find the token in `headers` and the request's `query`: the first configured source
+    /// holding one wins. A source holding two different candidates (two `Authorization`
+    /// fields, `?token=a&token=b`, two `session` cookies) is refused as ambiguous: which one a
+    /// service reads depends on its framework, and the edge must verify the one it reads.
+    pub fn token(&self, headers: &HeaderMap, query: Option<&str>) -> Result<String, AuthError> {
+        for source in &self.sources {
+            let found = match source {
+                Source::Header => only_one(
+                    headers
+                        .get_all(header::AUTHORIZATION)
+                        .iter()
+                        .map(|v| v.as_bytes()),
+                )?
+                .and_then(bearer),
+                Source::Query(name) => only_one(query.into_iter().flat_map(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .filter(|(k, _)| k == name.as_str())
+                        .map(|(_, v)| v)
+                }))?
+                .map(std::borrow::Cow::into_owned),
+                Source::Cookie(name) => only_one(
+                    headers
+                        .get_all(header::COOKIE)
+                        .iter()
+                        .flat_map(|v| cookies(v.as_bytes()))
+                        .filter(|(k, _)| *k == name.as_bytes())
+                        .map(|(_, v)| v),
+                )?
+                .and_then(|v| std::str::from_utf8(v).ok().map(str::to_owned)),
+            };
+            if let Some(token) = found {
+                return Ok(token);
+            }
+        }
+        Err(AuthError::Missing)
     }
 
     /// Verify a token and build the identity, checking `revocations`.
@@ -316,6 +368,13 @@ impl Auth {
             .and_then(|s| s.as_str())
             .ok_or_else(|| AuthError::Invalid("sub is not a string".into()))?
             .to_owned();
+        if !forwardable(&sub) {
+            // The service learns who the caller is from `x-netwall-sub` alone: a subject it
+            // would read differently (trimmed) or not at all must not pass as authenticated.
+            return Err(AuthError::Invalid(
+                "sub is empty, padded or not a valid header value".into(),
+            ));
+        }
         let jti = claims
             .get("jti")
             .and_then(|s| s.as_str())
@@ -460,3 +519,107 @@ impl Revocations {
 
 /// Shared by every route of a gateway.
 pub type SharedRevocations = Arc<Revocations>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(sources: &[&str]) -> Auth {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("secret"), "x".repeat(32)).expect("secret");
+        let config = AuthConfig {
+            algorithms: vec!["HS256".into()],
+            hs256_secret_file: Some("secret".into()),
+            hs256_secret_env: None,
+            public_key_file: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway: DEFAULT_LEEWAY,
+            token_sources: sources.iter().map(|s| (*s).to_owned()).collect(),
+            forward_claims: Vec::new(),
+            revalidate_interval: DEFAULT_REVALIDATE_INTERVAL,
+        };
+        Auth::new(config, dir.path()).expect("auth")
+    }
+
+    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_other_schemes_are_not_tokens() {
+        let a = auth(&["header"]);
+        for (value, want) in [
+            ("Bearer abc", Ok("abc".to_owned())),
+            ("bearer abc", Ok("abc".to_owned())),
+            ("BEARER   abc  ", Ok("abc".to_owned())),
+            ("Basic abc", Err(AuthError::Missing)),
+            ("Bearerabc", Err(AuthError::Missing)),
+        ] {
+            assert_eq!(
+                a.token(&headers(&[("authorization", value)]), None),
+                want,
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_different_tokens_in_one_source_are_ambiguous() {
+        let a = auth(&["header", "query:token", "cookie:session"]);
+        let two_fields = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(a.token(&two_fields, None), Err(AuthError::Ambiguous));
+        let bearer_and_basic =
+            headers(&[("authorization", "Bearer a"), ("authorization", "Basic b")]);
+        assert_eq!(a.token(&bearer_and_basic, None), Err(AuthError::Ambiguous));
+        let repeated = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer a")]);
+        assert_eq!(a.token(&repeated, None), Ok("a".to_owned()));
+        let none = HeaderMap::new();
+        assert_eq!(
+            a.token(&none, Some("token=a&token=b")),
+            Err(AuthError::Ambiguous)
+        );
+        // The name as a service decodes it.
+        assert_eq!(
+            a.token(&none, Some("token=a&%74oken=b")),
+            Err(AuthError::Ambiguous)
+        );
+        assert_eq!(a.token(&none, Some("x=1&token=a")), Ok("a".to_owned()));
+        let cookies = headers(&[
+            ("cookie", "session=a; theme=dark"),
+            ("cookie", "session =b"),
+        ]);
+        assert_eq!(a.token(&cookies, None), Err(AuthError::Ambiguous));
+        let cookie = headers(&[("cookie", "theme=dark;session= a ")]);
+        assert_eq!(a.token(&cookie, None), Ok("a".to_owned()));
+        // The first source holding a token decides; a later one is not read.
+        let both = headers(&[("authorization", "Bearer a")]);
+        assert_eq!(a.token(&both, Some("token=b&token=c")), Ok("a".to_owned()));
+    }
+
+    #[test]
+    fn a_subject_the_service_would_read_differently_is_not_forwardable() {
+        for sub in ["alice", "user 1", "Zoë", "a\tb"] {
+            assert!(forwardable(sub), "{sub:?}");
+        }
+        for sub in [
+            "",
+            " alice",
+            "alice ",
+            "\talice",
+            "ali\nce",
+            "ali\u{7f}ce",
+            "a\u{0}",
+        ] {
+            assert!(!forwardable(sub), "{sub:?}");
+        }
+    }
+}

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
 
-use crate::auth::{Auth, AuthError, Identity};
+use crate::auth::{Auth, Identity};
 use crate::challenge::{Challenge, Endpoint, Gate};
 use crate::metrics::{ChallengeLabel, Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
 use crate::policy::cors::Preflight;
@@ -542,7 +542,7 @@ impl Proxy {
                 // the identity is kept so the token is not verified twice.
                 if challenge.bypass_jwt
                     && let Some(auth) = &route.auth
-                    && let Some(token) = auth.token(req.headers(), req.uri().query())
+                    && let Ok(token) = auth.token(req.headers(), req.uri().query())
                     && let Ok(id) = auth.verify(&token, &self.local.revocations)
                 {
                     self.count_challenge(route, "bypassed");
@@ -580,7 +580,6 @@ impl Proxy {
     ) -> Result<Identity, EdgeError> {
         let result = auth
             .token(req.headers(), req.uri().query())
-            .ok_or(AuthError::Missing)
             .and_then(|t| auth.verify(&t, &self.local.revocations));
         result.map_err(|e| {
             crate::security_event!(event = "auth_failed", route = %route.name, client = %peer, reason = %e);

@@ -87,6 +87,21 @@ impl Setup {
             .unwrap_or(0)
     }
 
+    /// No request reached the tunnel, and `refused` were counted as auth rejections.
+    async fn assert_refused_before_the_tunnel(&self, refused: f64) {
+        assert_eq!(
+            self.streams_opened(),
+            0,
+            "a refused request reached the tunnel"
+        );
+        let m = metrics_text(self.gateway.admin_addr.expect("admin")).await;
+        assert_eq!(
+            metric(&m, "netwall_rejections_total{reason=\"auth\"}"),
+            refused,
+            "{m}"
+        );
+    }
+
     async fn admin_post(&self, path: &str) -> String {
         let admin = self.gateway.admin_addr.expect("admin");
         let (status, body) = admin_request(admin, http::Method::POST, path).await;
@@ -150,17 +165,8 @@ async fn no_or_bad_token_is_401_before_the_tunnel_is_touched() {
         http.headers.get("www-authenticate").map(|v| v.as_bytes()),
         Some(&b"Bearer"[..])
     );
-    assert_eq!(
-        s.streams_opened(),
-        0,
-        "a refused request reached the tunnel"
-    );
-    let m = metrics_text(s.gateway.admin_addr.expect("admin")).await;
-    assert_eq!(
-        metric(&m, "netwall_rejections_total{reason=\"auth\"}"),
-        cases.len() as f64 + 1.0,
-        "{m}"
-    );
+    s.assert_refused_before_the_tunnel(cases.len() as f64 + 1.0)
+        .await;
 }
 
 #[tokio::test]
@@ -219,6 +225,73 @@ async fn a_valid_token_from_any_source_is_accepted_and_identity_cannot_be_forged
         r.text()
     );
     assert!(!r.text().contains("mallory"), "{}", r.text());
+}
+
+/// The edge verifies the token the service will read, or none: two different tokens in one
+/// source (services pick the first or the last, by framework) and a subject the service would
+/// read differently are refused before the tunnel; the scheme's case does not matter.
+#[tokio::test]
+async fn ambiguous_tokens_and_unforwardable_subjects_are_refused() {
+    let s = setup("auth-ambiguous", "", "").await;
+    let alice = hs256(claims("alice", 300));
+    let bob = hs256(claims("bob", 300));
+    let padded = hs256(claims(" alice", 300));
+    let empty = hs256(claims("", 300));
+    let client = HttpsClient::new(s.gateway.https_addr, &s.pki.ca_der, false);
+    let send = |path: String, fields: Vec<(&'static str, String)>| {
+        let client = &client;
+        async move {
+            let mut req = Request::get(format!("https://app.test{path}"));
+            for (name, value) in fields {
+                req = req.header(name, value);
+            }
+            let r = client
+                .send(req.body(body(bytes::Bytes::new())).expect("req"))
+                .await
+                .expect("request");
+            (r.status, r.text())
+        }
+    };
+    let refused = [
+        (
+            "/headers".to_owned(),
+            vec![
+                ("authorization", format!("Bearer {alice}")),
+                ("authorization", format!("Bearer {bob}")),
+            ],
+        ),
+        (format!("/headers?token={alice}&token={bob}"), vec![]),
+        (
+            "/headers".to_owned(),
+            vec![("cookie", format!("session={alice}; session ={bob}"))],
+        ),
+        (
+            "/headers".to_owned(),
+            vec![("authorization", format!("Bearer {padded}"))],
+        ),
+        (
+            "/headers".to_owned(),
+            vec![("authorization", format!("Bearer {empty}"))],
+        ),
+    ];
+    for (path, fields) in &refused {
+        let (status, text) = send(path.clone(), fields.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{path} {fields:?}: {text}"
+        );
+    }
+    s.assert_refused_before_the_tunnel(refused.len() as f64)
+        .await;
+    // The same token twice is one token; the scheme's case is the client's choice.
+    let (status, text) = send(
+        format!("/headers?token={alice}&token={alice}"),
+        vec![("authorization", format!("bearer {alice}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.lines().any(|l| l == "x-netwall-sub: alice"), "{text}");
 }
 
 #[tokio::test]
