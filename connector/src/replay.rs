@@ -17,7 +17,9 @@ use http_body_util::{BodyExt, Either, Empty};
 use hyper_util::rt::TokioIo;
 use netwall_proto::{Codec, Frame, Reset, ResetCode, ResponseHead};
 use netwall_tunnel::body::{TunnelBody, pipe_upgraded, send_body};
-use netwall_tunnel::http::{from_header_map, strip_hop_by_hop, to_header_map};
+use netwall_tunnel::http::{
+    fix_response_framing, from_header_map, strip_hop_by_hop, to_header_map,
+};
 use netwall_tunnel::io::{FrameReader, FrameWriter};
 use netwall_tunnel::{Stream, StreamRead, StreamWrite};
 use tracing::{Instrument, debug};
@@ -253,6 +255,7 @@ impl Services {
         }
 
         let (mut parts, body) = resp.into_parts();
+        fix_response_framing(parts.status.as_u16(), &mut parts.headers);
         strip_hop_by_hop(&mut parts.headers, false);
         let response_head = ResponseHead {
             status: parts.status.as_u16(),

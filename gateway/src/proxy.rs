@@ -22,7 +22,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use netwall_proto::{Codec, Frame, RequestHead, ResponseHead};
 use netwall_tunnel::body::{BodyError, BodyGuard, TunnelBody, pipe_upgraded, send_body};
-use netwall_tunnel::http::{from_header_map, strip_hop_by_hop, to_header_map};
+use netwall_tunnel::http::{
+    fix_response_framing, from_header_map, strip_hop_by_hop, to_header_map,
+};
 use netwall_tunnel::io::{FrameReader, FrameWriter};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
@@ -415,13 +417,13 @@ impl Proxy {
             // The service declined the upgrade: the request had no body.
             let _ = w.send(&Frame::End(Vec::new())).await;
         }
-        let status =
-            StatusCode::from_u16(head.status).map_err(|_| EdgeError::BadServiceResponse)?;
+        let status = service_status(head.status)?;
         if status.is_informational() {
             return Err(EdgeError::BadServiceResponse);
         }
         let mut headers =
             to_header_map(&head.headers).map_err(|_| EdgeError::BadServiceResponse)?;
+        fix_response_framing(head.status, &mut headers);
         strip_hop_by_hop(&mut headers, false);
         if let Some(cors) = &route.cors {
             cors.apply(origin.as_ref(), &mut headers);
@@ -660,8 +662,7 @@ impl Proxy {
         };
         if answer.status != 101 {
             // The service refused the WebSocket: its status reaches the client.
-            let status =
-                StatusCode::from_u16(answer.status).map_err(|_| EdgeError::BadServiceResponse)?;
+            let status = service_status(answer.status)?;
             let guard = ResponseGuard {
                 _lease: lease,
                 bytes: self.to_client_bytes(&route),
@@ -1025,6 +1026,15 @@ fn request_head<B>(
         upgrade: mode == Mode::Upgrade,
         websocket: mode == Mode::WebSocket,
     }
+}
+
+/// The service's status, if it is one (RFC 9110 §15: 100-599; a client treats anything else
+/// as a server error, and so does the edge, with a 502 rather than relaying it).
+fn service_status(status: u16) -> Result<StatusCode, EdgeError> {
+    StatusCode::from_u16(status)
+        .ok()
+        .filter(|_| (100..600).contains(&status))
+        .ok_or(EdgeError::BadServiceResponse)
 }
 
 /// The client's address: the socket peer, or with `hops` trusted proxies in front, the

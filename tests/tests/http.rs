@@ -785,13 +785,8 @@ async fn a_connection_the_service_closed_while_idle_is_not_reused() {
             counter.fetch_add(1, Ordering::SeqCst);
             let (asked, done) = (asked.clone(), done.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut tcp).await.is_none() {
+                    return;
                 }
                 let _ = tcp
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -974,4 +969,118 @@ async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
         text.ends_with("(host app.test, client 127.0.0.1)\n"),
         "{text}"
     );
+}
+
+/// A request head read from `tcp` (and whatever followed it in the same reads), or `None`
+/// if the connection ended first.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
+/// A service that answers each request with the canned bytes for its path (the default for
+/// any other path), one request per connection.
+async fn canned_service(answers: &'static [(&'static str, &'static [u8])]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut tcp).await else {
+                    return;
+                };
+                let line = String::from_utf8_lossy(&head);
+                let path = line.split(' ').nth(1).unwrap_or_default();
+                let answer = answers.iter().find(|(p, _)| *p == path).map_or(
+                    &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+                    |(_, a)| a,
+                );
+                let _ = tcp.write_all(answer).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// What the client reads of the service's answer is framed by what the body really is: a
+/// `Content-Length` beside `Transfer-Encoding`, or on a 204, is removed (a client trusting
+/// it would read the next response as this one's body); a status outside 100-599 is a 502;
+/// trailers lose the fields that cannot be trailers (`content-length`, `set-cookie`, …).
+#[tokio::test]
+async fn a_service_response_reaches_the_client_framed_by_its_body() {
+    static ANSWERS: &[(&str, &[u8])] = &[
+        (
+            "/both-framings",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "/no-content",
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 4\r\n\r\n",
+        ),
+        ("/status-600", b"HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nok"),
+        ("/status-099", b"HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok"),
+        (
+            "/trailers",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\ncontent-length: 99\r\nset-cookie: a=b\r\nconnection: close\r\n\r\n",
+        ),
+    ];
+    init_logs();
+    let service = canned_service(ANSWERS).await;
+    let s = Setup::new(
+        &route("app.test", "/", "web", ""),
+        Some(&format!("web = \"http://{service}\"")),
+    )
+    .await;
+    for h2 in [false, true] {
+        let c = s.client(h2);
+        let r = c.get("https://app.test/both-framings").await;
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "abc"));
+        assert_eq!(r.headers.get("content-length"), None, "h2 {h2}");
+        let r = c.get("https://app.test/no-content").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        assert_eq!(r.headers.get("content-length"), None, "h2 {h2}");
+        for path in ["/status-600", "/status-099"] {
+            let r = c.get(&format!("https://app.test{path}")).await;
+            assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{path} h2 {h2}");
+        }
+        // The client is still fine after all of it.
+        let r = c.get("https://app.test/other").await;
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
+    }
+    // Trailers reach an HTTP/2 client (HTTP/1.1 needs a declared `Trailer`), less the fields
+    // that cannot be trailers.
+    let resp = s
+        .client(true)
+        .send_streaming(
+            Request::get("https://app.test/trailers")
+                .header("te", "trailers")
+                .body(body(Bytes::new()))
+                .expect("req"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body and trailers");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(collected.to_bytes(), "abc");
+    assert_eq!(
+        trailers.get("x-checksum").map(|v| v.as_bytes()),
+        Some(&b"42"[..]),
+        "{trailers:?}"
+    );
+    for name in ["content-length", "set-cookie", "connection"] {
+        assert!(!trailers.contains_key(name), "{name} in {trailers:?}");
+    }
 }

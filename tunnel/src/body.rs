@@ -14,7 +14,7 @@ use http_body::{Body, Frame as BodyFrame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::http::{HeaderError, from_header_map, to_header_map};
+use crate::http::{HeaderError, from_header_map, strip_trailer_fields, to_header_map};
 use crate::io::{ChunkWrite, FrameReader, FrameWriter, ReadError, WriteError};
 use netwall_proto::{Frame, Reset, ResetCode};
 
@@ -118,9 +118,16 @@ impl<R: AsyncRead + Unpin, G: BodyGuard> Body for TunnelBody<R, G> {
                     if trailers.is_empty() {
                         return Poll::Ready(None);
                     }
-                    to_header_map(&trailers)
-                        .map(BodyFrame::trailers)
-                        .map_err(BodyError::from)
+                    match to_header_map(&trailers) {
+                        Ok(mut map) => {
+                            strip_trailer_fields(&mut map);
+                            if map.is_empty() {
+                                return Poll::Ready(None);
+                            }
+                            Ok(BodyFrame::trailers(map))
+                        }
+                        Err(e) => Err(BodyError::from(e)),
+                    }
                 }
                 Ok(Some(Frame::Reset(r))) => Err(BodyError::Reset(r)),
                 Ok(Some(other)) => Err(BodyError::Unexpected(other.kind())),

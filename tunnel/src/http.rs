@@ -53,6 +53,54 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("keep-alive"),
 ];
 
+/// Make a response head's `Content-Length` say what its body is. A response framed by
+/// `Transfer-Encoding` loses it (RFC 9112 §6.3: the encoding overrides it, and an
+/// intermediary forwarding such a message must remove it), and so does a status that has no
+/// content (1xx and 204, RFC 9110 §8.6): a client that trusted the stale length would read the
+/// next response on its connection as this one's body. Call before [`strip_hop_by_hop`],
+/// which removes the `Transfer-Encoding` this looks at.
+pub fn fix_response_framing(status: u16, map: &mut HeaderMap) {
+    if map.contains_key(header::TRANSFER_ENCODING) || status < 200 || status == 204 {
+        map.remove(header::CONTENT_LENGTH);
+    }
+}
+
+/// Fields that cannot be trailers (RFC 9110 §6.5.1): they frame or route the message,
+/// authenticate, modify the request, control the response or describe the content, and a
+/// recipient acts on them before the body. The service's (or client's) trailers lose them,
+/// with the hop-by-hop ones, before they reach the other end.
+const NOT_TRAILERS: [HeaderName; 20] = [
+    header::AGE,
+    header::AUTHORIZATION,
+    header::CACHE_CONTROL,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::CONTENT_TYPE,
+    header::COOKIE,
+    header::EXPECT,
+    header::EXPIRES,
+    header::HOST,
+    header::LOCATION,
+    header::MAX_FORWARDS,
+    header::PRAGMA,
+    header::RANGE,
+    header::RETRY_AFTER,
+    header::SET_COOKIE,
+    header::VARY,
+    header::WWW_AUTHENTICATE,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Remove from trailers every field that cannot be one (see [`NOT_TRAILERS`]) and every
+/// hop-by-hop field.
+pub fn strip_trailer_fields(map: &mut HeaderMap) {
+    strip_hop_by_hop(map, false);
+    for name in &NOT_TRAILERS {
+        map.remove(name);
+    }
+}
+
 /// Remove hop-by-hop headers and every header `Connection` names. With `keep_upgrade`, the
 /// `Connection: upgrade` and `Upgrade` pair survives so an upgrade can be relayed.
 pub fn strip_hop_by_hop(map: &mut HeaderMap, keep_upgrade: bool) {
