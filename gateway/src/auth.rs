@@ -162,15 +162,6 @@ fn bearer(value: &[u8]) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-/// The `name=value` pairs of a `Cookie` field, names and values trimmed as the most lenient
-/// service frameworks trim them, so the edge sees every cookie any of them would.
-fn cookies(field: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    field.split(|b| *b == b';').filter_map(|pair| {
-        let at = pair.iter().position(|b| *b == b'=')?;
-        Some((pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()))
-    })
-}
-
 /// Whether a subject reaches the service in `x-netwall-sub` exactly as it was verified.
 fn forwardable(sub: &str) -> bool {
     !sub.is_empty() && sub.trim_matches([' ', '\t']) == sub && HeaderValue::from_str(sub).is_ok()
@@ -306,10 +297,7 @@ impl Auth {
                 }))?
                 .map(std::borrow::Cow::into_owned),
                 Source::Cookie(name) => only_one(
-                    headers
-                        .get_all(header::COOKIE)
-                        .iter()
-                        .flat_map(|v| cookies(v.as_bytes()))
+                    crate::policy::headers::cookies(headers)
                         .filter(|(k, _)| *k == name.as_bytes())
                         .map(|(_, v)| v),
                 )?

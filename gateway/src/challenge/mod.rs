@@ -280,17 +280,11 @@ impl Challenge {
     /// Whether the request carries a pass valid for its client, browser and host.
     pub fn has_pass(&self, ip: IpAddr, host: &str, headers: &HeaderMap, now: u64) -> bool {
         let binding = self.binding(ip, host, headers);
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .filter(|(name, _)| *name == self.cookie)
+        crate::policy::headers::cookies(headers)
+            .filter(|(name, _)| *name == self.cookie.as_bytes())
             .take(MAX_PASS_CANDIDATES)
-            .any(|(_, value)| {
-                token::verify_pass(&self.shared.keys.load(), &binding, value, now).is_ok()
-            })
+            .filter_map(|(_, value)| std::str::from_utf8(value).ok())
+            .any(|value| token::verify_pass(&self.shared.keys.load(), &binding, value, now).is_ok())
     }
 
     fn second(&self) -> u64 {

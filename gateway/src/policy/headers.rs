@@ -108,6 +108,20 @@ pub fn connection_names_upgrade(headers: &HeaderMap) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// The `name=value` pairs of every `Cookie` field, names and values trimmed as the most
+/// lenient service frameworks trim them, so a decision on a cookie (a token, a pass) sees
+/// every cookie any service would.
+pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|field| field.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let at = pair.iter().position(|b| *b == b'=')?;
+            Some((pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()))
+        })
+}
+
 /// Join HTTP/2 `cookie` crumbs into one field with `; ` (RFC 9113 §8.2.3), so a browser's
 /// hundred cookies count as one header and reach an HTTP/1.1 service as one.
 pub fn join_cookies(headers: &mut HeaderMap) {
