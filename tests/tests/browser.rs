@@ -20,19 +20,47 @@ async fn page_title(browser: &Proc) -> String {
         .await
 }
 
+/// The gateway and a connector of [`start_stack`], the HTTPS listener on `port` (a page's
+/// origin names it, so it is chosen ahead).
+async fn start_stack_on(
+    pki: &Pki,
+    routes: &str,
+    services: &str,
+    port: u16,
+) -> (
+    netwall_gateway::RunningGateway,
+    netwall_connector::RunningConnector,
+) {
+    let toml = pki.gateway_toml(routes).replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
+    let gateway = start_gateway(&toml).await;
+    let connector = start_connector(
+        &pki.connector_toml_for(&gateway, services, ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    assert_eq!(gateway.https_addr.port(), port);
+    (gateway, connector)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_opens_a_websocket_through_the_tunnel_and_the_origin_list_holds() {
     init_logs();
     let pki = Pki::new();
     let sample = start_sample("browser").await;
+    // Chosen ahead: the allowed origin is the page's, port included.
+    let port = netwall_tests::pebble::free_tcp_port();
     let route = |host: &str| {
         format!(
-            "[[route]]\nhost = \"{host}\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\nallowed_origins = [\"https://app.test\"]\n"
+            "[[route]]\nhost = \"{host}\"\ntunnel = \"app\"\nservice = \"web\"\n[route.websocket]\nallowed_origins = [\"https://app.test:{port}\"]\n"
         )
     };
     let routes = route("app.test") + &route("evil.test");
-    let (gateway, _c) = start_stack(&pki, &routes, &format!("web = \"http://{sample}\"")).await;
-    let port = gateway.https_addr.port();
+    let (gateway, _c) =
+        start_stack_on(&pki, &routes, &format!("web = \"http://{sample}\""), port).await;
 
     // A page from the allowed origin: the browser's WebSocket is echoed through the tunnel,
     // with the compression the browser offered.
@@ -77,18 +105,13 @@ async fn chromium_calls_an_api_from_an_allowed_origin_and_is_blocked_from_anothe
          [route.cors]\nallowed_origins = [\"https://app.test:{gateway_port}\"]\nallowed_methods = [\"POST\"]\nallowed_headers = [\"x-api-key\", \"content-type\"]\n"
     );
     let routes = page("app.test") + &page("evil.test") + &api;
-    let toml = pki.gateway_toml(&routes).replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{gateway_port}\""),
-        1,
-    );
-    let gateway = start_gateway(&toml).await;
-    let _c = start_connector(
-        &pki.connector_toml_for(&gateway, &format!("web = \"http://{sample}\""), ""),
-        &pki.credential,
-    );
-    wait_tunnel(&gateway, 1).await;
-    assert_eq!(gateway.https_addr.port(), gateway_port);
+    let (gateway, _c) = start_stack_on(
+        &pki,
+        &routes,
+        &format!("web = \"http://{sample}\""),
+        gateway_port,
+    )
+    .await;
 
     let profile = tempfile::tempdir().expect("profile");
     let browser = chromium(

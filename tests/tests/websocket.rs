@@ -226,6 +226,7 @@ async fn origins_outside_the_allow_list_get_403_with_code_4009() {
     .await;
     for origin in [
         "https://app.example.com",
+        "https://app.example.com:443",
         "https://x.trusted.test",
         "http://y.trusted.test:8080",
     ] {
@@ -236,29 +237,37 @@ async fn origins_outside_the_allow_list_get_403_with_code_4009() {
         Some("https://evil.test"),
         Some("http://app.example.com"),
         Some("https://app.example.com.evil.test"),
+        Some("https://app.example.com:8443"),
         None,
     ] {
-        let mut tls = raw_tls(s.gateway.https_addr, &s.pki.ca_der, "app.test").await;
         let origin_line = origin
             .map(|o| format!("Origin: {o}\r\n"))
             .unwrap_or_default();
         let req = format!(
             "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{origin_line}\r\n"
         );
-        tls.write_all(req.as_bytes()).await.expect("write");
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
-        let text = String::from_utf8_lossy(&out);
+        let (mut tls, head) = answer_to(&s, &req).await;
         assert!(
-            text.starts_with("HTTP/1.1 403 Forbidden\r\n"),
-            "{origin:?}: {text}"
+            head.starts_with("http/1.1 403 forbidden\r\n"),
+            "{origin:?}: {head}"
         );
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .expect("content-length");
+        let mut body = vec![0u8; length];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut body))
+            .await
+            .expect("the body in time")
+            .expect("read");
+        let text = String::from_utf8_lossy(&body);
         assert!(
             text.ends_with(r#"{"code":4009,"message":"Origin not allowed"}"#),
             "{origin:?}: {text}"
         );
     }
-    s.wait_metric("netwall_rejections_total{reason=\"origin\"}", 4.0)
+    s.wait_metric("netwall_rejections_total{reason=\"origin\"}", 5.0)
         .await;
 }
 

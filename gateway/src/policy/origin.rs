@@ -50,8 +50,59 @@ impl OriginPattern {
             },
             None => (rest, None),
         };
-        self.scheme.as_deref().is_none_or(|s| s == scheme)
-            && self.host.matches(host)
-            && (self.port.is_none() || self.port == port)
+        // An origin is scheme, host and port (RFC 6454); browsers leave the default port out.
+        let port = port.or_else(|| default_port(scheme));
+        let port_ok = match (&self.scheme, self.port) {
+            (_, Some(want)) => port == Some(want),
+            // `https://app.example.com` is that origin, not every port of its host.
+            (Some(want_scheme), None) => port == default_port(want_scheme),
+            // A bare host pattern names the host on any scheme and port.
+            (None, None) => true,
+        };
+        self.scheme.as_deref().is_none_or(|s| s == scheme) && self.host.matches(host) && port_ok
+    }
+}
+
+/// The port an origin of `scheme` has when it names none.
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_origin_with_a_scheme_is_that_origin_only() {
+        let exact = OriginPattern::parse("https://app.example.com").expect("parse");
+        for (origin, want) in [
+            ("https://app.example.com", true),
+            ("HTTPS://App.Example.com", true),
+            ("https://app.example.com:443", true),
+            ("https://app.example.com:8443", false),
+            ("http://app.example.com", false),
+            ("https://app.example.com.evil.test", false),
+            ("https://app.example.com/", false),
+            ("null", false),
+        ] {
+            assert_eq!(exact.matches(origin), want, "{origin}");
+        }
+        let port = OriginPattern::parse("https://app.example.com:8443").expect("parse");
+        assert!(port.matches("https://app.example.com:8443"));
+        assert!(!port.matches("https://app.example.com"));
+        let wild = OriginPattern::parse("https://*.example.com").expect("parse");
+        assert!(wild.matches("https://a.example.com"));
+        assert!(!wild.matches("https://a.example.com:444"));
+        assert!(!wild.matches("https://example.com"));
+        let host = OriginPattern::parse("*.trusted.test").expect("parse");
+        assert!(host.matches("http://y.trusted.test:8080"));
+        assert!(host.matches("https://y.trusted.test"));
+        let host_port = OriginPattern::parse("app.test:8443").expect("parse");
+        assert!(host_port.matches("https://app.test:8443"));
+        assert!(!host_port.matches("https://app.test"));
     }
 }
