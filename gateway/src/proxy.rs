@@ -288,7 +288,8 @@ impl Proxy {
         }
         check_limits(req.headers(), self.max_header_bytes)
             .map_err(|_| EdgeError::HeadersTooLarge)?;
-        let peer = client_addr(req.headers(), peer, route.trusted_proxy_hops);
+        let peer =
+            crate::policy::headers::client_addr(req.headers(), peer, route.trusted_proxy_hops);
         // Client copies of edge-owned headers (identity, forwarding) are removed once, where
         // the head is built (`request_head`); nothing before it reads them.
         let mut identity = None;
@@ -1035,27 +1036,6 @@ fn service_status(status: u16) -> Result<StatusCode, EdgeError> {
         .ok()
         .filter(|_| (100..600).contains(&status))
         .ok_or(EdgeError::BadServiceResponse)
-}
-
-/// The client's address: the socket peer, or with `hops` trusted proxies in front, the
-/// `X-Forwarded-For` entry `hops` places from the right (the address the outermost trusted
-/// proxy saw). A chain shorter than that is not trusted.
-fn client_addr(headers: &HeaderMap, peer: SocketAddr, hops: usize) -> SocketAddr {
-    if hops == 0 {
-        return peer;
-    }
-    let chain: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    chain
-        .len()
-        .checked_sub(hops)
-        .and_then(|i| chain[i].parse::<std::net::IpAddr>().ok())
-        .map_or(peer, |ip| SocketAddr::new(ip, 0))
 }
 
 /// How a request crosses the tunnel.

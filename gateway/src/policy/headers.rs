@@ -1,11 +1,16 @@
 //! Request header checks the edge makes before routing: one `Host`, no user info, HTTP/2
 //! cookie crumbs joined, header count and size within what the tunnel carries, and no header
-//! names that differ from another only by `_` (which some backends read as `-`).
+//! names that differ from another only by `_` (which some backends read as `-`); the cookies
+//! and the client address (behind trusted proxies) decisions read.
 //!
 //! Pure functions over `http` types: no I/O.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Version};
+use http::{HeaderName, Request, Version};
+use std::net::{IpAddr, SocketAddr};
+
+/// Where trusted proxies name the client.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Why a request's headers were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +124,45 @@ pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
         .filter_map(|pair| {
             let at = pair.iter().position(|b| *b == b'=')?;
             Some((pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()))
+        })
+}
+
+/// The client's address: the socket peer, or with `hops` trusted proxies in front, the
+/// `X-Forwarded-For` entry `hops` places from the right (the address the outermost trusted
+/// proxy saw), with or without a port (`203.0.113.7:41000`, `[2001:db8::7]:41000`, as some
+/// balancers write it). A chain shorter than that, or an entry that is no address, is not
+/// trusted: the peer it is.
+pub fn client_addr(headers: &HeaderMap, peer: SocketAddr, hops: usize) -> SocketAddr {
+    if hops == 0 {
+        return peer;
+    }
+    let chain: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    chain
+        .len()
+        .checked_sub(hops)
+        .and_then(|i| forwarded_ip(chain[i]))
+        .map_or(peer, |ip| SocketAddr::new(ip, 0))
+}
+
+/// An `X-Forwarded-For` entry's address.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+                .map(IpAddr::V6)
         })
 }
 
@@ -271,6 +315,32 @@ mod tests {
             .body(())
             .expect("request");
         assert_eq!(request_host(&with_userinfo), Err(BadHost));
+    }
+
+    #[test]
+    fn the_client_is_the_entry_the_outermost_trusted_proxy_wrote() {
+        let peer: SocketAddr = "10.0.0.9:5000".parse().expect("peer");
+        let xff = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_str(v).expect("value"));
+            }
+            h
+        };
+        let ip = |h: &HeaderMap, hops| client_addr(h, peer, hops).ip().to_string();
+        let h = xff(&["1.1.1.1, 203.0.113.7"]);
+        assert_eq!(ip(&h, 0), "10.0.0.9");
+        assert_eq!(ip(&h, 1), "203.0.113.7");
+        assert_eq!(ip(&h, 2), "1.1.1.1");
+        assert_eq!(ip(&h, 3), "10.0.0.9", "a chain shorter than the hops");
+        assert_eq!(
+            ip(&xff(&["1.1.1.1", "203.0.113.7:41000"]), 1),
+            "203.0.113.7"
+        );
+        assert_eq!(ip(&xff(&["[2001:db8::7]:41000"]), 1), "2001:db8::7");
+        assert_eq!(ip(&xff(&["[2001:db8::7]"]), 1), "2001:db8::7");
+        assert_eq!(ip(&xff(&["2001:db8::7"]), 1), "2001:db8::7");
+        assert_eq!(ip(&xff(&["unknown"]), 1), "10.0.0.9");
     }
 
     #[test]
