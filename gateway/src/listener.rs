@@ -406,7 +406,12 @@ fn redirect(
     } else {
         format!(":{https_port}")
     };
+    // Origin form only: `*` (asterisk form, for OPTIONS) names no resource to move to.
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if !pq.starts_with('/') {
+        metrics.reject("bad_path");
+        return plain(StatusCode::BAD_REQUEST, "400 bad request: invalid path\n");
+    }
     let location = format!("https://{}{port}{pq}", host.name);
     let mut resp = plain(StatusCode::PERMANENT_REDIRECT, "308 permanent redirect\n");
     match HeaderValue::from_str(&location) {

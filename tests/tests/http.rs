@@ -448,6 +448,22 @@ async fn plain_http_redirects_with_308() {
         answer.contains(&format!("location: https://app.test:{port}/path?q=1\r\n")),
         "{answer}"
     );
+    // The host as routes read it; a request target that is no path moves nowhere.
+    for (request, want) in [
+        (
+            "GET /x HTTP/1.1\r\nHost: App.Test.\r\nConnection: close\r\n\r\n",
+            format!("location: https://app.test:{port}/x\r\n"),
+        ),
+        (
+            "OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\n".to_owned(),
+        ),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(http).await.expect("connect");
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let answer = read_all(tcp, Duration::from_secs(5)).await;
+        assert!(answer.contains(&want), "{request:?}: {answer}");
+    }
 }
 
 netwall_tests::over_every_transport! {
