@@ -26,6 +26,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// browser opens 6 to 8 per site, so 256 leaves room for some 30 users behind one NAT while
 /// one address can no longer hold thousands of idle TLS sessions.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Requests in flight through the tunnels per client address (IPv6 by /64), across its
+/// connections: 256 connections of 256 HTTP/2 streams let one address hold 65,536 requests
+/// that read nothing back, more than a tunnel connection's 16,384 streams and more
+/// connections than most services take. 1,024 is hundreds of busy browsers behind one NAT,
+/// and a sixteenth of one tunnel connection.
+pub const DEFAULT_MAX_REQUESTS_PER_IP: usize = 1024;
 /// Claims a route may forward as `x-netwall-claim-*` headers: what the tunnel head leaves for
 /// edge-added headers (`netwall_proto::EDGE_ADDED_HEADERS`) after `Host`, the forwarding
 /// headers and `x-netwall-sub`.
@@ -161,6 +167,9 @@ fn default_rate_key() -> String {
 fn default_max_connections_per_ip() -> usize {
     DEFAULT_MAX_CONNECTIONS_PER_IP
 }
+fn default_max_requests_per_ip() -> usize {
+    DEFAULT_MAX_REQUESTS_PER_IP
+}
 fn default_true() -> bool {
     true
 }
@@ -254,6 +263,10 @@ pub struct HttpsConfig {
     /// beyond it a new connection is closed at accept, before TLS.
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// Requests in flight through the tunnels per client address (IPv6 by /64), across all
+    /// its connections; beyond it a request is answered 429. WebSockets have their own cap.
+    #[serde(default = "default_max_requests_per_ip")]
+    pub max_requests_per_ip: usize,
     /// HTTP/2 concurrent streams per connection.
     #[serde(default = "default_h2_max_streams")]
     pub h2_max_concurrent_streams: u32,
@@ -846,6 +859,13 @@ impl GatewayConfig {
             errs.push(at.error(
                 at.find("https", Some("max_connections_per_ip")),
                 "https.max_connections_per_ip",
+                "must be at least 1",
+            ));
+        }
+        if self.https.max_requests_per_ip == 0 {
+            errs.push(at.error(
+                at.find("https", Some("max_requests_per_ip")),
+                "https.max_requests_per_ip",
                 "must be at least 1",
             ));
         }

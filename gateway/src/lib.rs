@@ -388,6 +388,7 @@ pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
             tasks: tasks.clone(),
             spike: config.spike.clone(),
             max_header_bytes: config.https.max_header_bytes,
+            max_requests_per_ip: config.https.max_requests_per_ip,
         },
     ));
     tokio::spawn(proxy::challenge_difficulty_gauges(

@@ -34,6 +34,7 @@ use tracing::{Instrument, debug, warn};
 use crate::auth::{Auth, Identity};
 use crate::challenge::{Challenge, Endpoint, Gate};
 use crate::metrics::{ChallengeLabel, Metrics, RouteLabel, StatusLabel, TunnelDirLabel};
+use crate::policy::conn_limit::{RequestSlot, RequestSlots, client_network};
 use crate::policy::cors::Preflight;
 use crate::policy::headers::{
     HeaderError, RequestHost, check_limits, connection_names_upgrade, drop_underscored,
@@ -105,6 +106,9 @@ pub async fn challenge_difficulty_gauges(
 pub struct ResponseGuard {
     _lease: Lease,
     bytes: Counter,
+    /// The client network's claim on its requests in flight (a refused WebSocket's answer
+    /// holds none: WebSockets have their own cap).
+    _in_flight: Option<RequestSlot>,
 }
 
 impl BodyGuard for ResponseGuard {
@@ -135,6 +139,8 @@ pub struct Sessions {
     pub spike: crate::spike::SpikeConfig,
     /// Most request header bytes a client may send (`[https] max_header_bytes`).
     pub max_header_bytes: usize,
+    /// Requests in flight per client network (`[https] max_requests_per_ip`).
+    pub max_requests_per_ip: usize,
 }
 
 /// Relays public requests into tunnels.
@@ -151,6 +157,8 @@ pub struct Proxy {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     max_header_bytes: usize,
+    in_flight: Arc<RequestSlots>,
+    max_requests_per_ip: usize,
 }
 
 impl Proxy {
@@ -169,6 +177,7 @@ impl Proxy {
             tasks,
             spike,
             max_header_bytes,
+            max_requests_per_ip,
         } = sessions;
         Proxy {
             routes: arc_swap::ArcSwap::from_pointee(routes),
@@ -182,6 +191,8 @@ impl Proxy {
             shutdown,
             tasks,
             max_header_bytes,
+            in_flight: Arc::new(RequestSlots::default()),
+            max_requests_per_ip,
         }
     }
 
@@ -330,6 +341,15 @@ impl Proxy {
         if content_length(req.headers()).is_some_and(|n| n > route.max_body_bytes) {
             return Err(EdgeError::BodyTooLarge);
         }
+        // Held until the response body (or the upgraded connection) ends, so a client that
+        // reads nothing back holds its own budget, not the tunnel's.
+        let Some(in_flight) = self
+            .in_flight
+            .claim(client_network(peer.ip()), self.max_requests_per_ip)
+        else {
+            crate::security_event!(event = "connection_limit", limit = "requests_per_ip", route = %route.name, client = %peer);
+            return Err(EdgeError::TooManyRequestsInFlight);
+        };
         let tunnel = self
             .registry
             .get(&route.tunnel)
@@ -412,7 +432,14 @@ impl Proxy {
             let (Some(on_upgrade), Some(writer)) = (on_upgrade, upgrade_writer) else {
                 return Err(EdgeError::BadServiceResponse);
             };
-            return self.switch_protocols(head, on_upgrade, writer, reader, lease, &route);
+            return self.switch_protocols(
+                head,
+                on_upgrade,
+                writer,
+                reader,
+                (lease, in_flight),
+                &route,
+            );
         }
         if let Some(mut w) = upgrade_writer {
             // The service declined the upgrade: the request had no body.
@@ -435,6 +462,7 @@ impl Proxy {
         let guard = ResponseGuard {
             _lease: lease,
             bytes: self.to_client_bytes(&route),
+            _in_flight: Some(in_flight),
         };
         let mut resp = Response::new(Either::Right(Either::Left(TunnelBody::new(
             reader, None, guard,
@@ -667,6 +695,7 @@ impl Proxy {
             let guard = ResponseGuard {
                 _lease: lease,
                 bytes: self.to_client_bytes(&route),
+                _in_flight: None,
             };
             let mut resp = Response::new(Either::Right(Either::Left(TunnelBody::new(
                 reader, None, guard,
@@ -868,7 +897,7 @@ impl Proxy {
         on_upgrade: hyper::upgrade::OnUpgrade,
         writer: FrameWriter<StreamWrite>,
         reader: FrameReader<StreamRead>,
-        lease: Lease,
+        held: (Lease, RequestSlot),
         route: &Route,
     ) -> Result<Response<ResponseBody>, EdgeError> {
         let headers = to_header_map(&head.headers).map_err(|_| EdgeError::BadServiceResponse)?;
@@ -876,7 +905,7 @@ impl Proxy {
         let tunnel = route.tunnel.clone();
         tokio::spawn(
             async move {
-                let _lease = lease;
+                let _held = held;
                 match on_upgrade.await {
                     Ok(upgraded) => {
                         let (up, down) =

@@ -32,6 +32,8 @@ pub enum EdgeError {
     BodyTooLarge,
     /// The client IP has too many WebSockets open on the route.
     TooManyConnections,
+    /// The client's network has `max_requests_per_ip` requests in flight already.
+    TooManyRequestsInFlight,
     /// A WebSocket opening handshake that is not valid.
     BadWebSocketHandshake,
     /// A WebSocket opening handshake for a protocol version other than 13.
@@ -98,7 +100,9 @@ impl EdgeError {
             | EdgeError::BadServiceResponse => StatusCode::BAD_GATEWAY,
             EdgeError::ServiceTimeout => StatusCode::GATEWAY_TIMEOUT,
             EdgeError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            EdgeError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+            EdgeError::TooManyConnections | EdgeError::TooManyRequestsInFlight => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             EdgeError::BadWebSocketHandshake => StatusCode::BAD_REQUEST,
             EdgeError::WebSocketVersion => StatusCode::UPGRADE_REQUIRED,
             EdgeError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -128,6 +132,7 @@ impl EdgeError {
             EdgeError::BadServiceResponse => "bad_service_response",
             EdgeError::BodyTooLarge => "body_too_large",
             EdgeError::TooManyConnections => "per_ip",
+            EdgeError::TooManyRequestsInFlight => "per_ip_requests",
             EdgeError::BadWebSocketHandshake | EdgeError::WebSocketVersion => "bad_handshake",
             EdgeError::Unauthorized => "auth",
             EdgeError::TooManyAttempts(_) => "per_user_rate",
@@ -157,6 +162,9 @@ impl EdgeError {
             EdgeError::BodyTooLarge => "413 payload too large\n",
             EdgeError::TooManyConnections => {
                 "429 too many requests: too many connections from this address\n"
+            }
+            EdgeError::TooManyRequestsInFlight => {
+                "429 too many requests: too many requests in flight from this address\n"
             }
             EdgeError::BadWebSocketHandshake => "400 bad request: invalid WebSocket handshake\n",
             EdgeError::WebSocketVersion => "426 upgrade required: WebSocket version 13 only\n",
@@ -209,6 +217,11 @@ pub fn respond(err: EdgeError, metrics: &Metrics) -> Response<Full<Bytes>> {
         }
         EdgeError::TooManyAttempts(secs) => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        EdgeError::TooManyRequestsInFlight => {
+            // A slot frees when one of the address's requests ends: soon, for a client that
+            // reads its answers.
+            h.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
         }
         EdgeError::MethodNotAllowed => {
             h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));

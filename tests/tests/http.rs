@@ -1100,3 +1100,103 @@ async fn a_service_response_reaches_the_client_framed_by_its_body() {
         assert!(!trailers.contains_key(name), "{name} in {trailers:?}");
     }
 }
+
+/// One client network's requests in flight are capped (`[https] max_requests_per_ip`): a
+/// client holding answers it does not read takes its own budget, not the tunnel's streams or
+/// the service's connections from everyone else. Clients are told apart by a trusted proxy's
+/// `X-Forwarded-For` here (every test client is 127.0.0.1).
+#[tokio::test]
+async fn one_client_network_cannot_hold_more_requests_than_its_share() {
+    init_logs();
+    // A service that holds every request until released.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let service = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let released = released.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let mut released = released.clone();
+                    async move {
+                        let _ = released.wait_for(|r| *r).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let pki = Pki::new();
+    let toml = pki
+        .gateway_toml(&route("app.test", "/", "web", "trusted_proxy_hops = 1"))
+        .replacen("[https]\n", "[https]\nmax_requests_per_ip = 4\n", 1);
+    let gateway = start_gateway(&toml).await;
+    let _c = start_connector(
+        &pki.connector_toml_for(&gateway, &format!("web = \"http://{service}\""), ""),
+        &pki.credential,
+    );
+    wait_tunnel(&gateway, 1).await;
+    let client = HttpsClient::new(gateway.https_addr, &pki.ca_der, true);
+    let get = |from: &'static str| {
+        let client = client.clone();
+        async move {
+            let req = Request::get("https://app.test/held")
+                .header("x-forwarded-for", from)
+                .body(body(Bytes::new()))
+                .expect("req");
+            client.send(req).await.expect("answer")
+        }
+    };
+    let held: Vec<_> = (0..4).map(|_| tokio::spawn(get("203.0.113.1"))).collect();
+    let admin = gateway.admin_addr.expect("admin");
+    wait_until(
+        Duration::from_secs(10),
+        "four requests in flight",
+        || async {
+            metric(
+                &metrics_text(admin).await,
+                "netwall_tunnel_requests_in_flight{tunnel=\"app\"}",
+            ) == 4.0
+        },
+    )
+    .await;
+    let refused = get("203.0.113.1").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    // Another client network is not affected.
+    let other = tokio::spawn(get("203.0.113.2"));
+    wait_until(
+        Duration::from_secs(10),
+        "the other client's request",
+        || async {
+            metric(
+                &metrics_text(admin).await,
+                "netwall_tunnel_requests_in_flight{tunnel=\"app\"}",
+            ) == 5.0
+        },
+    )
+    .await;
+    release.send(true).expect("release");
+    for h in held {
+        assert_eq!(h.await.expect("task").status, StatusCode::OK);
+    }
+    assert_eq!(other.await.expect("task").status, StatusCode::OK);
+    // Answers read, slots free.
+    assert_eq!(get("203.0.113.1").await.status, StatusCode::OK);
+    let m = metrics_text(admin).await;
+    assert_eq!(
+        metric(&m, "netwall_rejections_total{reason=\"per_ip_requests\"}"),
+        1.0,
+        "{m}"
+    );
+}

@@ -1,5 +1,5 @@
-//! Concurrent connections per key: per client IP across every public listener, and per
-//! (route, client IP) for WebSockets.
+//! Concurrent connections per key: per client IP across every public listener, per
+//! (route, client IP) for WebSockets, and requests in flight per client network.
 //!
 //! The per-IP connection cap is checked at accept, before TLS (and just after the PROXY
 //! header when the gateway sits behind a TCP load balancer): one address cannot hold
@@ -97,6 +97,24 @@ impl IpConnLimit {
     }
 }
 
+/// Requests in flight by client network (an IPv4 address, an IPv6 /64).
+pub type RequestSlots = SlotTable<IpAddr>;
+
+/// One request's claim on its client network's budget.
+pub type RequestSlot = Slot<IpAddr>;
+
+/// The network a client's requests are counted under: its IPv4 address (also when mapped
+/// into IPv6), or its IPv6 /64, since one subscriber holds a whole /64.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// An IPv4-mapped IPv6 address is the IPv4 client it maps.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -123,5 +141,15 @@ mod tests {
         let s4 = limit.claim(a).expect("a slot was released");
         drop((s2, s3, s4));
         assert_eq!(limit.tracked(), 0);
+    }
+
+    #[test]
+    fn requests_count_per_ipv4_address_and_ipv6_64() {
+        let net = |s: &str| client_network(s.parse().expect("ip")).to_string();
+        assert_eq!(net("192.0.2.1"), "192.0.2.1");
+        assert_eq!(net("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(net("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(net("2001:db8:1:2:ffff::9"), "2001:db8:1:2::");
+        assert_ne!(net("2001:db8:1:3::1"), net("2001:db8:1:2::1"));
     }
 }
