@@ -1156,17 +1156,19 @@ async fn one_client_network_cannot_hold_more_requests_than_its_share() {
     };
     let held: Vec<_> = (0..4).map(|_| tokio::spawn(get("203.0.113.1"))).collect();
     let admin = gateway.admin_addr.expect("admin");
-    wait_until(
-        Duration::from_secs(10),
-        "four requests in flight",
-        || async {
-            metric(
-                &metrics_text(admin).await,
-                "netwall_tunnel_requests_in_flight{tunnel=\"app\"}",
-            ) == 4.0
-        },
-    )
-    .await;
+    let in_flight = |n: f64| {
+        wait_until(
+            Duration::from_secs(10),
+            "requests in flight",
+            move || async move {
+                metric(
+                    &metrics_text(admin).await,
+                    "netwall_tunnel_requests_in_flight{tunnel=\"app\"}",
+                ) == n
+            },
+        )
+    };
+    in_flight(4.0).await;
     let refused = get("203.0.113.1").await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
@@ -1175,17 +1177,7 @@ async fn one_client_network_cannot_hold_more_requests_than_its_share() {
     );
     // Another client network is not affected.
     let other = tokio::spawn(get("203.0.113.2"));
-    wait_until(
-        Duration::from_secs(10),
-        "the other client's request",
-        || async {
-            metric(
-                &metrics_text(admin).await,
-                "netwall_tunnel_requests_in_flight{tunnel=\"app\"}",
-            ) == 5.0
-        },
-    )
-    .await;
+    in_flight(5.0).await;
     release.send(true).expect("release");
     for h in held {
         assert_eq!(h.await.expect("task").status, StatusCode::OK);
