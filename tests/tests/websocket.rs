@@ -176,6 +176,34 @@ async fn a_fragmented_message_over_the_limit_is_refused_too() {
     assert_eq!(netwall_tests::sample::ws_stats(&s.name), (0, 0));
 }
 
+/// The limit is on the message the service would receive: a compressed message a few KiB on
+/// the wire that inflates past it (a decompression bomb) closes 1009 like any other.
+#[tokio::test]
+async fn a_compressed_message_that_inflates_past_the_limit_closes_1009() {
+    let s = setup("ws-bomb", "max_message_bytes = 10240").await;
+    let mut ws = wss(
+        s.gateway.https_addr,
+        &s.pki.ca_der,
+        "wss://app.test/ws",
+        &[],
+        Options::default().with_low_latency_compression(),
+    )
+    .await
+    .expect("accepted");
+    // Compressed, 9,000 bytes pass.
+    ws.send(Frame::text("a".repeat(9000))).await.expect("send");
+    assert_eq!(next_message(&mut ws).await.payload().len(), 9000);
+    // A megabyte of one letter is some 1 KiB compressed.
+    ws.send(Frame::text("b".repeat(1 << 20)))
+        .await
+        .expect("send");
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(1009)
+    );
+    assert_eq!(netwall_tests::sample::ws_stats(&s.name), (1, 9000));
+}
+
 #[tokio::test]
 async fn non_json_text_closes_1007_when_json_is_required() {
     let s = setup("ws-json", "text_must_be_json = true").await;
