@@ -44,12 +44,17 @@ async fn setup(name: &str, ws_policy: &str) -> Setup {
 
 impl Setup {
     async fn open(&self, headers: &[(&str, &str)]) -> Result<Wss, u16> {
+        self.open_with(headers, Options::default()).await
+    }
+
+    /// A WebSocket to `/ws` with the client's own `options` (compression, limits).
+    async fn open_with(&self, headers: &[(&str, &str)], options: Options) -> Result<Wss, u16> {
         wss(
             self.gateway.https_addr,
             &self.pki.ca_der,
             "wss://app.test/ws",
             headers,
-            Options::default(),
+            options,
         )
         .await
     }
@@ -181,15 +186,10 @@ async fn a_fragmented_message_over_the_limit_is_refused_too() {
 #[tokio::test]
 async fn a_compressed_message_that_inflates_past_the_limit_closes_1009() {
     let s = setup("ws-bomb", "max_message_bytes = 10240").await;
-    let mut ws = wss(
-        s.gateway.https_addr,
-        &s.pki.ca_der,
-        "wss://app.test/ws",
-        &[],
-        Options::default().with_low_latency_compression(),
-    )
-    .await
-    .expect("accepted");
+    let mut ws = s
+        .open_with(&[], Options::default().with_low_latency_compression())
+        .await
+        .expect("accepted");
     // Compressed, 9,000 bytes pass.
     ws.send(Frame::text("a".repeat(9000))).await.expect("send");
     assert_eq!(next_message(&mut ws).await.payload().len(), 9000);
@@ -457,15 +457,10 @@ netwall_tests::over_every_transport! {
         }
 
         // And compressed messages round-trip.
-        let mut ws = wss(
-            s.gateway.https_addr,
-            &s.pki.ca_der,
-            "wss://app.test/ws",
-            &[],
-            Options::default().with_low_latency_compression(),
-        )
-        .await
-        .expect("accepted");
+        let mut ws = s
+            .open_with(&[], Options::default().with_low_latency_compression())
+            .await
+            .expect("accepted");
         let text = "compressible ".repeat(2000);
         ws.send(Frame::text(text.clone())).await.expect("send");
         assert_eq!(
@@ -781,17 +776,15 @@ netwall_tests::over_every_transport! {
             &format!("max_message_bytes = {MAX}\ncompression = false"),
         )
         .await;
-        let mut ws = wss(
-            s.gateway.https_addr,
-            &s.pki.ca_der,
-            "wss://app.test/ws",
-            &[],
-            Options::default()
-                .with_max_payload_read(MAX + 1)
-                .with_max_read_buffer(MAX + 1),
-        )
-        .await
-        .expect("accepted");
+        let mut ws = s
+            .open_with(
+                &[],
+                Options::default()
+                    .with_max_payload_read(MAX + 1)
+                    .with_max_read_buffer(MAX + 1),
+            )
+            .await
+            .expect("accepted");
         let message = Bytes::from(vec![7u8; MAX]);
         ws.send(Frame::binary(message.clone())).await.expect("send");
         let echo = tokio::time::timeout(Duration::from_secs(60), async {
