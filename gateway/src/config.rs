@@ -28,10 +28,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Requests in flight through the tunnels per client address (IPv6 by /64), across its
 /// connections: 256 connections of 256 HTTP/2 streams let one address hold 65,536 requests
-/// that read nothing back, more than a tunnel connection's 16,384 streams and more
-/// connections than most services take. 1,024 is hundreds of busy browsers behind one NAT,
-/// and a sixteenth of one tunnel connection.
-pub const DEFAULT_MAX_REQUESTS_PER_IP: usize = 1024;
+/// that read nothing back, each pinning up to a stream window (about 1 MiB) of the tunnel
+/// connection's window (`netwall_tunnel::CONNECTION_WINDOW`) and a connection to the service.
+/// 256 is dozens of busy browsers behind one NAT (a page's requests are in flight only while
+/// they load), and at most some 320 MB pinned per client network.
+pub const DEFAULT_MAX_REQUESTS_PER_IP: usize = 256;
 /// Claims a route may forward as `x-netwall-claim-*` headers: what the tunnel head leaves for
 /// edge-added headers (`netwall_proto::EDGE_ADDED_HEADERS`) after `Host`, the forwarding
 /// headers and `x-netwall-sub`.

@@ -1192,3 +1192,41 @@ async fn one_client_network_cannot_hold_more_requests_than_its_share() {
         "{m}"
     );
 }
+
+netwall_tests::over_every_transport! {
+    /// Clients that read nothing of large answers pin their own streams' windows, never the
+    /// tunnel connection's: twenty of them (more than a 16 MiB connection window holds at a
+    /// stream window each) leave a 64 MB download through the same tunnel to complete, and
+    /// the tunnel up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_readers_do_not_stop_the_tunnel_for_others() {
+        const STALLED: usize = 20;
+        let s = one_service().await;
+        let stalled_client = s.client(false);
+        let mut stalled = Vec::new();
+        for _ in 0..STALLED {
+            let resp = stalled_client
+                .send_streaming(
+                    Request::get("https://app.test/bytes?n=200000000")
+                        .body(body(Bytes::new()))
+                        .expect("req"),
+                )
+                .await
+                .expect("head");
+            assert_eq!(resp.status(), StatusCode::OK);
+            // Held, never read.
+            stalled.push(resp);
+        }
+        let download = tokio::time::timeout(
+            Duration::from_secs(30),
+            s.client(false).get("https://app.test/bytes?n=67108864"),
+        )
+        .await
+        .expect("a download through the same tunnel completed in time");
+        assert_eq!(download.status, StatusCode::OK);
+        assert_eq!(download.body.len(), 67_108_864);
+        let r = s.client(false).get("https://app.test/").await;
+        assert_eq!(r.status, StatusCode::OK);
+        drop(stalled);
+    }
+}

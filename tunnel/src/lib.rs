@@ -27,3 +27,15 @@ pub use transport::{
     BoxFuture, Closed, Conn, Connection, Peer, SendHalf, Stream, StreamRead, StreamWrite,
     TransportKind,
 };
+
+/// Bytes a peer may send on one tunnel connection, all its streams together, ahead of what
+/// this side has read (QUIC's connection window, HTTP/2's on the multiplexed transports).
+///
+/// Data a stream's reader has not taken counts against it until read, and a client that
+/// reads nothing back pins its stream's whole window (about 1 MiB): with 16 MiB, thirteen
+/// such requests from one client stopped every stream of the connection, the control
+/// stream's pings among them, and the gateway closed the tunnel as silent. 1 GiB takes some
+/// 850 stalled streams, several client networks' worth under the gateway's
+/// `max_requests_per_ip` (256 each, at most some 320 MB pinned per client network). Nothing
+/// is allocated ahead: a connection holds only what was sent and not yet read.
+pub const CONNECTION_WINDOW: u32 = 1 << 30;

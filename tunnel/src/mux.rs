@@ -35,8 +35,8 @@ use crate::transport::{
 /// stalled reader pins at most this much.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 
-/// Receive window of the whole connection, across its streams.
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Receive window of the whole connection, across its streams: see [`crate::CONNECTION_WINDOW`].
+const CONNECTION_WINDOW: u32 = crate::CONNECTION_WINDOW;
 
 /// Largest DATA frame sent: fewer frames per bulk byte than HTTP/2's 16 KiB default.
 const MAX_FRAME: u32 = 64 * 1024;

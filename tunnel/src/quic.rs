@@ -37,10 +37,8 @@ const INITIAL_PEER_STREAMS: u32 = 1024;
 const STREAM_RECEIVE_WINDOW: u32 = 1_250_000;
 
 /// Bytes a peer may send on one connection, all streams together, ahead of what this side has
-/// read. quinn leaves it unbounded, so a tunnel carrying many slow readers (clients that do not
-/// read their responses) could make either end buffer `streams x stream window`: gigabytes.
-/// 16 MiB is a dozen streams at full window, some 1.3 Gbit/s per tunnel connection at 100 ms.
-const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+/// read: see [`crate::CONNECTION_WINDOW`].
+const CONNECTION_RECEIVE_WINDOW: u32 = crate::CONNECTION_WINDOW;
 
 /// Kernel buffer asked for on each tunnel UDP socket, each way. Linux's default (about 208 KiB)
 /// overflows under a bulk transfer's bursts and every dropped datagram costs a retransmission;
