@@ -29,10 +29,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Requests in flight through the tunnels per client address (IPv6 by /64), across its
 /// connections: 256 connections of 256 HTTP/2 streams let one address hold 65,536 requests
 /// that read nothing back, each pinning up to a stream window (about 1 MiB) of the tunnel
-/// connection's window (`netwall_tunnel::CONNECTION_WINDOW`) and a connection to the service.
-/// 256 is dozens of busy browsers behind one NAT (a page's requests are in flight only while
-/// they load), and at most some 320 MB pinned per client network.
-pub const DEFAULT_MAX_REQUESTS_PER_IP: usize = 256;
+/// connection's window (`netwall_tunnel::CONNECTION_WINDOW`, 2 GiB) and a connection to the
+/// service. 1,024 is hundreds of busy browsers behind one NAT or carrier-grade NAT, and
+/// pins at most some 1.3 GB: less than a tunnel connection's window.
+pub const DEFAULT_MAX_REQUESTS_PER_IP: usize = 1024;
 /// Claims a route may forward as `x-netwall-claim-*` headers: what the tunnel head leaves for
 /// edge-added headers (`netwall_proto::EDGE_ADDED_HEADERS`) after `Host`, the forwarding
 /// headers and `x-netwall-sub`.

@@ -34,8 +34,8 @@ pub use transport::{
 /// Data a stream's reader has not taken counts against it until read, and a client that
 /// reads nothing back pins its stream's whole window (about 1 MiB): with 16 MiB, thirteen
 /// such requests from one client stopped every stream of the connection, the control
-/// stream's pings among them, and the gateway closed the tunnel as silent. 1 GiB takes some
-/// 850 stalled streams, several client networks' worth under the gateway's
-/// `max_requests_per_ip` (256 each, at most some 320 MB pinned per client network). Nothing
-/// is allocated ahead: a connection holds only what was sent and not yet read.
-pub const CONNECTION_WINDOW: u32 = 1 << 30;
+/// stream's pings among them, and the gateway closed the tunnel as silent. HTTP/2's largest
+/// window, 2 GiB, takes some 1,700 stalled streams: more than one client network may have in
+/// flight under the gateway's `max_requests_per_ip` (1,024, at most some 1.3 GB pinned).
+/// Nothing is allocated ahead: a connection holds only what was sent and not yet read.
+pub const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
